@@ -1,0 +1,65 @@
+"""What every command shares: the console, progress bars, and the --json summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def progress_bar() -> Progress:
+    """A rich progress bar on stderr (stdout stays clean for --json)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar."""
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
+
+
+def emit_summary(title: str, summary: dict[str, Any], *, as_json: bool) -> None:
+    """Print a command's counts: one JSON object on stdout, or a table for people."""
+    if as_json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in _flatten(summary):
+        table.add_row(key, str(value))
+    stdout.print(table)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix=f"{name}.")
+        else:
+            yield name, value

@@ -1,0 +1,1 @@
+"""Collection: annotation sources joined per image id into ImageRecords."""

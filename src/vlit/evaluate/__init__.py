@@ -1,0 +1,1 @@
+"""Validation: SEED-Bench style evaluation, tuning hand-off, correlation and ICC."""

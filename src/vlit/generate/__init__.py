@@ -1,0 +1,1 @@
+"""Instruction-response generation: modes, prompts, in-context examples, parsing, adaptation."""

@@ -1,0 +1,1 @@
+"""LLM backends behind one interface, the journal, and the session that runs requests."""

@@ -1,0 +1,120 @@
+"""The one interface every LLM backend implements, and the request/answer types.
+
+Callers (generation, the correctness judge, taggers, complexity scorers) never talk to a backend
+directly: they build ``ChatRequest``s and hand them to ``vlit.llm.session.LlmSession``, which adds
+the journal (resume, no request paid twice), concurrency, retries, token/cost accounting and the
+request budget.
+
+Example:
+    >>> request = ChatRequest(messages=[Message("user", "Say hi")], temperature=0.8, n=5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Everything that determines an answer, except the model (the backend knows it).
+
+    ``n`` asks for n independent generations (rollouts 0..n-1); ``seed`` is the base seed;
+    ``top_logprobs`` asks for the log-probabilities of the most likely first-token candidates
+    (used to turn a 1-10 score into an expected value), where the backend supports it.
+    """
+
+    messages: tuple[Message, ...]
+    temperature: float = 0.8
+    max_tokens: int = 1024
+    n: int = 1
+    seed: int = 0
+    top_logprobs: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        messages: list[Message] | tuple[Message, ...],
+        *,
+        temperature: float = 0.8,
+        max_tokens: int = 1024,
+        n: int = 1,
+        seed: int = 0,
+        top_logprobs: int | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "messages", tuple(messages))
+        object.__setattr__(self, "temperature", temperature)
+        object.__setattr__(self, "max_tokens", max_tokens)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "top_logprobs", top_logprobs)
+        object.__setattr__(self, "stop", tuple(stop))
+
+    def parameters(self) -> dict[str, Any]:
+        """The sampling parameters, for provenance and the journal key."""
+        return {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "top_logprobs": self.top_logprobs,
+            "stop": list(self.stop),
+        }
+
+
+@dataclass
+class Choice:
+    """One generation. ``first_token_logprobs`` maps candidate tokens to log-probabilities."""
+
+    text: str
+    finish_reason: str = "stop"
+    first_token_logprobs: dict[str, float] | None = None
+
+
+@dataclass
+class Completion:
+    """The answer to one request: one choice per rollout, with token usage."""
+
+    choices: list[Choice]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+
+
+@dataclass
+class Outcome:
+    """What a session returns per request: the choices, or why there are none.
+
+    ``from_journal`` is true when the answer came from the journal (no request was sent).
+    """
+
+    request: ChatRequest
+    choices: list[Choice] = field(default_factory=list)
+    error: str | None = None
+    from_journal: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@runtime_checkable
+class LlmBackend(Protocol):
+    """A chat model. ``complete`` must return exactly ``request.n`` choices or raise."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, model and settings for provenance; never contains secrets."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...

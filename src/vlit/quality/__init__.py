@@ -1,0 +1,1 @@
+"""Quality control: per-sample scorers, filters and dataset-level indicators."""

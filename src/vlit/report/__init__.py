@@ -1,0 +1,1 @@
+"""Indicator tables, comparison of datasets, and the HTML report."""

@@ -1,0 +1,1 @@
+"""Runners: local (reference semantics) and Ray Data; they know only the stage contract."""
