@@ -36,7 +36,7 @@ def _import_ray() -> Any:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> Any:
-    """Connect to the cluster at ``address`` (``auto``, ``ray://host:10001``) or start a local one."""
+    """Connect to the Ray cluster at ``address`` (``auto``, ``ray://host:10001``) or start one."""
     ray = _import_ray()
     if not ray.is_initialized():
         if address:
