@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from vlit import __version__
-from vlit.cli import collect_commands, format_commands
+from vlit.cli import collect_commands, evaluate_commands, format_commands, report_commands
 from vlit.cli.common import console
 from vlit.errors import VlitError
 
@@ -27,8 +27,9 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _options(
+    context: typer.Context,
     debug: bool = typer.Option(
         False, "--debug", help="Show tracebacks instead of one-line errors."
     ),
@@ -38,9 +39,11 @@ def _options(
     if version:
         print(__version__)
         raise typer.Exit()
+    if context.invoked_subcommand is None:
+        console.print(context.get_help())
 
 
-for _module in (collect_commands, format_commands):
+for _module in (collect_commands, format_commands, evaluate_commands, report_commands):
     _module.register(app)
 
 
@@ -54,10 +57,13 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as done:
-        sys.exit(done.exit_code)
+        if done.exit_code:
+            sys.exit(done.exit_code)
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except click.ClickException as error:  # usage errors carry their own exit code (2)
-        error.show()
-        sys.exit(error.exit_code)
+    except TyperException as error:  # usage errors from Typer's bundled click: exit 2
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        sys.exit(getattr(error, "exit_code", 2))

@@ -1,9 +1,165 @@
-"""Commands of this group (being written)."""
+"""`vlit collect coco`, `vlit collect jsonl` and `vlit clue`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.progress import TaskID
+
+from vlit.cli.common import emit_summary, progress_bar
+from vlit.clue import region_clue, visual_clue
+from vlit.collect import CocoCollector, CollectResult, JsonlCollector
+from vlit.collect._io import ProgressCallback
+from vlit.errors import ConfigError
+from vlit.rundir import RunDir
+from vlit.schema import ImageRecord
+
+collect_app = typer.Typer(
+    help="Collect image records from annotation files into a run directory.",
+    no_args_is_help=True,
+)
+
+#: Counters always shown in the table for people (the rest only when not zero).
+_HEADLINE = ("images", "captions", "objects", "vqa", "ocr", "attributes")
+#: Skipped JSONL lines listed in the table for people.
+_SHOWN_SKIPS = 5
+
+
+@collect_app.command("coco")
+def collect_coco(
+    images: Annotated[Path, typer.Option("--images", help="Folder holding the image files.")],
+    captions: Annotated[Path, typer.Option("--captions", help="COCO captions JSON.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write records/ into.")],
+    instances: Annotated[
+        Path | None, typer.Option("--instances", help="COCO instances JSON.")
+    ] = None,
+    vqa_questions: Annotated[
+        Path | None,
+        typer.Option("--vqa-questions", help="VQA v2 questions JSON (with --vqa-annotations)."),
+    ] = None,
+    vqa_annotations: Annotated[
+        Path | None,
+        typer.Option("--vqa-annotations", help="VQA v2 annotations JSON (with --vqa-questions)."),
+    ] = None,
+    coco_text: Annotated[
+        Path | None,
+        typer.Option("--coco-text", help="COCO-Text JSON: COCO_Text.json or the results format."),
+    ] = None,
+    attributes: Annotated[
+        Path | None,
+        typer.Option("--attributes", help="Attributes JSON: COCO Attributes, simple or VG style."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Join COCO captions, instances, VQA v2, COCO-Text and attributes per image id."""
+    collector = CocoCollector(
+        images_dir=images,
+        captions=captions,
+        instances=instances,
+        vqa_questions=vqa_questions,
+        vqa_annotations=vqa_annotations,
+        coco_text=coco_text,
+        attributes=attributes,
+    )
+    _finish(_with_progress(collector.collect), out, "collect coco", as_json)
+
+
+@collect_app.command("jsonl")
+def collect_jsonl(
+    file: Annotated[Path, typer.Argument(help="JSONL file, one image per line.")],
+    images: Annotated[
+        Path, typer.Option("--images", help="Folder the file names are relative to.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write records/ into.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Collect your own images described one JSON object per line (docs/collect_jsonl.md)."""
+    collector = JsonlCollector(jsonl_file=file, images_dir=images)
+    _finish(_with_progress(collector.collect), out, "collect jsonl", as_json)
+
+
+def clue_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with collected records.")],
+    image_id: Annotated[str, typer.Option("--image-id", help="Image id of the record.")],
+    object_index: Annotated[
+        int | None,
+        typer.Option("--object", help="Index into the record's objects: print the region clue."),
+    ] = None,
+) -> None:
+    """Print the visual clue of one image (or, with --object, of one object in it)."""
+    record = _find_record(RunDir(run), image_id)
+    text = visual_clue(record) if object_index is None else region_clue(record, object_index)
+    typer.echo(text)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.add_typer(collect_app, name="collect")
+    app.command("clue")(clue_command)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _with_progress(collect: Callable[[ProgressCallback], CollectResult]) -> CollectResult:
+    with progress_bar() as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], completed=done, total=total)
+
+        return collect(report)
+
+
+def _finish(result: CollectResult, out: Path, title: str, as_json: bool) -> None:
+    run = RunDir(out)
+    run.write_records(result.records)
+    summary = {"run_dir": str(run.root), **result.summary}
+    run.save_summary("collect", summary)
+    if as_json:
+        emit_summary(title, summary, as_json=True)
+    else:
+        emit_summary(title, _for_people(summary), as_json=False)
+
+
+def _for_people(summary: dict[str, Any]) -> dict[str, Any]:
+    """The table hides counters that are zero (and empty lists), except the headline ones,
+    and shows the first few skipped lines only (--json has them all)."""
+    shown = {
+        key: value
+        for key, value in summary.items()
+        if key in _HEADLINE or value not in (0, [], {}, None)
+    }
+    skipped = shown.get("skipped_lines")
+    if skipped:
+        first = [f"line {entry['line']}: {entry['reason']}" for entry in skipped[:_SHOWN_SKIPS]]
+        more = len(skipped) - _SHOWN_SKIPS
+        shown["skipped_lines"] = "\n".join(first + ([f"... {more} more"] if more > 0 else []))
+    return shown
+
+
+def _find_record(run: RunDir, image_id: str) -> ImageRecord:
+    ids = []
+    for record in run.read_records():
+        if record.image_id == image_id:
+            return record
+        ids.append(record.image_id)
+    if not ids:
+        raise ConfigError(
+            "this run has no image records",
+            file=str(run.stage_dir("records")),
+            fix="run `vlit collect coco` or `vlit collect jsonl` into it first",
+        )
+    examples = ", ".join(ids[:3]) + (f", ..., {ids[-1]}" if len(ids) > 3 else "")
+    raise ConfigError(
+        f"image id {image_id!r} is not in this run",
+        file=str(run.stage_dir("records")),
+        fix=f"pass --image-id with one of its {len(ids)} image ids ({examples})",
+    )

@@ -1,0 +1,68 @@
+"""What both collectors share: the result object and the check of image files on disk."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from vlit.collect._io import PROGRESS_EVERY, ProgressCallback, read_image_size
+from vlit.schema import ImageRecord
+
+
+@dataclass
+class CollectResult:
+    """Collected records and the counts of what was read, fixed and skipped."""
+
+    records: list[ImageRecord]
+    summary: dict[str, Any]
+
+
+def check_image_files(
+    records: list[ImageRecord],
+    counts: Counter[str],
+    on_progress: ProgressCallback | None,
+) -> None:
+    """Check each record's image on disk; note problems on the record and count them.
+
+    Reads only image headers. A missing or unreadable file keeps its record (with a
+    ``problems`` entry); a record without width/height gets them from the file; a file whose
+    size differs from the annotation's is noted (the annotation's size is kept, since boxes
+    were drawn on it).
+    """
+    step = "checking image files"
+    total = len(records)
+    for done, record in enumerate(records, start=1):
+        path = record.path
+        if not path.is_file():
+            record.problems.append(f"missing_file: no image file at {path}")
+            counts["images_missing_file"] += 1
+        else:
+            try:
+                width, height = read_image_size(path)
+            except OSError as error:
+                record.problems.append(f"unreadable_image: {path}: {error}")
+                counts["images_unreadable"] += 1
+            else:
+                if record.width is None or record.height is None:
+                    record.width, record.height = width, height
+                elif (record.width, record.height) != (width, height):
+                    record.problems.append(
+                        f"size_mismatch: annotations say {record.width}x{record.height}, "
+                        f"the file is {width}x{height}"
+                    )
+                    counts["images_size_mismatch"] += 1
+        if on_progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
+            on_progress(step, done, total)
+
+
+def finish_counts(records: list[ImageRecord], counts: Counter[str]) -> None:
+    """Counts that are read off the finished records."""
+    counts["images"] = len(records)
+    counts["captions"] = sum(len(r.captions) for r in records)
+    counts["objects"] = sum(len(r.objects) for r in records)
+    counts["vqa"] = sum(len(r.vqa) for r in records)
+    counts["ocr"] = sum(len(r.ocr) for r in records)
+    counts["attributes"] = sum(len(o.attributes) for r in records for o in r.objects)
+    counts["objects_with_attributes"] = sum(1 for r in records for o in r.objects if o.attributes)
+    counts["records_with_problems"] = sum(1 for r in records if r.problems)
