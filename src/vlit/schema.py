@@ -182,7 +182,7 @@ class Sample:
             "labels": list(self.labels),
             "failure_reason": self.failure_reason,
             "drop_reason": self.drop_reason,
-            "extra": json.dumps(self.extra, sort_keys=True, ensure_ascii=False),
+            "extra": json.dumps(self.extra, ensure_ascii=False),  # key order kept for exports
         }
 
     @classmethod

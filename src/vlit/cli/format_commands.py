@@ -1,9 +1,226 @@
-"""Commands of this group (being written)."""
+"""`vlit import`, `vlit export`, `vlit cat`: datasets in and out of a run directory."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from vlit.cli.common import console, emit_summary, track
+from vlit.errors import ConfigError, InputFileError
+from vlit.formats import (
+    FORMAT_NAMES,
+    FORMATS,
+    DatasetImporter,
+    check_format_name,
+    detect_format,
+    export_samples,
+)
+from vlit.formats.jsonl import sample_to_json
+from vlit.rundir import SAMPLE_STAGES, RunDir
+
+_LATER_STAGES = ("scores", "kept", "dropped")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("import")(import_command)
+    app.command("export")(export_command)
+    app.command("cat")(cat_command)
+
+
+def import_command(
+    file: Annotated[Path, typer.Argument(help="The dataset file to read.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write samples/ into.")],
+    format_name: Annotated[
+        str, typer.Option("--format", help=f"auto, or one of: {', '.join(FORMAT_NAMES)}.")
+    ] = "auto",
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Image folder the dataset's image paths are relative to (default: the file's "
+            "folder). For mimicit: the images Parquet (default: X_images.parquet beside "
+            "X_instructions.json).",
+        ),
+    ] = None,
+    verify_images: Annotated[
+        bool,
+        typer.Option("--verify-images", help="Decode every image header (default: existence)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the samples of a run that has some.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Bring an existing dataset into a run directory (for scoring, filtering, export)."""
+    check_format_name(format_name, ("auto", *FORMAT_NAMES))
+    name = detect_format(file) if format_name == "auto" else format_name
+    run = RunDir(out)
+    if run.has_stage("samples") and not overwrite:
+        raise ConfigError(
+            f"{out} already has samples",
+            fix="choose a new --out, or pass --overwrite to replace them",
+        )
+    if images is not None:
+        _check_images_option(images, name)
+    reader_class, _ = FORMATS[name]
+    importer = DatasetImporter(
+        reader=reader_class(),
+        images=images.resolve() if images is not None else None,
+        workdir=(run.images_dir / f"import-{name}").resolve(),
+        verify_images=verify_images,
+    )
+    samples = importer.samples(file)
+    first = list(itertools.islice(samples, 1))  # file-level errors surface before writing
+    written = run.write_samples(
+        "samples", track(itertools.chain(first, samples), f"importing {file.name} ({name})")
+    )
+    summary: dict[str, Any] = {
+        "format": name,
+        "file": str(file.resolve()),
+        "out": str(run.root.resolve()),
+        "verify_images": verify_images,
+        **importer.summary(),
+    }
+    summary["samples"] = written
+    stale = [stage for stage in _LATER_STAGES if run.has_stage(stage)]
+    if stale:
+        summary["stale_stages"] = stale
+        console.print(
+            f"[yellow]note:[/yellow] {', '.join(stale)} in {out} came from the samples "
+            "replaced now; rerun those stages",
+            highlight=False,
+        )
+    run.save_summary("import", summary)
+    emit_summary("vlit import", summary, as_json=as_json)
+
+
+def export_command(
+    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="The run directory.")],
+    format_name: Annotated[
+        str, typer.Option("--format", help=f"One of: {', '.join(FORMAT_NAMES)}.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The file to write.")],
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help=f"One of: {', '.join(SAMPLE_STAGES)} (default: kept if present, else the "
+            "latest sample stage).",
+        ),
+    ] = None,
+    include_failed: Annotated[
+        bool,
+        typer.Option("--include-failed", help="Also write samples that have a failure reason."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Write a run's samples as a dataset file."""
+    name = _format(format_name)
+    run = _existing_run(run_path)
+    chosen = stage or _default_sample_stage(run)
+    if chosen not in SAMPLE_STAGES:
+        raise ConfigError(
+            f"unknown sample stage {chosen!r}", fix=f"use one of: {', '.join(SAMPLE_STAGES)}"
+        )
+    _, writer_class = FORMATS[name]
+    counts = export_samples(
+        track(run.read_samples(chosen), f"exporting {chosen} as {name}"),
+        out,
+        writer=writer_class(),
+        include_failed=include_failed,
+    )
+    summary = {"format": name, "stage": chosen, "run": str(run.root.resolve()), **counts}
+    summary["out"] = str(out.resolve())
+    run.save_summary("export", summary)
+    emit_summary("vlit export", summary, as_json=as_json)
+
+
+def cat_command(
+    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="The run directory.")],
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help=f"records, or one of: {', '.join(SAMPLE_STAGES)} (default: kept if present, "
+            "else the latest sample stage, else records).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=0, help="Print at most this many.")
+    ] = None,
+) -> None:
+    """Print a stage of a run as JSON lines, one record or sample per line."""
+    run = _existing_run(run_path)
+    chosen = stage or _default_stage(run)
+    if chosen != "records" and chosen not in SAMPLE_STAGES:
+        raise ConfigError(
+            f"unknown stage {chosen!r}", fix=f"use records or one of: {', '.join(SAMPLE_STAGES)}"
+        )
+    rows: Iterator[dict[str, Any]] = (
+        (record.to_row() for record in run.read_records())
+        if chosen == "records"
+        else (sample_to_json(sample) for sample in run.read_samples(chosen))
+    )
+    try:
+        for row in itertools.islice(rows, limit):
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `vlit cat RUN | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _check_images_option(images: Path, name: str) -> None:
+    if name == "mimicit":
+        if not images.is_file():
+            raise InputFileError(
+                "--images of a MIMIC-IT import must be its images Parquet (or images JSON)",
+                file=str(images),
+                fix="pass the X_images.parquet that goes with the instructions file",
+            )
+    elif not images.is_dir():
+        raise InputFileError(
+            "--images must be the folder the image paths are relative to",
+            file=str(images),
+            fix="pass an existing folder",
+        )
+
+
+def _format(name: str) -> str:
+    return check_format_name(name, FORMAT_NAMES)
+
+
+def _existing_run(path: Path) -> RunDir:
+    if not path.is_dir():
+        raise InputFileError(
+            "run directory not found", file=str(path), fix="pass the --out of `vlit import`"
+        )
+    return RunDir(path)
+
+
+def _default_sample_stage(run: RunDir) -> str:
+    return "kept" if run.has_stage("kept") else run.latest_sample_stage()
+
+
+def _default_stage(run: RunDir) -> str:
+    if run.has_stage("kept") or run.has_stage("scores") or run.has_stage("samples"):
+        return _default_sample_stage(run)
+    if run.has_stage("records"):
+        return "records"
+    raise InputFileError(
+        "nothing to print: the run directory has no records or samples",
+        file=str(run.root),
+        fix="run `vlit collect` or `vlit import` into it first",
+    )

@@ -1,0 +1,117 @@
+"""vlit's own samples as JSON lines: one sample per line, every field, readable by people.
+
+A line is ``{"sample_id", "turns": [{"role", "text"}], "image_id", "image", "image_root",
+"mode", "provenance": {...}, "scores": {...}, "labels", "failure_reason", "drop_reason",
+"extra": {...}}``. Reading streams line by line; a line that does not parse, or lacks
+``sample_id``/``turns``, is kept as a failed sample (with the line) and counted.
+
+Example:
+    >>> JsonlWriter().write(samples, Path("samples.jsonl"))                 # doctest: +SKIP
+    >>> list(JsonlReader().read(Path("samples.jsonl"), context))            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vlit.errors import RecordError
+from vlit.formats.base import (
+    ImportContext,
+    WriteCounts,
+    atomic_output,
+    invalid_sample,
+    iter_json_records,
+    require_type,
+    sample_id_for,
+)
+from vlit.schema import ROLES, Sample
+
+
+def sample_to_json(sample: Sample) -> dict[str, Any]:
+    """A sample as a plain JSON object (nested provenance, extra and scores)."""
+    return {
+        "sample_id": sample.sample_id,
+        "turns": [{"role": turn.role, "text": turn.text} for turn in sample.turns],
+        "image_id": sample.image_id,
+        "image": sample.image,
+        "image_root": sample.image_root,
+        "mode": sample.mode,
+        "provenance": sample.provenance,
+        "scores": dict(sorted(sample.scores.items())),
+        "labels": list(sample.labels),
+        "failure_reason": sample.failure_reason,
+        "drop_reason": sample.drop_reason,
+        "extra": sample.extra,
+    }
+
+
+def sample_from_json(row: Any) -> Sample:
+    """The sample of one JSON object; `RecordError` if it does not have a sample's shape."""
+    require_type(row, dict, "the line")
+    require_type(row.get("sample_id"), (str, int), "`sample_id`")
+    require_type(row.get("turns", []), list, "`turns`")
+    for position, turn in enumerate(row.get("turns", [])):
+        require_type(turn, dict, f"`turns[{position}]`")
+        if turn.get("role") not in ROLES:
+            raise RecordError(
+                f"`turns[{position}].role` is {turn.get('role')!r}; use 'user' or 'assistant'"
+            )
+        require_type(turn.get("text"), str, f"`turns[{position}].text`")
+    for key in ("provenance", "scores", "extra"):
+        require_type(row.get(key) or {}, dict, f"`{key}`")
+    for key in ("image_id", "image", "failure_reason", "drop_reason"):
+        if row.get(key) is not None:
+            require_type(row[key], str, f"`{key}`")
+    require_type(row.get("labels") or [], list, "`labels`")
+    return Sample.from_row(row)
+
+
+class JsonlReader:
+    """Reads vlit's JSON-lines samples, streaming."""
+
+    name: ClassVar[str] = "jsonl"
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
+        override = str(context.images.resolve()) if context.images is not None else None
+        records = iter_json_records(path, what="vlit JSONL", fix_type="one sample per line")
+        for index, row in records:
+            try:
+                if isinstance(row, RecordError):
+                    raise row
+                sample = sample_from_json(row)
+            except RecordError as problem:
+                record_id = row.get("sample_id") if isinstance(row, dict) else None
+                yield invalid_sample(
+                    record=None if isinstance(row, RecordError) else row,
+                    index=index,
+                    problem=problem.problem,
+                    source_format=self.name,
+                    file=path,
+                    sample_id=sample_id_for(record_id, stem=path.stem, index=index)[0],
+                )
+                continue
+            if override is not None:
+                sample.image_root = override
+            yield sample
+
+
+class JsonlWriter:
+    """Writes samples as JSON lines (UTF-8, one object per line), atomically."""
+
+    name: ClassVar[str] = "jsonl"
+
+    def write(self, samples: Iterable[Sample], path: Path) -> WriteCounts:
+        counts = WriteCounts(files=[str(path)])
+        with atomic_output(path) as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample_to_json(sample), ensure_ascii=False) + "\n")
+                counts.samples += 1
+                counts.turns += len(sample.turns)
+        return counts

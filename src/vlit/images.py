@@ -1,0 +1,238 @@
+"""Image files, safely: path resolution inside an image root, quick checks, reduced-size loading.
+
+Every dataset names its images by a reference relative to an image folder. Such a reference
+comes from someone else's file, so it is resolved with `resolve_image_path`, which refuses
+references that leave the folder (``../../etc/passwd``, absolute paths, symlinks pointing
+outside). `check_image` tells whether a file decodes (header and structure only, fast);
+`load_image` opens one for a model, decoding JPEGs at reduced size when a maximum side is given.
+
+Example:
+    >>> path = resolve_image_path("/data/coco", "train2017/000000005802.jpg")  # doctest: +SKIP
+    >>> check_image(path) is None                                              # doctest: +SKIP
+    True
+    >>> load_image(path, max_side=224).size                                    # doctest: +SKIP
+    (224, 168)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import struct
+from pathlib import Path, PureWindowsPath
+
+from PIL import Image
+
+from vlit.errors import RecordError
+
+#: File name suffixes taken for images when a folder is indexed.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+#: What PIL raises on broken files, beyond OSError (its plugins are not uniform about it).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+_JPEG_END = b"\xff\xd9"
+_TAIL_BYTES = 64 * 1024
+
+
+def resolve_image_path(root: str | os.PathLike[str], reference: str) -> Path:
+    """The real path of ``reference`` inside ``root``; `RecordError` if it would leave ``root``.
+
+    Refused: empty references, absolute paths (POSIX or Windows), ``..`` that climbs out of the
+    root, and symlinks whose target lies outside it. The file need not exist. Resolved folders
+    are cached for the life of the process (a folder replaced by a symlink meanwhile is not
+    seen).
+    """
+    if not isinstance(reference, str) or not reference or "\x00" in reference:
+        raise RecordError(
+            f"image reference {reference!r} is empty or not a path",
+            fix="give the image as a path relative to the image folder",
+        )
+    if os.path.isabs(reference) or PureWindowsPath(reference).drive:
+        raise RecordError(
+            f"image path escapes the image root: {reference!r} is absolute",
+            fix="write image references relative to the image folder passed with --images",
+        )
+    real_root = _real_root(os.fspath(root))
+    directory, name = os.path.split(reference)
+    if name in ("", ".", ".."):
+        resolved = os.path.realpath(os.path.join(real_root, reference))
+    else:
+        # Folders are resolved once each (datasets put thousands of images in one folder);
+        # only the file itself is checked per call, and followed if it is a symlink.
+        resolved = os.path.join(_real_directory(real_root, directory), name)
+        if os.path.islink(resolved):
+            resolved = os.path.realpath(resolved)
+    if not _inside(resolved, real_root):
+        raise RecordError(
+            f"image path escapes the image root: {reference!r} resolves to {resolved}, "
+            f"outside {real_root}",
+            fix="keep images (and the targets of symlinks) inside the image folder",
+        )
+    return Path(resolved)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_directory(real_root: str, directory: str) -> str:
+    return os.path.realpath(os.path.join(real_root, directory)) if directory else real_root
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def check_image(path: str | os.PathLike[str]) -> str | None:
+    """``None`` if the file looks like a decodable image, else the reason it does not.
+
+    Fast: PIL parses the header and runs ``verify()`` (for PNG that checks every chunk's CRC);
+    a JPEG must also end with its end-of-image marker, which catches truncated downloads. Only
+    when that marker is not near the end (data appended after it) is the image fully decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()
+    except FileNotFoundError:
+        return "image file not found"
+    except _DECODE_ERRORS as error:
+        return f"cannot decode image ({_describe(error)})"
+    if image_format == "JPEG" and not _jpeg_ends_cleanly(Path(path)):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except _DECODE_ERRORS as error:
+            return f"JPEG data is truncated or damaged ({_describe(error)})"
+    return None
+
+
+def _jpeg_ends_cleanly(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - _TAIL_BYTES))
+        tail = handle.read()
+    return _JPEG_END in tail
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
+    """Open an image as RGB, at most ``max_side`` pixels on its longer side when given.
+
+    JPEGs are decoded at a reduced scale with ``draft()`` (much faster for large photos), then
+    resized with ``thumbnail`` to the exact bound. Raises `RecordError` if the file cannot be
+    read, so a caller can record the problem on its sample and go on.
+    """
+    try:
+        with Image.open(path) as opened:
+            if max_side is not None and opened.format == "JPEG":
+                opened.draft("RGB", (max_side, max_side))
+            image = opened.convert("RGB")
+        if max_side is not None and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    except _DECODE_ERRORS as error:
+        raise RecordError(
+            f"cannot read image ({_describe(error)})",
+            file=os.fspath(path),
+            fix="check the file (`vlit import ... --verify-images` lists every unreadable one)",
+        ) from error
+    return image
+
+
+def guess_image_suffix(data: bytes) -> str:
+    """The usual file suffix for encoded image bytes, from their magic number (``.bin`` if none)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif"
+    if data.startswith(b"BM"):
+        return ".bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return ".tif"
+    return ".bin"
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` usable as one file name: path separators and odd characters become ``_``."""
+    cleaned = _UNSAFE_NAME.sub("_", name).lstrip(".")
+    return cleaned or "_"
+
+
+class ImageFolderIndex:
+    """Find an image in a folder by its id: the file stem, a ``_``-separated tail of the stem,
+    or the number the stem ends with.
+
+    COCO names one image ``COCO_train2014_000000288586.jpg`` (2014) or ``000000288586.jpg``
+    (2017); both are found by ``"288586"``, ``"000000288586"`` or the full stem, and a region
+    copy ``COCO_train2014_000000247884_0.jpg`` by ``"000000247884_0"``. The folder is walked
+    once, on first use.
+
+    Example:
+        >>> index = ImageFolderIndex("/data/coco/train2014")  # doctest: +SKIP
+        >>> index.find("288586")                               # doctest: +SKIP
+        'COCO_train2014_000000288586.jpg'
+    """
+
+    _TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._by_key: dict[str, str] | None = None
+
+    def find(self, image_id: str) -> str | None:
+        """The reference (relative to the root, ``/``-separated) of the image, or ``None``."""
+        index = self._build() if self._by_key is None else self._by_key
+        found = index.get(image_id) or index.get(f"~{image_id}")
+        if found is None:
+            number = self._TRAILING_NUMBER.search(image_id)
+            if number and number.end() - number.start() == len(image_id):
+                found = index.get(f"#{int(number.group(1))}")
+        return found
+
+    def _build(self) -> dict[str, str]:
+        index: dict[str, str] = {}
+        numbered: dict[str, str] = {}
+        tails: dict[str, str] = {}
+        if self.root.is_dir():
+            for directory, subdirectories, files in os.walk(self.root):
+                subdirectories.sort()
+                for name in sorted(files):
+                    stem, suffix = os.path.splitext(name)
+                    if suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    relative = Path(directory, name).relative_to(self.root).as_posix()
+                    index.setdefault(stem, relative)
+                    parts = stem.split("_")
+                    for start in range(1, len(parts)):
+                        tails.setdefault("~" + "_".join(parts[start:]), relative)
+                    number = self._TRAILING_NUMBER.search(stem)
+                    if number:
+                        numbered.setdefault(f"#{int(number.group(1))}", relative)
+        index.update(tails)
+        index.update(numbered)
+        self._by_key = index
+        return index
