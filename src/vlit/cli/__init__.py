@@ -13,7 +13,14 @@ import typer
 from typer.exceptions import TyperException
 
 from vlit import __version__
-from vlit.cli import collect_commands, evaluate_commands, format_commands, report_commands
+from vlit.cli import (
+    collect_commands,
+    evaluate_commands,
+    format_commands,
+    generate_commands,
+    quality_commands,
+    report_commands,
+)
 from vlit.cli.common import console
 from vlit.errors import VlitError
 
@@ -43,7 +50,14 @@ def _options(
         console.print(context.get_help())
 
 
-for _module in (collect_commands, format_commands, evaluate_commands, report_commands):
+for _module in (
+    collect_commands,
+    format_commands,
+    evaluate_commands,
+    report_commands,
+    generate_commands,
+    quality_commands,
+):
     _module.register(app)
 
 

@@ -1,0 +1,144 @@
+"""`vlit generate` (records -> samples with an LLM or by adaptation) and `vlit run RECIPE`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import TaskID
+
+from vlit.cli.common import emit_summary, progress_bar
+from vlit.errors import ConfigError
+from vlit.generate.generator import ProgressCallback
+from vlit.generate.stage import generate_run
+from vlit.llm.config import build_backend
+from vlit.recipe import (
+    ALL_MODES,
+    GenerateSection,
+    LlmSection,
+    load_recipe,
+    run_recipe,
+)
+from vlit.rundir import RunDir
+
+
+def generate_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with collected records/.")],
+    modes: Annotated[
+        str,
+        typer.Option("--modes", help=f"Comma-separated modes among: {', '.join(ALL_MODES)}."),
+    ] = "conversation",
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--llm-base-url",
+            help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. "
+            "Without it the embedded SmolLM2-135M runs in this process.",
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str | None, typer.Option("--llm-model", help="Model name (or local model path).")
+    ] = None,
+    llm_api_key_env: Annotated[
+        str,
+        typer.Option("--llm-api-key-env", help="Environment variable that holds the API key."),
+    ] = "OPENAI_API_KEY",
+    n: Annotated[int, typer.Option("--n", help="Generations per prompt.")] = 5,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.8,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 1024,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 4,
+    max_requests: Annotated[
+        int | None, typer.Option("--max-requests", help="Send at most this many requests.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    examples_per_request: Annotated[
+        int, typer.Option("--examples-per-request", help="In-context examples per request.")
+    ] = 2,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Write conversations for every collected image into RUN/samples/ (resumable)."""
+    section = _validated(
+        GenerateSection,
+        {
+            "modes": [mode.strip() for mode in modes.split(",") if mode.strip()],
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "concurrency": concurrency,
+            "max_requests": max_requests,
+            "seed": seed,
+            "examples_per_request": examples_per_request,
+        },
+    )
+    llm = _validated(
+        LlmSection,
+        {
+            "kind": "openai" if llm_base_url else "local",
+            "base_url": llm_base_url,
+            "model": llm_model,
+            "api_key_env": llm_api_key_env,
+        },
+    )
+    settings = section.to_settings()
+    backend = build_backend(llm.to_config(concurrency=concurrency)) if settings.llm_modes else None
+    with _progress() as progress:
+        summary = generate_run(
+            RunDir(run),
+            settings=settings,
+            backend=backend,
+            concurrency=concurrency,
+            max_requests=max_requests,
+            progress=progress,
+        )
+    emit_summary("generate", summary, as_json=as_json)
+
+
+def run_command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see vlit/recipe.py).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summaries as one JSON object.")
+    ] = False,
+) -> None:
+    """Run a whole recipe: collect, generate, then the later stages it configures."""
+    loaded = load_recipe(recipe)
+    with _progress() as progress:
+        summaries = run_recipe(loaded, progress=progress)
+    emit_summary("run", {"run_dir": loaded.run_dir, **summaries}, as_json=as_json)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+    app.command("generate")(generate_command)
+    app.command("run")(run_command)
+
+
+def _validated(model: type[Any], values: dict[str, Any]) -> Any:
+    """Check option values with the recipe's own model, so errors read the same."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{'-'.join(str(part) for part in item['loc'])}: "
+            f"{str(item['msg']).removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise ConfigError(problems, fix="correct the option (see `vlit generate --help`)") from None
+
+
+@contextmanager
+def _progress() -> Iterator[ProgressCallback]:
+    with progress_bar() as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield report

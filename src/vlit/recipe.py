@@ -1,0 +1,519 @@
+"""The YAML recipe of a whole run, and `run_recipe`, which executes it stage by stage.
+
+A recipe names the run directory, the annotation sources to collect, how to generate, which
+LLM to use, and the settings of the later stages (score, filter, report). Every section is a
+pydantic model that forbids unknown keys: a typo is an error that names the field and lists the
+valid ones. Relative paths are relative to the recipe file.
+
+Example recipe::
+
+    run_dir: runs/coco-small
+    collect:
+      sources:
+        - kind: coco
+          images_dir: data/coco/train2017
+          captions: data/coco/annotations/captions_train2017.json
+          instances: data/coco/annotations/instances_train2017.json
+    generate:
+      modes: {conversation: 1.0, region: 0.5, negative: 0.3, adaptation: 1.0}
+      n: 5
+      temperature: 0.8
+    llm:
+      kind: openai
+      base_url: http://127.0.0.1:8000/v1
+      model: Qwen2.5-7B-Instruct
+      api_key_env: OPENAI_API_KEY
+
+Example:
+    >>> recipe = load_recipe("recipe.yaml")          # doctest: +SKIP
+    >>> summary = run_recipe(recipe)                  # doctest: +SKIP
+    >>> summary["generate"]["samples_ok"]             # doctest: +SKIP
+    250
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform
+import types
+import typing
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vlit import __version__
+from vlit.collect import CocoCollector, JsonlCollector
+from vlit.errors import ConfigError, InputFileError
+from vlit.generate.adaptation import ADAPTATION_MODE
+from vlit.generate.generator import GenerationSettings, ProgressCallback
+from vlit.generate.prompts import LLM_MODES
+from vlit.generate.regions import RegionRule
+from vlit.generate.stage import generate_run
+from vlit.llm.config import LlmConfig, build_backend
+from vlit.llm.session import TokenPrices
+from vlit.rundir import RunDir
+from vlit.schema import ImageRecord
+
+ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- collect --------------------------------------------------------------------------------------
+class CocoSource(Section):
+    """COCO-style annotation files joined per image (see `vlit.collect.CocoCollector`)."""
+
+    kind: Literal["coco"]
+    images_dir: str
+    captions: str
+    instances: str | None = None
+    vqa_questions: str | None = None
+    vqa_annotations: str | None = None
+    coco_text: str | None = None
+    attributes: str | None = None
+    check_images: bool = True
+
+
+class JsonlSource(Section):
+    """Your own images, one JSON object per line (see `vlit.collect.JsonlCollector`)."""
+
+    kind: Literal["jsonl"]
+    jsonl_file: str
+    images_dir: str
+    check_images: bool = True
+
+
+Source = Annotated[Union[CocoSource, JsonlSource], Field(discriminator="kind")]  # noqa: UP007
+
+
+class CollectSection(Section):
+    """Annotation sources; their records are concatenated in this order."""
+
+    sources: list[Source] = Field(min_length=1)
+
+
+# -- generate -------------------------------------------------------------------------------------
+class AdaptationSection(Section):
+    """Annotation adaptation (mode ``adaptation``, no LLM)."""
+
+    tasks: list[str] | None = None  # None: every task
+    max_per_task: int = Field(default=2, ge=1)
+    vqa_style: Literal["brief", "expanded", "mixed"] = "mixed"
+
+
+class GenerateSection(Section):
+    """Instruction-response generation.
+
+    ``modes`` is a list (every image gets every mode) or a mapping of mode to the share of
+    images that get it (``{conversation: 1.0, region: 0.5}``; chosen per image with the seed).
+    """
+
+    modes: list[str] | dict[str, float] = Field(default_factory=lambda: ["conversation"])
+    n: int = Field(default=5, ge=1, description="generations per prompt (rollouts)")
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=1024, ge=16)
+    seed: int = 0
+    examples_per_request: int = Field(default=2, ge=0)
+    concurrency: int = Field(default=4, ge=1)
+    max_requests: int | None = Field(default=None, ge=0, description="requests sent, at most")
+    max_cost: float | None = Field(default=None, gt=0.0, description="needs llm.prices")
+    regions_per_image: int = Field(default=1, ge=1)
+    min_region_area: float = Field(default=0.01, ge=0.0, lt=1.0, description="share of the image")
+    absent_objects: int = Field(
+        default=3, ge=1, description="absent objects named per negative request"
+    )
+    prompts_dir: str | None = None
+    adaptation: AdaptationSection = AdaptationSection()
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
+        names = list(value)
+        unknown = [name for name in names if name not in ALL_MODES]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}; use some of: {', '.join(ALL_MODES)}")
+        if not names:
+            raise ValueError(f"no mode given; use some of: {', '.join(ALL_MODES)}")
+        if len(set(names)) != len(names):
+            raise ValueError("a mode is listed twice")
+        if isinstance(value, dict):
+            bad = [name for name, share in value.items() if not 0.0 < share <= 1.0]
+            if bad:
+                raise ValueError(f"shares must be in (0, 1]; check {bad}")
+        return value
+
+    def mode_shares(self) -> dict[str, float]:
+        """Mode -> share of images, in recipe order."""
+        if isinstance(self.modes, dict):
+            return dict(self.modes)
+        return {mode: 1.0 for mode in self.modes}
+
+    def to_settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            modes=self.mode_shares(),
+            n=self.n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            examples_per_request=self.examples_per_request,
+            region_rule=RegionRule(
+                min_area_fraction=self.min_region_area, per_image=self.regions_per_image
+            ),
+            absent_objects=self.absent_objects,
+            prompts_dir=self.prompts_dir,
+            adaptation_tasks=tuple(self.adaptation.tasks) if self.adaptation.tasks else None,
+            adaptation_max_per_task=self.adaptation.max_per_task,
+            adaptation_vqa_style=self.adaptation.vqa_style,
+        )
+
+
+# -- llm ------------------------------------------------------------------------------------------
+class PricesSection(Section):
+    """Price per 1000 prompt and completion tokens (any currency), for cost and budgets."""
+
+    prompt_per_1k: float = Field(default=0.0, ge=0.0)
+    completion_per_1k: float = Field(default=0.0, ge=0.0)
+
+
+class LlmSection(Section):
+    """The generator LLM (maps onto `vlit.llm.LlmConfig`).
+
+    ``kind: local`` runs a model in this process (the embedded SmolLM2-135M when ``model`` is
+    left out); ``kind: openai`` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang,
+    llama.cpp server, Ollama) at ``base_url``; ``kind: vllm`` runs vLLM in process. The API key
+    is read from the environment variable named by ``api_key_env``; its value is never written
+    anywhere.
+    """
+
+    kind: Literal["openai", "local", "vllm"] = "local"
+    base_url: str | None = None
+    model: str | None = None
+    gguf_file: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=120.0, gt=0.0)
+    max_retries: int = Field(default=6, ge=0)
+    supports_n: bool = True
+    prices: PricesSection | None = None
+
+    def to_config(self, *, concurrency: int) -> LlmConfig:
+        return LlmConfig(
+            kind=self.kind,
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            gguf_file=self.gguf_file,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            supports_n=self.supports_n,
+            concurrency=concurrency,
+            price_per_1k_prompt=self.prices.prompt_per_1k if self.prices else None,
+            price_per_1k_completion=self.prices.completion_per_1k if self.prices else None,
+        )
+
+
+# -- later stages ---------------------------------------------------------------------------------
+# The sections below hold the settings known today; the engineers of each stage extend their own
+# model here (new fields with defaults keep older recipes valid).
+class JudgeSection(Section):
+    """The LLM correctness judge (paper: 3 votes, majority)."""
+
+    enabled: bool = True
+    votes: int = Field(default=3, ge=1)
+    llm: LlmSection | None = None  # None: the recipe's `llm`
+
+
+class ScoreSection(Section):
+    """Per-sample scoring: CLIP matching degree and the correctness judge."""
+
+    clip_model: str | None = None  # a local folder or hub id of a CLIP/SigLIP checkpoint
+    judge: JudgeSection = JudgeSection()
+
+
+class FilterSection(Section):
+    """Keep/drop rules: ``thresholds`` maps a score name to the minimum a kept sample needs."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    drop_failed: bool = True
+
+
+class ReportSection(Section):
+    """The dataset-level indicators and the HTML report."""
+
+    indicators: list[str] | None = None  # None: every indicator
+    html: bool = True
+
+
+class Recipe(Section):
+    """A whole run: where, from what, how to generate, with which LLM, then the later stages."""
+
+    run_dir: str
+    collect: CollectSection | None = None  # None: RUN/records/ already exists
+    generate: GenerateSection = GenerateSection()
+    llm: LlmSection = LlmSection()
+    score: ScoreSection | None = None
+    filter: FilterSection | None = None
+    report: ReportSection | None = None
+
+
+# -- loading --------------------------------------------------------------------------------------
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and check a recipe; relative paths in it become relative to its folder."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputFileError(
+            f"cannot read the recipe ({error})", file=str(file), fix="check the path"
+        ) from error
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"the recipe is not valid YAML ({error})", file=str(file), fix="correct its syntax"
+        ) from error
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "the recipe must be a YAML mapping", file=str(file), fix="start with `run_dir: ...`"
+        )
+    recipe = parse_recipe(data, where=str(file))
+    return resolve_paths(recipe, file.parent)
+
+
+def parse_recipe(data: dict[str, Any], *, where: str = "recipe") -> Recipe:
+    """Validate a recipe given as a mapping; a `ConfigError` says what is wrong and where."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        problems = [_explain(item) for item in error.errors()]
+        raise ConfigError(
+            "; ".join(problems),
+            file=where,
+            fix="correct the recipe (every section and field is documented in vlit/recipe.py)",
+        ) from error
+
+
+def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """The recipe with every relative path joined to ``base`` (made absolute)."""
+
+    def absolute(value: str | None) -> str | None:
+        if value is None:
+            return None
+        return str((base / Path(value).expanduser()).absolute())
+
+    sources: list[CocoSource | JsonlSource] = []
+    for source in recipe.collect.sources if recipe.collect else []:
+        fields = {
+            name: absolute(getattr(source, name))
+            for name in type(source).model_fields
+            if name not in ("kind", "check_images")
+        }
+        sources.append(source.model_copy(update=fields))
+    update: dict[str, Any] = {
+        "run_dir": absolute(recipe.run_dir),
+        "generate": recipe.generate.model_copy(
+            update={"prompts_dir": absolute(recipe.generate.prompts_dir)}
+        ),
+    }
+    if recipe.collect is not None:
+        update["collect"] = recipe.collect.model_copy(update={"sources": sources})
+    return recipe.model_copy(update=update)
+
+
+def _explain(error: Any) -> str:
+    location = [part for part in error["loc"]]
+    dotted = ".".join(str(part) for part in location) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = sorted(_fields_at(location[:-1]))
+        name = str(location[-1])
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown field '{dotted}'{hint}; valid fields there: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"missing field '{dotted}'"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"'{dotted}': {message}"
+
+
+def _fields_at(location: list[Any]) -> set[str]:
+    """Field names of the recipe model(s) found by following ``location`` from `Recipe`."""
+    candidates: list[type[BaseModel]] = [Recipe]
+    for part in location:
+        if isinstance(part, int):
+            continue
+        narrowed = [model for model in candidates if _tag(model) == part]
+        if narrowed:  # a discriminated union's tag (e.g. 'coco') is part of the location
+            candidates = narrowed
+            continue
+        following: list[type[BaseModel]] = []
+        for model in candidates:
+            if part in model.model_fields:
+                following.extend(_models_in(model.model_fields[part].annotation))
+        candidates = following
+    return {name for model in candidates for name in model.model_fields}
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("kind")
+    if field is None:
+        return None
+    arguments = typing.get_args(field.annotation)
+    return str(arguments[0]) if arguments else None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return []
+    return [model for argument in typing.get_args(annotation) for model in _models_in(argument)]
+
+
+# -- the resolved recipe ------------------------------------------------------------------------
+def write_resolved_recipe(
+    recipe: Recipe, run_root: Path, *, generator: dict[str, Any] | None = None
+) -> Path:
+    """Write ``RUN/recipe.resolved.yaml``: the recipe with defaults filled in, plus versions.
+
+    ``generator`` is the backend's own description (model, settings). The value of the API key
+    variable is never written: it is not in the recipe, and any accidental copy of it in the
+    text is masked before writing.
+    """
+    data = recipe.model_dump(mode="json")
+    data["resolved"] = {
+        "vlit_version": __version__,
+        "python": platform.python_version(),
+        "packages": _package_versions(),
+        "generator": generator or {},
+    }
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    for section in (recipe.llm, recipe.score.judge.llm if recipe.score else None):
+        secret = os.environ.get(section.api_key_env, "") if section and section.api_key_env else ""
+        if secret:
+            text = text.replace(secret, "***")
+    run_root.mkdir(parents=True, exist_ok=True)
+    path = run_root / "recipe.resolved.yaml"
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("pyarrow", "pydantic", "pillow", "httpx", "torch", "transformers", "gguf"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# -- running a recipe ---------------------------------------------------------------------------
+StageRunner = Callable[[Recipe, RunDir, "ProgressCallback | None"], dict[str, Any]]
+
+LATER_STAGES: dict[str, StageRunner] = {}
+"""The stages after generate, in run order: recipe section name -> runner.
+
+This is the one place where score, filter and report plug into `vlit run`: add
+``"score": run_score_stage`` (a function ``(recipe, run, progress) -> summary``). A stage runs
+when its section is present in the recipe; its summary is returned under its name.
+"""
+
+
+def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Run the whole chain: collect -> generate -> later stages; return each stage's summary.
+
+    Writes ``RUN/recipe.resolved.yaml`` first. Rerunning a finished recipe sends no LLM request
+    (answers come from the run's journal) and writes the same samples.
+    """
+    run = RunDir(recipe.run_dir)
+    settings = recipe.generate.to_settings()
+    backend = None
+    if settings.llm_modes:
+        backend = build_backend(recipe.llm.to_config(concurrency=recipe.generate.concurrency))
+    write_resolved_recipe(
+        recipe, run.root, generator=backend.describe() if backend is not None else None
+    )
+    summaries: dict[str, Any] = {}
+    if recipe.collect is not None:
+        summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
+    summaries["generate"] = generate_run(
+        run,
+        settings=settings,
+        backend=backend,
+        concurrency=recipe.generate.concurrency,
+        max_requests=recipe.generate.max_requests,
+        max_cost=recipe.generate.max_cost,
+        prices=_prices(recipe.llm),
+        progress=progress,
+    )
+    for name, stage in LATER_STAGES.items():
+        if getattr(recipe, name, None) is not None:
+            summaries[name] = stage(recipe, run, progress)
+    return summaries
+
+
+def collect_into(
+    run: RunDir, section: CollectSection, *, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Collect every source, write ``RUN/records/`` and return (and save) the counts.
+
+    Records of all sources are concatenated in recipe order; an image id already taken by an
+    earlier source is skipped and counted (``duplicate_image_ids_across_sources``).
+    """
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    duplicates = 0
+    source_summaries = []
+    for source in section.sources:
+        collector: CocoCollector | JsonlCollector
+        if isinstance(source, CocoSource):
+            collector = CocoCollector(
+                images_dir=source.images_dir,
+                captions=source.captions,
+                instances=source.instances,
+                vqa_questions=source.vqa_questions,
+                vqa_annotations=source.vqa_annotations,
+                coco_text=source.coco_text,
+                attributes=source.attributes,
+                check_images=source.check_images,
+            )
+        else:
+            collector = JsonlCollector(
+                jsonl_file=source.jsonl_file,
+                images_dir=source.images_dir,
+                check_images=source.check_images,
+            )
+        result = collector.collect(on_progress=progress)
+        source_summaries.append({"kind": source.kind, **result.summary})
+        for record in result.records:
+            if record.image_id in seen:
+                duplicates += 1
+                continue
+            seen.add(record.image_id)
+            records.append(record)
+    run.write_records(records)
+    summary = {
+        "images": len(records),
+        "duplicate_image_ids_across_sources": duplicates,
+        "sources": source_summaries,
+    }
+    run.save_summary("collect", summary)
+    return summary
+
+
+def _prices(section: LlmSection) -> TokenPrices | None:
+    if section.prices is None:
+        return None
+    return TokenPrices(
+        prompt_per_1k=section.prices.prompt_per_1k,
+        completion_per_1k=section.prices.completion_per_1k,
+    )
