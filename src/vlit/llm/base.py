@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -79,12 +80,18 @@ class Choice:
 
 @dataclass
 class Completion:
-    """The answer to one request: one choice per rollout, with token usage."""
+    """The answer to one request: one choice per rollout, with token usage.
+
+    ``retries`` and ``rate_limited`` count the retried attempts (and how many of them were
+    HTTP 429 answers) it took to get this answer, for the session's accounting.
+    """
 
     choices: list[Choice]
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str = ""
+    retries: int = 0
+    rate_limited: int = 0
 
 
 @dataclass
@@ -104,9 +111,29 @@ class Outcome:
         return self.error is None
 
 
+def rollout_seed(seed: int, rollout: int) -> int:
+    """The seed of rollout ``rollout`` of a request whose base seed is ``seed``.
+
+    Rollout 0 keeps the base seed, so ``rollout_seed(rollout_seed(s, i), 0) == rollout_seed(s, i)``:
+    asking again for rollout i alone (``n=1`` with this seed) reproduces it on backends that
+    sample each rollout from its own seed (the local and vLLM backends do).
+
+    >>> rollout_seed(7, 0)
+    7
+    """
+    if rollout == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{rollout}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 @runtime_checkable
 class LlmBackend(Protocol):
-    """A chat model. ``complete`` must return exactly ``request.n`` choices or raise."""
+    """A chat model. ``complete`` must return exactly ``request.n`` choices or raise.
+
+    Choice ``j`` of a request is its rollout ``j``; backends that can seed each generation
+    seed it with ``rollout_seed(request.seed, j)``. Failures raise ``vlit.errors.LlmError``.
+    """
 
     @property
     def model_name(self) -> str: ...
