@@ -1,18 +1,23 @@
 """LLM session throughput against a local endpoint with fixed latency, and journal overhead.
 
-The endpoint is the scripted OpenAI-compatible test server (tests/llm_servers.py) in its own
-process, answering every request after a fixed latency L. With C requests in flight the ideal
-throughput is C / L requests per second; the table shows how close the session gets, with the
-journal off and on, and how fast a finished run replays from the journal. The journal's own
-cost is also timed directly (lookup of a missing request + commit of its answer).
+The endpoint is ``benchmarks/latency_server.py`` in its own process: a lean asyncio server that
+answers every request after a fixed latency L, at a small CPU cost per request (reported, so
+one can check it is not the bottleneck). With C requests in flight the ideal throughput is
+C / L requests per second; the table shows how close the session gets with the journal off and
+on, the CPU time per request of client and server, and how fast a finished run replays from
+the journal. For reference, a plain httpx client (one AsyncClient and a semaphore) runs the same
+requests. The journal's cost is shown two ways: extra client CPU per request of the journaled
+run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
+on a shared machine the other processes' load lowers the percentages.
 
-Run:  .venv/bin/python benchmarks/bench_llm_throughput.py [--latency-ms 50] [--seconds 1.0]
+Run:  .venv/bin/python benchmarks/bench_llm_throughput.py [--latency-ms 50] [--seconds 2.0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,19 +30,31 @@ import httpx
 from vlit.llm import ChatRequest, Choice, LlmJournal, LlmSession, Message, OpenAICompatibleBackend
 from vlit.llm.journal import JournalEntry, canonical_request, hash_canonical
 
-TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+SERVER = Path(__file__).resolve().with_name("latency_server.py")
 
 
-def serve(latency_s: float) -> None:
-    """Child process: run the scripted server until stdin closes."""
-    sys.path.insert(0, str(TESTS_DIR))
-    from llm_servers import Response, ScriptedServer
+class Endpoint:
+    """The latency server in its own process, and the CPU time it has spent so far."""
 
-    server = ScriptedServer(default=Response.echo(delay_s=latency_s))
-    server.start()
-    print(server.port, flush=True)
-    sys.stdin.read()
-    server.stop()
+    def __init__(self, latency_ms: float) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, str(SERVER), "--latency-ms", str(latency_ms)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._stdin, self._stdout = self._process.stdin, self._process.stdout
+        self.url = f"http://127.0.0.1:{self._stdout.readline().strip()}/v1"
+
+    def cpu_s(self) -> float:
+        self._stdin.write("\n")
+        self._stdin.flush()
+        return float(self._stdout.readline().split()[0])
+
+    def stop(self) -> None:
+        self._stdin.close()
+        self._process.wait(timeout=30)
 
 
 def requests_for(count: int, tag: str) -> list[ChatRequest]:
@@ -51,37 +68,45 @@ def requests_for(count: int, tag: str) -> list[ChatRequest]:
 class Timing:
     elapsed_s: float
     cpu_s: float  # CPU time of this (client) process
+    server_cpu_s: float
     requests_sent: int
 
 
 def timed_run(
-    url: str, requests: list[ChatRequest], concurrency: int, journal: Path | None
+    endpoint: Endpoint, requests: list[ChatRequest], concurrency: int, journal: Path | None
 ) -> Timing:
     backend = OpenAICompatibleBackend(
-        base_url=url, model="scripted-model", max_connections=concurrency
+        base_url=endpoint.url, model="bench-model", max_connections=concurrency
     )
     opened = LlmJournal(journal) if journal is not None else None
     session = LlmSession(backend, journal=opened, concurrency=concurrency)
+    server_cpu_started = endpoint.cpu_s()
     started, cpu_started = time.perf_counter(), time.process_time()
     outcomes = session.run(requests)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    server_cpu = endpoint.cpu_s() - server_cpu_started
     if opened is not None:
         opened.close()
     assert all(outcome.ok for outcome in outcomes), "benchmark requests failed"
-    return Timing(elapsed_s=elapsed, cpu_s=cpu, requests_sent=session.usage().requests_sent)
+    return Timing(
+        elapsed_s=elapsed,
+        cpu_s=cpu,
+        server_cpu_s=server_cpu,
+        requests_sent=session.usage().requests_sent,
+    )
 
 
-def baseline_run(url: str, requests: list[ChatRequest], concurrency: int) -> Timing:
-    """What one writes without vlit: one httpx.AsyncClient, a semaphore, no journal."""
+def baseline_run(endpoint: Endpoint, requests: list[ChatRequest], concurrency: int) -> Timing:
+    """What one writes with httpx alone: one AsyncClient, a semaphore, no journal."""
 
     async def run_all() -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=endpoint.url, limits=limits, timeout=60) as client:
             semaphore = asyncio.Semaphore(concurrency)
 
             async def one(request: ChatRequest) -> None:
                 body = {
-                    "model": "scripted-model",
+                    "model": "bench-model",
                     "messages": [{"role": m.role, "content": m.content} for m in request.messages],
                     "max_tokens": request.max_tokens,
                     "seed": request.seed,
@@ -93,10 +118,16 @@ def baseline_run(url: str, requests: list[ChatRequest], concurrency: int) -> Tim
 
             await asyncio.gather(*(one(request) for request in requests))
 
+    server_cpu_started = endpoint.cpu_s()
     started, cpu_started = time.perf_counter(), time.process_time()
     asyncio.run(run_all())
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return Timing(elapsed_s=elapsed, cpu_s=cpu, requests_sent=len(requests))
+    return Timing(
+        elapsed_s=elapsed,
+        cpu_s=cpu,
+        server_cpu_s=endpoint.cpu_s() - server_cpu_started,
+        requests_sent=len(requests),
+    )
 
 
 def journal_microseconds(directory: Path, count: int) -> float:
@@ -130,70 +161,72 @@ def journal_microseconds(directory: Path, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--seconds", type=float, default=1.0, help="ideal duration per row")
+    parser.add_argument("--seconds", type=float, default=2.0, help="ideal duration per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     args = parser.parse_args()
     latency = args.latency_ms / 1000
 
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    url = f"http://127.0.0.1:{server.stdout.readline().strip()}/v1"
+    load_before = os.getloadavg()
+    endpoint = Endpoint(args.latency_ms)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         directory = Path(folder)
-        timed_run(url, requests_for(64, "warmup"), 8, None)
+        timed_run(endpoint, requests_for(64, "warmup"), 8, None)
         for concurrency in args.concurrency:
             ideal = concurrency / latency
             count = max(int(ideal * args.seconds), concurrency)
-            base = baseline_run(url, requests_for(count, f"base{concurrency}"), concurrency)
-            off = timed_run(url, requests_for(count, f"off{concurrency}"), concurrency, None)
+            base = baseline_run(endpoint, requests_for(count, f"base{concurrency}"), concurrency)
+            off = timed_run(endpoint, requests_for(count, f"off{concurrency}"), concurrency, None)
             journal = directory / f"journal-{concurrency}.sqlite"
-            on = timed_run(url, requests_for(count, f"on{concurrency}"), concurrency, journal)
-            replay = timed_run(url, requests_for(count, f"on{concurrency}"), concurrency, journal)
-            assert replay.requests_sent == 0
-            rows.append(
-                (
-                    concurrency,
-                    count,
-                    ideal,
-                    count / base.elapsed_s,
-                    count / off.elapsed_s,
-                    count / on.elapsed_s,
-                    count / replay.elapsed_s,
-                    off.cpu_s / count * 1000,
-                )
+            on = timed_run(endpoint, requests_for(count, f"on{concurrency}"), concurrency, journal)
+            replay = timed_run(
+                endpoint, requests_for(count, f"on{concurrency}"), concurrency, journal
             )
+            assert replay.requests_sent == 0
+            rows.append((concurrency, count, ideal, base, off, on, replay))
         micro = journal_microseconds(directory, 3000)
-    server.stdin.close()
-    server.wait(timeout=30)
+    endpoint.stop()
+    load_after = os.getloadavg()
 
-    print(f"LLM session throughput, endpoint latency L = {args.latency_ms:g} ms (req/s)")
+    print(f"LLM session throughput, endpoint latency L = {args.latency_ms:g} ms")
     print(
-        f"{'C':>3} {'requests':>8} {'ideal C/L':>9} {'httpx baseline':>14} {'session':>8} "
-        f"{'% ideal':>7} {'vs baseline':>11} {'+journal':>8} {'% ideal':>7} {'on/off':>6} "
-        f"{'replay':>7} {'CPU ms/req':>10}"
+        f"{'C':>3} {'requests':>8} {'ideal C/L':>9} | {'httpx':>6} {'CPU µs':>6} | "
+        f"{'session':>7} {'% ideal':>7} {'CPU µs':>6} {'server µs':>9} | "
+        f"{'+journal':>8} {'% ideal':>7} {'CPU µs':>6} | {'replay':>7}"
     )
-    for concurrency, count, ideal, base, off, on, replay, cpu_ms in rows:
+    for concurrency, count, ideal, base, off, on, replay in rows:
+
+        def rate(timing: Timing, count: int = count) -> float:
+            return count / timing.elapsed_s
+
+        def micros(seconds: float, count: int = count) -> float:
+            return seconds / count * 1e6
+
         print(
-            f"{concurrency:>3} {count:>8} {ideal:>9.0f} {base:>14.0f} {off:>8.0f} "
-            f"{off / ideal:>7.0%} {off / base:>11.2f} {on:>8.0f} {on / ideal:>7.0%} "
-            f"{on / off:>6.2f} {replay:>7.0f} {cpu_ms:>10.2f}"
+            f"{concurrency:>3} {count:>8} {ideal:>9.0f} | {rate(base):>6.0f} "
+            f"{micros(base.cpu_s):>6.0f} | {rate(off):>7.0f} {rate(off) / ideal:>7.0%} "
+            f"{micros(off.cpu_s):>6.0f} {micros(off.server_cpu_s):>9.0f} | "
+            f"{rate(on):>8.0f} {rate(on) / ideal:>7.0%} {micros(on.cpu_s):>6.0f} | "
+            f"{rate(replay):>7.0f}"
         )
     print(
-        "session = LlmSession + OpenAICompatibleBackend, journal off; +journal = journal on; "
-        "replay = rerun answered from the journal;\nCPU ms/req = this process's CPU time per "
-        "request of the session run: one free core sustains at most 1000 / that many req/s."
+        "req/s: httpx = one httpx.AsyncClient + a semaphore (reference); session = LlmSession "
+        "+ OpenAICompatibleBackend, journal off;\n+journal = journal on; replay = rerun "
+        "answered from the journal. CPU µs = client process CPU time per request\n(one free "
+        "core sustains at most 1e6 / that many req/s); server µs = the endpoint's CPU per request."
     )
-    print(f"journal lookup + commit per request (direct timing): {micro:.0f} µs")
+    overhead = ", ".join(
+        f"C={concurrency}: {(on.cpu_s - off.cpu_s) / count * 1e6:+.0f} µs CPU"
+        for concurrency, count, _, _, off, on, _ in rows
+    )
+    print(
+        f"journal overhead per request: {overhead}; lookup + commit timed directly: {micro:.0f} µs"
+    )
+    print(
+        "load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f} "
+        "on {} cores".format(*load_before, *load_after, os.cpu_count())
+    )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        serve(float(sys.argv[2]))
-    else:
-        main()
+    main()

@@ -5,11 +5,12 @@ of everything that determines the answer: backend kind, model, messages, tempera
 max_tokens, top_logprobs, stop and seed; the rollout index is the second half of the row's
 identity. The API key is never part of it (backends never hand it out).
 
-Each answer is committed as soon as it arrives (answers that arrive together share one
-transaction). The file is in WAL mode with ``synchronous=NORMAL``: a commit is an append to the
-write-ahead log without an fsync, so it survives the process being killed at any moment
-(SIGKILL, OOM); only a power cut or OS crash can lose the last commits (WAL checkpoints do
-fsync). Rerunning a finished run therefore sends no request at all.
+Each answer is committed as soon as it arrives: at the end of the event-loop turn in which it
+arrived, together with the other answers of that turn (one transaction for all of them). The
+file is in WAL mode with ``synchronous=NORMAL``: a commit is an append to the write-ahead log
+without an fsync, so it survives the process being killed at any moment (SIGKILL, OOM); only a
+power cut or OS crash can lose the last commits (WAL checkpoints do fsync). Rerunning a
+finished run therefore sends no request at all.
 
 Example:
     >>> journal = LlmJournal(run.journal_path)                    # doctest: +SKIP
@@ -21,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import queue
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,8 @@ class LlmJournal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
-        self._writer: _Writer | None = None
+        self._pending: list[JournalEntry] = []
+        self._committed: asyncio.Future[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -120,9 +120,6 @@ class LlmJournal:
         return database
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.stop()
-            self._writer = None
         self._db.close()
 
     def __enter__(self) -> LlmJournal:
@@ -154,13 +151,27 @@ class LlmJournal:
     async def arecord(self, entry: JournalEntry) -> None:
         """Like ``record``, from an event loop: returns once the answers are committed.
 
-        Commits run on a writer thread with its own connection, so the event loop keeps
-        serving other requests meanwhile; answers that arrive while a commit is running are
-        committed together in the next transaction (group commit), never held back.
+        The answers recorded during one turn of the event loop are committed together at the
+        end of that turn (group commit): one transaction (~0.1 ms, no fsync) instead of one per
+        answer, and nothing is held back longer than the turn in which it arrived.
         """
-        if self._writer is None:
-            self._writer = _Writer(self._connect())
-        await self._writer.commit(entry)
+        if self._committed is None:
+            self._committed = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit_pending)
+        self._pending.append(entry)
+        # shield: one waiter being cancelled must not cancel the commit the others wait for.
+        await asyncio.shield(self._committed)
+
+    def _commit_pending(self) -> None:
+        entries, committed = self._pending, self._committed
+        self._pending, self._committed = [], None
+        assert committed is not None
+        try:
+            _commit(self._db, entries)
+        except sqlite3.Error as error:
+            committed.set_exception(error)
+        else:
+            committed.set_result(None)
 
     def totals(self) -> JournalTotals:
         """Counts and token usage over everything journaled (all sessions, all reruns)."""
@@ -240,62 +251,3 @@ def _commit(database: sqlite3.Connection, answers: list[JournalEntry]) -> None:
         database.execute("ROLLBACK")
         raise
     database.execute("COMMIT")
-
-
-class _Writer:
-    """A thread that commits answers handed over from event loops, in arrival order."""
-
-    def __init__(self, database: sqlite3.Connection) -> None:
-        self._database = database
-        self._queue: queue.SimpleQueue[
-            tuple[JournalEntry, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="vlit-journal", daemon=True)
-        self._thread.start()
-
-    async def commit(self, answer: JournalEntry) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((answer, loop, done))
-        await done
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._database.close()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while True:  # take whatever else has arrived meanwhile: one transaction for all
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            error: sqlite3.Error | None = None
-            try:
-                _commit(self._database, [answer for answer, _, _ in batch])
-            except sqlite3.Error as failure:
-                error = failure
-            for _, loop, done in batch:
-                try:
-                    loop.call_soon_threadsafe(_settle, done, error)
-                except RuntimeError:
-                    pass  # that event loop is closed: nobody waits for this answer any more
-
-
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)

@@ -186,9 +186,12 @@ class LlmSession:
             else:
                 # Partly journaled: ask for each missing rollout alone, with its own seed.
                 calls = [([rollout], _single_rollout(request, rollout)) for rollout in missing]
-            results = await asyncio.gather(
-                *(self._call(key, canonical, rollouts, call) for rollouts, call in calls)
-            )
+            if len(calls) == 1:  # the usual case: no task and no gather to pay for
+                results = [await self._call(key, canonical, *calls[0])]
+            else:
+                results = await asyncio.gather(
+                    *(self._call(key, canonical, rollouts, call) for rollouts, call in calls)
+                )
         for (rollouts, _), result in zip(calls, results, strict=True):
             if isinstance(result, _BudgetRefusal):
                 self._usage.budget_skipped += 1
