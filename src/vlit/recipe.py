@@ -408,7 +408,7 @@ def write_resolved_recipe(
 
 def _package_versions() -> dict[str, str]:
     versions = {}
-    for name in ("pyarrow", "pydantic", "pillow", "httpx", "torch", "transformers", "gguf"):
+    for name in ("pyarrow", "pydantic", "pillow", "torch", "transformers", "gguf"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
