@@ -1,0 +1,262 @@
+"""`vlit report` (dataset indicators, comparison, HTML) and `vlit select` (to a budget)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlit.cli.common import console, emit_summary
+from vlit.errors import ConfigError
+from vlit.quality.indicators.complexity import LlmComplexityScorer
+from vlit.quality.indicators.embeddings import load_embedder
+from vlit.quality.indicators.labels import TagGptTagger
+from vlit.quality.indicators.suite import (
+    IndicatorSettings,
+    compute_indicators,
+    load_run,
+    without_histograms,
+)
+from vlit.report.html import DatasetView, render_html
+from vlit.report.table import comparison_json, indicator_rows
+from vlit.rundir import RunDir
+from vlit.selection import select_to_budget
+
+LABELLER_NAMES = ("rules", "taggpt")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+    app.command("report")(report_command)
+    app.command("select")(select_command)
+
+
+def _settings(eps: str, min_samples: int, subsample: int, parse_limit: int, seed: int) -> Any:
+    if eps != "auto":
+        try:
+            value: float | str = float(eps)
+        except ValueError as error:
+            raise ConfigError(
+                f"--eps must be a number or 'auto', got '{eps}'", fix="e.g. --eps 0.3"
+            ) from error
+    else:
+        value = "auto"
+    return IndicatorSettings(
+        eps=value,
+        min_samples=min_samples,
+        subsample_size=subsample,
+        parse_limit=parse_limit,
+        seed=seed,
+    )
+
+
+def _llm_session(run: RunDir, base_url: str, model: str, concurrency: int) -> Any:
+    """An LLM session journalled into the run (resume: no request is paid twice)."""
+    from vlit.llm.journal import LlmJournal
+    from vlit.llm.openai_compatible import OpenAICompatibleBackend
+    from vlit.llm.session import LlmSession
+
+    backend = OpenAICompatibleBackend(base_url=base_url, model=model)
+    return LlmSession(backend, journal=LlmJournal(run.journal_path), concurrency=concurrency)
+
+
+EmbedderOption = Annotated[
+    str,
+    typer.Option(
+        "--embedder",
+        help="minilm (default, bundled all-MiniLM-L6-v2), wordllama (static, no torch), "
+        "'none' (skip response diversity), or a sentence-transformers/transformers folder or "
+        "cached hub id (SimCSE ids use CLS pooling).",
+    ),
+]
+
+
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or imported datasets).")],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison table as one JSON object.")
+    ] = False,
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--llm-base-url",
+            help="OpenAI-compatible endpoint for TagGPT and the LLM complexity score.",
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str | None, typer.Option("--llm-model", help="Model name at --llm-base-url.")
+    ] = None,
+    labeller: Annotated[
+        str, typer.Option("--labeller", help="rules (offline) or taggpt (needs the LLM).")
+    ] = "rules",
+    embedder: EmbedderOption = "minilm",
+    eps: Annotated[
+        str, typer.Option("--eps", help="DBSCAN eps (cosine distance) or 'auto' (knee).")
+    ] = "auto",
+    min_samples: Annotated[int, typer.Option("--min-samples", help="DBSCAN min_samples.")] = 5,
+    subsample: Annotated[
+        int, typer.Option("--subsample", help="Fixed subsample size for comparable R.")
+    ] = 10_000,
+    parse_limit: Annotated[
+        int, typer.Option("--parse-limit", help="Most samples parsed by spaCy for O/G.")
+    ] = 5000,
+    complexity_samples: Annotated[
+        int, typer.Option("--complexity-samples", help="Samples scored by the LLM (1-10).")
+    ] = 500,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="LLM requests at once.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+) -> None:
+    """Compute the dataset indicators of each run, write RUN/indicators.json, compare them."""
+    if labeller not in LABELLER_NAMES:
+        raise ConfigError(
+            f"unknown labeller '{labeller}'", fix=f"use one of: {', '.join(LABELLER_NAMES)}"
+        )
+    if (llm_base_url is None) != (llm_model is None):
+        raise ConfigError("--llm-base-url and --llm-model go together", fix="pass both, or neither")
+    if labeller == "taggpt" and llm_base_url is None:
+        raise ConfigError(
+            "--labeller taggpt needs an LLM", fix="pass --llm-base-url URL --llm-model NAME"
+        )
+    settings = _settings(eps, min_samples, subsample, parse_limit, seed)
+    embedding_model = None if embedder == "none" else load_embedder(embedder)
+    views: list[DatasetView] = []
+    names: set[str] = set()
+    for path in runs:
+        loaded = load_run(path)
+        name = loaded.name if loaded.name not in names else str(path)
+        names.add(name)
+        console.print(f"[bold]{name}[/bold]: {len(loaded.samples)} samples from {loaded.stage}/")
+        tagger = complexity = None
+        if llm_base_url is not None and llm_model is not None:
+            session = _llm_session(RunDir(path), llm_base_url, llm_model, concurrency)
+            complexity = LlmComplexityScorer(
+                session=session, max_samples=complexity_samples, seed=seed
+            )
+            if labeller == "taggpt":
+                if embedding_model is None:
+                    raise ConfigError(
+                        "--labeller taggpt merges tags by embedding", fix="drop --embedder none"
+                    )
+                tagger = TagGptTagger(session=session, embedder=embedding_model, seed=seed)
+        report = compute_indicators(
+            loaded.samples,
+            embedder=embedding_model,
+            cache_dir=loaded.root / "embeddings",
+            records=loaded.records,
+            tagger=tagger,
+            complexity_scorer=complexity,
+            settings=settings,
+            on_step=_announcer(name),
+        )
+        report.update({"dataset": name, "run": str(path), "stage": loaded.stage})
+        report["excluded"] = loaded.excluded
+        saved = without_histograms(report)
+        (loaded.root / "indicators.json").write_text(
+            json.dumps(saved, indent=2, sort_keys=True), encoding="utf-8"
+        )
+        views.append(
+            DatasetView(name=name, report=report, samples=loaded.samples, dropped=loaded.dropped)
+        )
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(views), encoding="utf-8")
+        console.print(f"HTML report: {html}")
+    reports = {view.name: view.report for view in views}
+    if as_json:
+        print(json.dumps(comparison_json(reports), sort_keys=True))
+        return
+    _print_table(reports)
+
+
+def _announcer(name: str) -> Callable[[str], None]:
+    def announce(step: str) -> None:
+        console.print(f"  {name}: {step}", highlight=False)
+
+    return announce
+
+
+def _print_table(reports: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from vlit.cli.common import stdout
+
+    table = Table(title="Dataset indicators")
+    table.add_column("indicator")
+    for name in reports:
+        table.add_column(name, justify="right")
+    for title, cells in indicator_rows(reports):
+        table.add_row(title, *cells)
+    stdout.print(table)
+
+
+def select_command(
+    run: Annotated[Path, typer.Argument(help="Run directory to select from.")],
+    size: Annotated[int, typer.Option("--size", help="How many samples to select.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="New run directory for the selection (default RUN/selected)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+    dedup_threshold: Annotated[
+        float,
+        typer.Option(
+            "--dedup-threshold",
+            help="MinHash Jaccard for near-duplicates; "
+            "1.0 keeps only exact word-shingle matches out.",
+        ),
+    ] = 0.8,
+    embedder: EmbedderOption = "minilm",
+    eps: Annotated[str, typer.Option("--eps", help="DBSCAN eps or 'auto'.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+) -> None:
+    """Pick N samples: quality first, near-duplicates out, tasks evened out; show indicators
+    before and after."""
+    loaded = load_run(run)
+    result = select_to_budget(loaded.samples, size=size, dedup_threshold=dedup_threshold, seed=seed)
+    if out is None:
+        target, stage = RunDir(run), "selected"
+    else:
+        target, stage = RunDir(out), "samples"
+        if target.has_stage("samples"):
+            raise ConfigError(f"{out} already has samples", fix="choose a new --out")
+        if loaded.records:
+            target.write_records(loaded.records.values())
+    target.write_samples(stage, result.selected)
+    target.save_summary("select", {**result.summary, "source": str(run)})
+    settings = _settings(eps, 5, 10_000, 5000, seed)
+    embedding_model = None if embedder == "none" else load_embedder(embedder)
+    before = compute_indicators(
+        loaded.samples,
+        embedder=embedding_model,
+        cache_dir=loaded.root / "embeddings",
+        records=loaded.records,
+        settings=settings,
+    )
+    after = compute_indicators(
+        result.selected,
+        embedder=embedding_model,
+        cache_dir=loaded.root / "embeddings",
+        records=loaded.records,
+        settings=settings,
+    )
+    summary = {
+        "written_to": str(target.stage_dir(stage)),
+        "selection": result.summary,
+        "before": before["table"],
+        "after": after["table"],
+    }
+    if as_json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return
+    _print_table({"before": before, "after": after})
+    emit_summary(
+        "Selection", {k: v for k, v in result.summary.items() if k != "quotas"}, as_json=False
+    )

@@ -1,0 +1,231 @@
+"""Compute every dataset indicator of one dataset (a run directory or a list of samples).
+
+``compute_indicators`` labels the samples (rules or TagGPT), feeds the mergeable indicators
+batch by batch, runs the LLM complexity scorer when given, and returns one JSON-ready dict:
+``table`` (the paper's Table 4 row for this dataset, ``None`` = not computed), ``indicators``
+(every detail), ``settings`` and ``timings`` (seconds per indicator).
+
+Example:
+    >>> loaded = load_run("runs/demo")                                    # doctest: +SKIP
+    >>> report = compute_indicators(loaded.samples, embedder=load_embedder("wordllama"))
+    ...                                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlit.errors import InputFileError
+from vlit.quality.indicators.balance import TaskDistributionIndicator
+from vlit.quality.indicators.complexity import (
+    ComplexityProxyIndicator,
+    LlmComplexityScorer,
+    ObjectGranularityIndicator,
+)
+from vlit.quality.indicators.embeddings import Embedder
+from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
+from vlit.quality.indicators.labels import RuleTaskLabeller, TagGptTagger
+from vlit.quality.indicators.response_diversity import ResponseDiversityIndicator
+from vlit.quality.indicators.scores import QualityScoresIndicator
+from vlit.rundir import RunDir
+from vlit.schema import ImageRecord, Sample
+
+# (column of the paper's Table 4, key in ``table``)
+TABLE_ROWS: tuple[tuple[str, str], ...] = (
+    ("MD", "md"),
+    ("C", "correctness"),
+    ("T", "task_diversity"),
+    ("I (instruction diversity)", "instruction_diversity"),
+    ("R (response diversity)", "response_diversity"),
+    ("O/G", "object_granularity"),
+    ("I-complexity (LLM)", "instruction_complexity"),
+    ("I-complexity (proxy)", "instruction_complexity_proxy"),
+    ("Balance (variance of task shares, %)", "balance"),
+)
+
+
+@dataclass(frozen=True)
+class IndicatorSettings:
+    """Parameters of the indicators (all recorded in ``indicators.json``)."""
+
+    eps: float | str = "auto"
+    min_samples: int = 5
+    subsample_size: int = 10_000
+    parse_limit: int = 5000
+    seed: int = 0
+
+
+@dataclass
+class LoadedRun:
+    """The samples of a run directory the report looks at, and what it needs beside them."""
+
+    root: Path
+    name: str
+    stage: str
+    samples: list[Sample]
+    records: dict[str, ImageRecord]
+    dropped: list[Sample] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def load_run(path: str | os.PathLike[str]) -> LoadedRun:
+    """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
+    samples marked dropped are left out (and counted)."""
+    run = RunDir(path)
+    if not run.root.is_dir():
+        raise InputFileError(
+            "run directory not found",
+            file=str(run.root),
+            fix="pass a directory made by `vlit generate`, `vlit import` or `vlit filter`",
+        )
+    stage = "kept" if run.has_stage("kept") else run.latest_sample_stage()
+    samples: list[Sample] = []
+    excluded = {"failed": 0, "dropped": 0}
+    for sample in run.read_samples(stage):
+        if sample.failure_reason is not None or not sample.turns:
+            excluded["failed"] += 1
+        elif sample.drop_reason is not None:
+            excluded["dropped"] += 1
+        else:
+            samples.append(sample)
+    records = (
+        {record.image_id: record for record in run.read_records()}
+        if run.has_stage("records")
+        else {}
+    )
+    dropped = list(run.read_samples("dropped")) if run.has_stage("dropped") else []
+    return LoadedRun(
+        root=run.root,
+        name=run.root.name,
+        stage=stage,
+        samples=samples,
+        records=records,
+        dropped=dropped,
+        excluded=excluded,
+    )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _feed(indicator: Any, samples: list[Sample], batch_size: int = 4096) -> None:
+    for start in range(0, len(samples), batch_size):
+        indicator.update(samples[start : start + batch_size])
+
+
+def compute_indicators(
+    samples: list[Sample],
+    *,
+    embedder: Embedder | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    records: dict[str, ImageRecord] | None = None,
+    tagger: TagGptTagger | None = None,
+    complexity_scorer: LlmComplexityScorer | None = None,
+    settings: IndicatorSettings = IndicatorSettings(),
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every dataset indicator of ``samples`` (labels are written into ``sample.labels``).
+
+    ``embedder=None`` skips response diversity (reported as not computed); ``tagger=None``
+    uses the rule labeller; ``complexity_scorer=None`` leaves the LLM complexity not computed.
+    """
+    timings: dict[str, float] = {}
+    step = on_step or (lambda _name: None)
+    details: dict[str, Any] = {}
+
+    step("task labels")
+    with _timed(timings, "task_labels"):
+        if tagger is not None:
+            tagging = tagger.label(samples)
+            details["task_labels"] = {
+                "labeller": "taggpt",
+                "settings": tagging.settings,
+                "kept_tags": tagging.vocabulary.kept,
+                "merged_into": {k: v for k, v in tagging.vocabulary.merged_into.items() if k != v},
+                "dropped_rare_tags": len(tagging.vocabulary.dropped_rare),
+                "failed_requests": tagging.failed_requests,
+                "untagged_samples": tagging.untagged_samples,
+            }
+        else:
+            labeller = RuleTaskLabeller()
+            labeller(samples)
+            details["task_labels"] = {"labeller": "rules", "rules": labeller.label_names}
+
+    streaming: list[Any] = [
+        TaskDistributionIndicator(),
+        InstructionDiversityIndicator(),
+        ObjectGranularityIndicator(
+            records=records, parse_limit=settings.parse_limit, seed=settings.seed
+        ),
+        ComplexityProxyIndicator(),
+        QualityScoresIndicator(),
+    ]
+    if embedder is not None:
+        streaming.append(
+            ResponseDiversityIndicator(
+                embedder=embedder,
+                cache_dir=cache_dir,
+                eps=settings.eps,
+                min_samples=settings.min_samples,
+                subsample_size=settings.subsample_size,
+                seed=settings.seed,
+            )
+        )
+    for indicator in streaming:
+        step(indicator.name)
+        with _timed(timings, indicator.name):
+            _feed(indicator, samples)
+            details[indicator.name] = indicator.result()
+    if complexity_scorer is not None:
+        step("instruction complexity (LLM)")
+        with _timed(timings, "instruction_complexity_llm"):
+            details["instruction_complexity_llm"] = complexity_scorer.score(samples)
+
+    table = _table(details)
+    return {
+        "samples": len(samples),
+        "table": table,
+        "indicators": details,
+        "settings": asdict(settings),
+        "timings": timings,
+    }
+
+
+def _table(details: dict[str, Any]) -> dict[str, float | int | None]:
+    response = details.get("response_diversity") or {}
+    llm = details.get("instruction_complexity_llm") or {}
+    return {
+        "md": details["quality_scores"]["md"],
+        "correctness": details["quality_scores"]["correctness"],
+        "task_diversity": details["tasks"]["task_diversity"],
+        "instruction_diversity": details["instruction_diversity"]["mean_clusters"],
+        "response_diversity": response.get("log_clusters"),
+        "object_granularity": details["object_granularity"]["object_granularity"],
+        "instruction_complexity": llm.get("mean"),
+        "instruction_complexity_proxy": details["instruction_complexity_proxy"]["proxy_complexity"],
+        "balance": details["tasks"]["balance"]["share_variance"],
+    }
+
+
+def without_histograms(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without per-sample value lists (for ``indicators.json`` and ``--json``)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "histogram_values"}
+        return value
+
+    result: dict[str, Any] = strip(report)
+    return result

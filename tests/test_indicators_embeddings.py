@@ -1,0 +1,109 @@
+"""Embedders on real models (MiniLM, WordLlama) and the on-disk embedding cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlit.errors import ModelUnavailableError
+from vlit.quality.indicators.embeddings import (
+    EmbeddingCache,
+    StaticEmbedder,
+    TransformerEmbedder,
+    bundled_minilm_folder,
+)
+
+
+@pytest.fixture(scope="module")
+def responses(llava_slice: Path) -> list[str]:
+    records = json.loads(llava_slice.read_text())
+    return [r["conversations"][1]["value"] for r in records[:200]]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TransformerEmbedder:
+    embedder = TransformerEmbedder(model="minilm")
+    embedder.setup()
+    return embedder
+
+
+@pytest.mark.model
+def test_minilm_matches_sentence_transformers(
+    minilm: TransformerEmbedder, responses: list[str]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    ours = minilm.embed(responses[:64])
+    reference = SentenceTransformer(str(bundled_minilm_folder()), device="cpu").encode(
+        responses[:64], normalize_embeddings=True
+    )
+    assert ours.shape == (64, 384)
+    assert minilm.pooling == "mean"
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+@pytest.mark.model
+def test_static_embedder_offline_and_semantic() -> None:
+    vectors = StaticEmbedder().embed(
+        ["a red double-decker bus", "a red bus in the city", "a bowl of soup", ""]
+    )
+    assert vectors.shape == (4, 256)
+    assert np.allclose(np.linalg.norm(vectors[:3], axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    assert not vectors[3].any()  # empty text: zero vector, not NaN
+
+
+@pytest.mark.model
+def test_cache_reuses_vectors(
+    tmp_path: Path, minilm: TransformerEmbedder, responses: list[str]
+) -> None:
+    cache = EmbeddingCache(tmp_path)
+    first = cache.embed(minilm, responses[:40])
+    assert cache.misses == len(set(responses[:40])) and cache.hits == 0
+    again = EmbeddingCache(tmp_path)
+    second = again.embed(minilm, responses[20:60])
+    assert again.hits == len(set(responses[20:40]))
+    assert again.misses == len(set(responses[40:60]) - set(responses[20:40]))
+    assert np.allclose(second[:20], first[20:40])
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
+def test_unknown_hub_id_offline_is_a_clear_error() -> None:
+    with pytest.raises(ModelUnavailableError, match="--embedder PATH"):
+        TransformerEmbedder(model="princeton-nlp/sup-simcse-bert-base-uncased").setup()
+
+
+def test_simcse_style_checkpoint_uses_cls_pooling(tmp_path: Path) -> None:
+    """A tiny random BERT saved under a SimCSE-like name loads through the user path."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "my-simcse-bert"
+    config = BertConfig(
+        vocab_size=120,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    BertModel(config).save_pretrained(folder)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "dog": 5, "cat": 6}
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(folder)
+    embedder = TransformerEmbedder(model=str(folder))
+    vectors = embedder.embed(["a dog", "a cat a cat"])
+    assert embedder.pooling == "cls"
+    assert vectors.shape == (2, 16)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

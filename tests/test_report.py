@@ -1,0 +1,119 @@
+"""`vlit report` on runs built from the real LLaVA slice: every indicator, JSON, HTML."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlit.cli import app
+from vlit.rundir import RunDir
+from vlit.schema import Sample, Turn
+
+
+def _run_from_slice(llava_slice: Path, root: Path, count: int, scored: bool) -> Path:
+    records = json.loads(llava_slice.read_text())[:count]
+    samples = []
+    for i, record in enumerate(records):
+        turns = [
+            Turn("user" if c["from"] == "human" else "assistant", c["value"])
+            for c in record["conversations"]
+        ]
+        scores = {"md": 0.25 + (i % 10) / 100, "correct": float(i % 4 != 0)} if scored else {}
+        samples.append(
+            Sample(str(record["id"]), turns=turns, image=record.get("image"), scores=scores)
+        )
+    run = RunDir(root)
+    run.write_samples("kept", samples)
+    evil = Sample(
+        "evil",
+        turns=[Turn("user", "<script>alert(1)</script> & co"), Turn("assistant", "<b>bold</b>")],
+        drop_reason="lint:<leak>",
+    )
+    run.write_samples("dropped", [evil])
+    return root
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+@pytest.mark.model
+def test_report_two_runs_minilm_html_and_json(llava_slice: Path, tmp_path: Path) -> None:
+    first = _run_from_slice(llava_slice, tmp_path / "scored", 160, scored=True)
+    second = _run_from_slice(llava_slice, tmp_path / "plain", 100, scored=False)
+    html = tmp_path / "report.html"
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            str(first),
+            str(second),
+            "--html",
+            str(html),
+            "--json",
+            "--parse-limit",
+            "100",
+            "--eps",
+            "auto",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout.strip().splitlines()[-1])
+    assert table["datasets"] == ["scored", "plain"]
+    assert table["table"]["md"]["scored"] == pytest.approx(29.5, abs=0.01)  # md 0.25..0.34 evenly
+    assert table["table"]["correctness"]["scored"] == pytest.approx(75.0)
+    assert table["table"]["md"]["plain"] is None
+    for name in ("scored", "plain"):
+        for key in (
+            "task_diversity",
+            "instruction_diversity",
+            "response_diversity",
+            "object_granularity",
+            "instruction_complexity_proxy",
+            "balance",
+        ):
+            assert table["table"][key][name] is not None, (key, name)
+    saved = json.loads((first / "indicators.json").read_text())
+    response = saved["indicators"]["response_diversity"]
+    assert response["embedder"].startswith("transformer:minilm")
+    assert response["clusters"] >= 1 and response["responses"] == 160
+    assert len(response["eps_range"]) == 5
+    assert saved["table"]["task_diversity"] >= 2
+    assert list((first / "embeddings").glob("*.npz"))
+    # the page parses, has inline SVG plots, no external resources, and escapes dataset text
+    page = html.read_text()
+    parser = _Collector()
+    parser.feed(page)
+    assert parser.tags.count("svg") >= 6
+    assert "script" not in parser.tags and "<b>bold</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "lint:&lt;leak&gt;" in page
+    assert "not computed" in page
+    assert 'src="http' not in page and 'href="http' not in page
+    # the second report reuses the cached embeddings
+    again = runner.invoke(app, ["report", str(first), "--json", "--parse-limit", "50"])
+    assert again.exit_code == 0, again.output
+    cached = json.loads((first / "indicators.json").read_text())
+    assert cached["indicators"]["response_diversity"]["embedding_cache"]["misses"] == 0
+
+
+def test_report_errors_are_one_clear_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(tmp_path / "missing"), "--embedder", "none"])
+    assert result.exit_code != 0
+    result = runner.invoke(app, ["report", str(tmp_path), "--labeller", "taggpt"])
+    assert result.exit_code != 0
