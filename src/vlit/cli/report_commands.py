@@ -11,16 +11,10 @@ import typer
 
 from vlit.cli.common import console, emit_summary
 from vlit.errors import ConfigError
-from vlit.quality.indicators.complexity import LlmComplexityScorer
 from vlit.quality.indicators.embeddings import load_embedder
-from vlit.quality.indicators.labels import TagGptTagger
-from vlit.quality.indicators.suite import (
-    IndicatorSettings,
-    compute_indicators,
-    load_run,
-    without_histograms,
-)
-from vlit.report.html import DatasetView, render_html
+from vlit.quality.indicators.suite import IndicatorSettings, compute_indicators, load_run
+from vlit.report.build import report_run, write_html
+from vlit.report.html import DatasetView
 from vlit.report.table import comparison_json, indicator_rows
 from vlit.rundir import RunDir
 from vlit.selection import select_to_budget
@@ -125,47 +119,32 @@ def report_command(
         )
     settings = _settings(eps, min_samples, subsample, parse_limit, seed)
     embedding_model = None if embedder == "none" else load_embedder(embedder)
+    if labeller == "taggpt" and embedding_model is None:
+        raise ConfigError("--labeller taggpt merges tags by embedding", fix="drop --embedder none")
     views: list[DatasetView] = []
     names: set[str] = set()
     for path in runs:
-        loaded = load_run(path)
-        name = loaded.name if loaded.name not in names else str(path)
+        name = path.name if path.name not in names else str(path)
         names.add(name)
-        console.print(f"[bold]{name}[/bold]: {len(loaded.samples)} samples from {loaded.stage}/")
-        tagger = complexity = None
+        session = None
         if llm_base_url is not None and llm_model is not None:
             session = _llm_session(RunDir(path), llm_base_url, llm_model, concurrency)
-            complexity = LlmComplexityScorer(
-                session=session, max_samples=complexity_samples, seed=seed
-            )
-            if labeller == "taggpt":
-                if embedding_model is None:
-                    raise ConfigError(
-                        "--labeller taggpt merges tags by embedding", fix="drop --embedder none"
-                    )
-                tagger = TagGptTagger(session=session, embedder=embedding_model, seed=seed)
-        report = compute_indicators(
-            loaded.samples,
+        view = report_run(
+            path,
             embedder=embedding_model,
-            cache_dir=loaded.root / "embeddings",
-            records=loaded.records,
-            tagger=tagger,
-            complexity_scorer=complexity,
             settings=settings,
+            session=session,
+            use_taggpt=labeller == "taggpt",
+            complexity_samples=complexity_samples,
+            name=name,
             on_step=_announcer(name),
         )
-        report.update({"dataset": name, "run": str(path), "stage": loaded.stage})
-        report["excluded"] = loaded.excluded
-        saved = without_histograms(report)
-        (loaded.root / "indicators.json").write_text(
-            json.dumps(saved, indent=2, sort_keys=True), encoding="utf-8"
+        console.print(
+            f"[bold]{name}[/bold]: {len(view.samples)} samples from {view.report['stage']}/"
         )
-        views.append(
-            DatasetView(name=name, report=report, samples=loaded.samples, dropped=loaded.dropped)
-        )
+        views.append(view)
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(views), encoding="utf-8")
+        write_html(views, html)
         console.print(f"HTML report: {html}")
     reports = {view.name: view.report for view in views}
     if as_json:
