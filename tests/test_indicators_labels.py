@@ -1,15 +1,24 @@
-"""Rule labeller on a table of instructions; TagGPT tagger over a real local HTTP server."""
+"""Rule labeller on a table of instructions; TagGPT tagger over a real local HTTP server.
+
+The LLM tests use the shared ``scripted_server`` fixture (``tests/llm_servers.py``) with one
+rule that answers like a small, consistent tagging model: the tags depend on what the
+conversation asks (with different surface forms per rollout, so normalisation and merging have
+work to do), plus one rare tag per rollout that the frequency filter must drop. Complexity
+prompts get a first-token distribution over "3", "4" and "7", so the expected score is
+checkable by hand.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from indicator_llm_server import COMPLEXITY_PROBABILITIES, serve
+from llm_servers import Response, ScriptedServer
 from vlit.llm.journal import LlmJournal
-from vlit.llm.openai_compatible import OpenAICompatibleBackend
 from vlit.llm.session import LlmSession
 from vlit.quality.indicators.complexity import LlmComplexityScorer
 from vlit.quality.indicators.embeddings import StaticEmbedder
@@ -76,9 +85,36 @@ def test_tag_normalisation_and_parsing() -> None:
     ) == ["Counting", "spatial reasoning"]
 
 
-@pytest.fixture(scope="module")
-def llm_url() -> Iterator[str]:
-    yield from serve()
+TAG_FORMS = {
+    "how many": ["Counting", "counting", "object counting!"],
+    "colour": ["colour recognition", "Colour-Recognition", "attribute"],
+    "describe": ["Description", "image description", "describing"],
+}
+COMPLEXITY_PROBABILITIES = {"3": 0.5, "4": 0.3, "7": 0.2}
+
+
+def _tag_answer(conversation: str, rollout_seed: int) -> str:
+    lowered = conversation.lower()
+    tags = [forms[rollout_seed % len(forms)] for key, forms in TAG_FORMS.items() if key in lowered]
+    tags.append(f"oddity {zlib.crc32(lowered.encode()) % 1000}-{rollout_seed}")
+    return ", ".join(tags)
+
+
+def _indicator_model(body: dict[str, Any]) -> Response:
+    """Complexity prompts (ending in "Score:") get "3" with first-token logprobs; others tags."""
+    last = body["messages"][-1]["content"]
+    if "Score:" in last:
+        logprobs = {token: math.log(p) for token, p in COMPLEXITY_PROBABILITIES.items()}
+        return Response.text("3", logprobs=logprobs)
+    seed = int(body.get("seed") or 0)
+    n = int(body.get("n") or 1)
+    return Response.text(*(_tag_answer(last, seed + rollout) for rollout in range(n)))
+
+
+@pytest.fixture
+def indicator_server(scripted_server: ScriptedServer) -> ScriptedServer:
+    scripted_server.add_rule(_indicator_model)
+    return scripted_server
 
 
 def _samples() -> list[Sample]:
@@ -99,8 +135,8 @@ def _samples() -> list[Sample]:
 
 
 @pytest.mark.model
-def test_taggpt_through_a_real_server(llm_url: str, tmp_path: Path) -> None:
-    backend = OpenAICompatibleBackend(base_url=llm_url, model="scripted-tagger", max_retries=0)
+def test_taggpt_through_a_real_server(indicator_server: ScriptedServer, tmp_path: Path) -> None:
+    backend = indicator_server.backend(max_retries=0)
     tagger = TagGptTagger(
         session=LlmSession(backend, journal=LlmJournal(tmp_path / "journal.sqlite")),
         embedder=StaticEmbedder(),
@@ -127,15 +163,21 @@ def test_taggpt_through_a_real_server(llm_url: str, tmp_path: Path) -> None:
     assert result.untagged_samples == 0
     # every kept tag is a group head; merged tags point at a kept tag
     assert set(result.vocabulary.merged_into.values()) <= set(result.vocabulary.kept)
-    # a second run is answered from the journal, with the same labels
+    # one call per sample, asking for all rollouts at once
+    assert len(indicator_server.requests) == len(samples)
+    assert all(body["n"] == 3 for body in indicator_server.requests)
+    # a second run is answered from the journal (no new HTTP call), with the same labels
     again = _samples()
     tagger.label(again)
     assert [s.labels for s in again] == [s.labels for s in samples]
+    assert len(indicator_server.requests) == len(samples)
 
 
 @pytest.mark.model
-def test_llm_complexity_uses_first_token_probabilities(llm_url: str, tmp_path: Path) -> None:
-    backend = OpenAICompatibleBackend(base_url=llm_url, model="scripted-judge", max_retries=0)
+def test_llm_complexity_uses_first_token_probabilities(
+    indicator_server: ScriptedServer, tmp_path: Path
+) -> None:
+    backend = indicator_server.backend(max_retries=0)
     scorer = LlmComplexityScorer(
         session=LlmSession(backend, journal=LlmJournal(tmp_path / "journal.sqlite")),
         max_samples=5,
@@ -148,3 +190,7 @@ def test_llm_complexity_uses_first_token_probabilities(llm_url: str, tmp_path: P
     assert result["score_sources"] == {"logprobs": 5}
     assert result["mean"] == pytest.approx(expected)
     assert sum("complexity_llm" in s.scores for s in samples) == 5
+    assert len(indicator_server.requests) == 5
+    assert all(
+        body["logprobs"] and body["top_logprobs"] == 20 for body in indicator_server.requests
+    )
