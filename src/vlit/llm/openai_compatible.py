@@ -8,12 +8,19 @@ with exponential backoff and seeded jitter, honouring ``Retry-After``; configura
 The API key is read from an environment variable whose *name* is configured; its value is sent
 in the ``Authorization`` header and nowhere else (not in ``describe()``, errors or the journal).
 
-The transport is a small HTTP/1.1 client over asyncio (a pool of keep-alive connections, TLS
-with the system's CA certificates, ``Content-Length`` and chunked answers). A general-purpose
-client such as httpx costs ~1.7 ms of CPU per request, which caps one core near 600 requests/s;
-this one costs a fraction of that, so a session with many requests in flight is limited by the
-server, not by the client. Proxies (``HTTPS_PROXY``) are not used: point ``base_url`` at the
-server itself.
+The transport is a small HTTP/1.1 client over asyncio: a pool of keep-alive connections, TLS
+with the system's CA certificates, ``Content-Length``, chunked and close-delimited answers, and
+a request that meets a kept-alive connection the server has just closed is sent again on a new
+one. A general-purpose client such as httpx costs ~1.7 ms of CPU per request, which caps one
+core near 600 requests/s; this one costs a fraction of that, so a session with many requests in
+flight is limited by the server, not by the client. Proxies (``HTTPS_PROXY``) are not used:
+point ``base_url`` at the server itself.
+
+To trust a private certificate authority (say, a self-hosted vLLM behind TLS), set the
+environment variable ``SSL_CERT_FILE`` to a PEM file holding it, or ``SSL_CERT_DIR`` to a folder
+of hashed certificates (``openssl rehash``), before the first request. OpenSSL reads them in
+place of its default file or folder, so if the process also talks to public servers, append
+your CA to a copy of the system bundle.
 
 Example:
     >>> backend = OpenAICompatibleBackend(
@@ -44,6 +51,8 @@ if TYPE_CHECKING:
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY_CHARS = 300
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+NAME_MISMATCH_CODES = frozenset({62, 64})
 
 
 class RequestFailed(LlmError):
@@ -241,11 +250,21 @@ class OpenAICompatibleBackend:
         except TimeoutError:
             raise _Retryable(f"no answer within timeout_s={self.timeout_s:g}") from None
         except ssl.SSLCertVerificationError as error:
+            if error.verify_code in NAME_MISMATCH_CODES:
+                fix = (
+                    "put in base_url a host name that the server's certificate names "
+                    "(e.g. localhost instead of 127.0.0.1)"
+                )
+            else:
+                fix = (
+                    "install the certificate authority that signed it into the system store, "
+                    "or set the environment variable SSL_CERT_FILE to a PEM file with that CA "
+                    "(SSL_CERT_DIR for a folder of them) before vlit starts"
+                )
             raise RequestFailed(
                 f"{self._where()}: the server's TLS certificate was refused "
                 f"({error.verify_message})",
-                fix="install the certificate authority that signed it into the system store, "
-                "or set SSL_CERT_FILE to a CA bundle that contains it",
+                fix=fix,
             ) from None
         except OSError as error:  # refused, reset, DNS, TLS, or an answer that is not HTTP
             raise _Retryable(f"connection error ({type(error).__name__}: {error})") from None
@@ -407,26 +426,40 @@ class _ConnectionPool:
             while self._idle and connection is None:
                 candidate = self._idle.pop()
                 connection = candidate if candidate.reusable else None
-            if connection is None:
-                async with asyncio.timeout(self._timeout_s):
-                    _, connection = await self.loop.create_connection(
-                        _Connection, self._host, self._port, ssl=self._tls
-                    )
-            self._busy[connection] = self.loop.time() + self._timeout_s
-            if self._watchdog is None:
-                self._watchdog = self.loop.call_later(self._timeout_s / 8, self._expire)
-            try:
-                response = await connection.exchange(request)
-            except BaseException:  # timed out, cancelled or broken: its state is unknown
-                connection.close()
-                raise
-            finally:
-                del self._busy[connection]
-            if connection.reusable:
-                self._idle.append(connection)
-            else:
-                connection.close()
-            return response
+            if connection is not None:
+                try:
+                    return await self._exchange_on(connection, request)
+                except TimeoutError:
+                    raise
+                except OSError:
+                    if connection.answer_started:
+                        raise
+                    # A kept-alive connection the server closed while it sat idle (its idle
+                    # timeout raced our request): nothing was answered, so send the request
+                    # again on a new connection instead of failing it or counting a retry.
+            async with asyncio.timeout(self._timeout_s):
+                _, connection = await self.loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._tls
+                )
+            return await self._exchange_on(connection, request)
+
+    async def _exchange_on(self, connection: _Connection, request: bytes) -> _HttpResponse:
+        """One request/answer on ``connection``; keeps it for reuse when it can serve another."""
+        self._busy[connection] = self.loop.time() + self._timeout_s
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_later(self._timeout_s / 8, self._expire)
+        try:
+            response = await connection.exchange(request)
+        except BaseException:  # timed out, cancelled or broken: its state is unknown
+            connection.close()
+            raise
+        finally:
+            del self._busy[connection]
+        if connection.reusable:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return response
 
     def close(self) -> None:
         for connection in self._idle:
@@ -455,6 +488,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._answer: asyncio.Future[_HttpResponse] | None = None
         self._keep_alive = True
+        self.answer_started = False  # whether any byte of the current answer has arrived
 
     @property
     def reusable(self) -> bool:
@@ -471,6 +505,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, request: bytes) -> _HttpResponse:
         assert isinstance(self._transport, asyncio.WriteTransport)
         self._answer = asyncio.get_running_loop().create_future()
+        self.answer_started = False
         try:
             self._transport.write(request)
             return await self._answer
@@ -493,6 +528,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        self.answer_started = True
         self._deliver(at_eof=False)
 
     def eof_received(self) -> bool:
@@ -518,6 +554,12 @@ class _Connection(asyncio.Protocol):
         answer = self._answer
         if answer is None or answer.done():
             return  # bytes nobody asked for: `reusable` is now false, so it will be closed
+        if at_eof and not self._buffer:
+            self._keep_alive = False
+            answer.set_exception(
+                ConnectionResetError("the server closed the connection before answering")
+            )
+            return
         try:
             parsed = _parse_response(self._buffer, at_eof=at_eof)
         except ValueError as error:
@@ -560,7 +602,10 @@ def _parse_response(data: bytearray, *, at_eof: bool) -> tuple[_HttpResponse, in
             return _incomplete(at_eof)
         body, end = chunks
     elif "content-length" in headers:
-        end = start + int(headers["content-length"])
+        length = int(headers["content-length"])
+        if length < 0:
+            raise ValueError(f"negative Content-Length {length}")
+        end = start + length
         if len(data) < end:
             return _incomplete(at_eof)
         body = bytes(data[start:end])
@@ -587,7 +632,10 @@ def _dechunk(data: bytearray, position: int) -> tuple[bytes, int] | None:
         line_end = data.find(b"\r\n", position)
         if line_end < 0:
             return None
-        size = int(bytes(data[position:line_end]).split(b";", 1)[0], 16)
+        size_field = bytes(data[position:line_end]).split(b";", 1)[0].strip()  # drop extensions
+        if not size_field or size_field.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError(f"chunk size {size_field[:20]!r} is not a hexadecimal number")
+        size = int(size_field, 16)
         position = line_end + 2
         if size == 0:
             while True:  # optional trailer lines, then an empty line
@@ -599,6 +647,8 @@ def _dechunk(data: bytearray, position: int) -> tuple[bytes, int] | None:
                 position = line_end + 2
         if len(data) < position + size + 2:
             return None
+        if data[position + size : position + size + 2] != b"\r\n":
+            raise ValueError(f"a chunk is longer than its declared size {size}")
         parts.append(bytes(data[position : position + size]))
         position += size + 2
 

@@ -116,7 +116,9 @@ class LlmSession:
         description = backend.describe()
         self._backend_kind = str(description.get("kind", type(backend).__name__))
         self._usage = SessionUsage(cost=0.0 if prices else None)
-        self._key_locks: dict[str, asyncio.Lock] = {}
+        # One lock per request key in flight (dropped when its last user leaves, so a run of a
+        # million requests holds at most `concurrency` of them).
+        self._key_locks: dict[str, _KeyLock] = {}
 
     # -- public -------------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest]) -> list[Outcome]:
@@ -170,28 +172,36 @@ class LlmSession:
             backend=self._backend_kind, model=self.backend.model_name, request=request
         )
         key = hash_canonical(canonical)
-        lock = self._key_locks.setdefault(key, asyncio.Lock())
-        # Identical requests in one batch wait for each other and then share the journal.
-        async with lock:
-            found = self.journal.lookup(key, request.n) if self.journal is not None else {}
-            missing = [rollout for rollout in range(request.n) if rollout not in found]
-            self._usage.rollouts_from_journal += len(found)
-            if not missing:
-                self._usage.answered_from_journal += 1
-                return Outcome(
-                    request, choices=[found[i] for i in range(request.n)], from_journal=True
-                )
-            if len(missing) == request.n:
-                calls = [(missing, request)]
-            else:
-                # Partly journaled: ask for each missing rollout alone, with its own seed.
-                calls = [([rollout], _single_rollout(request, rollout)) for rollout in missing]
-            if len(calls) == 1:  # the usual case: no task and no gather to pay for
-                results = [await self._call(key, canonical, *calls[0])]
-            else:
-                results = await asyncio.gather(
-                    *(self._call(key, canonical, rollouts, call) for rollouts, call in calls)
-                )
+        key_lock = self._key_locks.get(key)
+        if key_lock is None:
+            key_lock = self._key_locks[key] = _KeyLock()
+        key_lock.users += 1
+        try:
+            # Identical requests in one batch wait for each other and then share the journal.
+            async with key_lock.lock:
+                found = self.journal.lookup(key, request.n) if self.journal is not None else {}
+                missing = [rollout for rollout in range(request.n) if rollout not in found]
+                self._usage.rollouts_from_journal += len(found)
+                if not missing:
+                    self._usage.answered_from_journal += 1
+                    return Outcome(
+                        request, choices=[found[i] for i in range(request.n)], from_journal=True
+                    )
+                if len(missing) == request.n:
+                    calls = [(missing, request)]
+                else:
+                    # Partly journaled: ask for each missing rollout alone, with its own seed.
+                    calls = [([rollout], _single_rollout(request, rollout)) for rollout in missing]
+                if len(calls) == 1:  # the usual case: no task and no gather to pay for
+                    results = [await self._call(key, canonical, *calls[0])]
+                else:
+                    results = await asyncio.gather(
+                        *(self._call(key, canonical, rollouts, call) for rollouts, call in calls)
+                    )
+        finally:
+            key_lock.users -= 1
+            if key_lock.users == 0:
+                del self._key_locks[key]
         for (rollouts, _), result in zip(calls, results, strict=True):
             if isinstance(result, _BudgetRefusal):
                 self._usage.budget_skipped += 1
@@ -264,6 +274,16 @@ class LlmSession:
         if usage.stopped is None:
             usage.stopped = reason
         return _BudgetRefusal(reason)
+
+
+class _KeyLock:
+    """The lock of one request key and how many requests hold it or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class _BudgetRefusal(str):
