@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from llm_servers import Response, ScriptedServer
-from vlit import recipe as recipe_module
+from vlit import chain as chain_module
+from vlit.chain import run_recipe
 from vlit.errors import ConfigError
-from vlit.recipe import Recipe, load_recipe, parse_recipe, run_recipe
+from vlit.recipe import Recipe, load_recipe, parse_recipe
 from vlit.rundir import RunDir
 
 SECRET = "sk-vlit-test-9c41e7-do-not-leak"
@@ -55,7 +56,7 @@ def _error(data: dict[str, Any]) -> str:
         (
             {"run_dir": "r", "filter": {"threshold": {}}},
             "filter.threshold",
-            "drop_failed",
+            "require_correct",
             "thresholds",
         ),
         ({"run_dir": "r", "generatе": {}}, "generatе", "run_dir", "generate"),  # Cyrillic e
@@ -217,8 +218,8 @@ def test_later_stages_plug_in_by_section(
     def report_stage(recipe: Recipe, run: RunDir, progress: Any) -> dict[str, Any]:
         raise AssertionError("the recipe has no report section, so this stage must not run")
 
-    monkeypatch.setitem(recipe_module.LATER_STAGES, "score", count_stage)
-    monkeypatch.setitem(recipe_module.LATER_STAGES, "report", report_stage)
+    monkeypatch.setitem(chain_module.LATER_STAGES, "score", count_stage)
+    monkeypatch.setitem(chain_module.LATER_STAGES, "report", report_stage)
     path = _write_recipe(tmp_path, coco_tiny, scripted_server.url, modes=["adaptation"])
     summaries = run_recipe(load_recipe(path))
     assert list(summaries) == ["collect", "generate", "score"]

@@ -1,4 +1,4 @@
-"""The YAML recipe of a whole run, and `run_recipe`, which executes it stage by stage.
+"""The YAML recipe of a whole run (`vlit.chain.run_recipe` executes it stage by stage).
 
 A recipe names the run directory, the annotation sources to collect, how to generate, which
 LLM to use, and the settings of the later stages (score, filter, report). Every section is a
@@ -26,9 +26,6 @@ Example recipe::
 
 Example:
     >>> recipe = load_recipe("recipe.yaml")          # doctest: +SKIP
-    >>> summary = run_recipe(recipe)                  # doctest: +SKIP
-    >>> summary["generate"]["samples_ok"]             # doctest: +SKIP
-    250
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ import os
 import platform
 import types
 import typing
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -47,17 +43,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vlit import __version__
-from vlit.collect import CocoCollector, JsonlCollector
 from vlit.errors import ConfigError, InputFileError
 from vlit.generate.adaptation import ADAPTATION_MODE
-from vlit.generate.generator import GenerationSettings, ProgressCallback
+from vlit.generate.generator import GenerationSettings
 from vlit.generate.prompts import LLM_MODES
 from vlit.generate.regions import RegionRule
-from vlit.generate.stage import generate_run
-from vlit.llm.config import LlmConfig, build_backend
-from vlit.llm.session import TokenPrices
-from vlit.rundir import RunDir
-from vlit.schema import ImageRecord
+from vlit.llm.config import LlmConfig
 
 ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
 
@@ -232,24 +223,43 @@ class JudgeSection(Section):
 
 
 class ScoreSection(Section):
-    """Per-sample scoring: CLIP matching degree and the correctness judge."""
+    """Per-sample scoring: lint, grounding against annotations, CLIP matching degree, judge."""
 
     clip_model: str | None = None  # a local folder or hub id of a CLIP/SigLIP checkpoint
-    judge: JudgeSection = JudgeSection()
+    clip_mode: Literal["truncate", "per_turn"] = "truncate"
+    lint: bool = True
+    grounding: bool = True
+    judge: JudgeSection | None = None  # None: no correctness judge
 
 
 class FilterSection(Section):
-    """Keep/drop rules: ``thresholds`` maps a score name to the minimum a kept sample needs."""
+    """Keep/drop rules (failed generations are always dropped). ``thresholds`` and ``maxima``
+    map any score name to the minimum / maximum a kept sample needs."""
 
+    min_md: float | None = None
+    min_md_quantile: float | None = Field(default=None, ge=0.0, le=1.0)
+    require_correct: bool = False
+    max_hallucination: float | None = Field(default=None, ge=0.0)
+    max_count_errors: float | None = Field(default=None, ge=0.0)
+    max_false_absent: float | None = Field(default=None, ge=0.0)
+    drop_lint: list[str] = Field(default_factory=list)
     thresholds: dict[str, float] = Field(default_factory=dict)
-    drop_failed: bool = True
+    maxima: dict[str, float] = Field(default_factory=dict)
 
 
 class ReportSection(Section):
-    """The dataset-level indicators and the HTML report."""
+    """The dataset-level indicators and the HTML report (``RUN/report.html``)."""
 
-    indicators: list[str] | None = None  # None: every indicator
+    embedder: str = "minilm"  # minilm, wordllama, none, or a sentence-transformers folder / id
     html: bool = True
+    seed: int = 0
+
+
+class RunnerSection(Section):
+    """Where per-sample stages run: this process, or a Ray cluster (``address``; None = local)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
 
 
 class Recipe(Section):
@@ -262,6 +272,7 @@ class Recipe(Section):
     score: ScoreSection | None = None
     filter: FilterSection | None = None
     report: ReportSection | None = None
+    runner: RunnerSection = RunnerSection()
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -394,7 +405,8 @@ def write_resolved_recipe(
         "generator": generator or {},
     }
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    for section in (recipe.llm, recipe.score.judge.llm if recipe.score else None):
+    judge = recipe.score.judge if recipe.score else None
+    for section in (recipe.llm, judge.llm if judge else None):
         secret = os.environ.get(section.api_key_env, "") if section and section.api_key_env else ""
         if secret:
             text = text.replace(secret, "***")
@@ -414,106 +426,3 @@ def _package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-# -- running a recipe ---------------------------------------------------------------------------
-StageRunner = Callable[[Recipe, RunDir, "ProgressCallback | None"], dict[str, Any]]
-
-LATER_STAGES: dict[str, StageRunner] = {}
-"""The stages after generate, in run order: recipe section name -> runner.
-
-This is the one place where score, filter and report plug into `vlit run`: add
-``"score": run_score_stage`` (a function ``(recipe, run, progress) -> summary``). A stage runs
-when its section is present in the recipe; its summary is returned under its name.
-"""
-
-
-def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Run the whole chain: collect -> generate -> later stages; return each stage's summary.
-
-    Writes ``RUN/recipe.resolved.yaml`` first. Rerunning a finished recipe sends no LLM request
-    (answers come from the run's journal) and writes the same samples.
-    """
-    run = RunDir(recipe.run_dir)
-    settings = recipe.generate.to_settings()
-    backend = None
-    if settings.llm_modes:
-        backend = build_backend(recipe.llm.to_config(concurrency=recipe.generate.concurrency))
-    write_resolved_recipe(
-        recipe, run.root, generator=backend.describe() if backend is not None else None
-    )
-    summaries: dict[str, Any] = {}
-    if recipe.collect is not None:
-        summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
-    summaries["generate"] = generate_run(
-        run,
-        settings=settings,
-        backend=backend,
-        concurrency=recipe.generate.concurrency,
-        max_requests=recipe.generate.max_requests,
-        max_cost=recipe.generate.max_cost,
-        prices=_prices(recipe.llm),
-        progress=progress,
-    )
-    for name, stage in LATER_STAGES.items():
-        if getattr(recipe, name, None) is not None:
-            summaries[name] = stage(recipe, run, progress)
-    return summaries
-
-
-def collect_into(
-    run: RunDir, section: CollectSection, *, progress: ProgressCallback | None = None
-) -> dict[str, Any]:
-    """Collect every source, write ``RUN/records/`` and return (and save) the counts.
-
-    Records of all sources are concatenated in recipe order; an image id already taken by an
-    earlier source is skipped and counted (``duplicate_image_ids_across_sources``).
-    """
-    records: list[ImageRecord] = []
-    seen: set[str] = set()
-    duplicates = 0
-    source_summaries = []
-    for source in section.sources:
-        collector: CocoCollector | JsonlCollector
-        if isinstance(source, CocoSource):
-            collector = CocoCollector(
-                images_dir=source.images_dir,
-                captions=source.captions,
-                instances=source.instances,
-                vqa_questions=source.vqa_questions,
-                vqa_annotations=source.vqa_annotations,
-                coco_text=source.coco_text,
-                attributes=source.attributes,
-                check_images=source.check_images,
-            )
-        else:
-            collector = JsonlCollector(
-                jsonl_file=source.jsonl_file,
-                images_dir=source.images_dir,
-                check_images=source.check_images,
-            )
-        result = collector.collect(on_progress=progress)
-        source_summaries.append({"kind": source.kind, **result.summary})
-        for record in result.records:
-            if record.image_id in seen:
-                duplicates += 1
-                continue
-            seen.add(record.image_id)
-            records.append(record)
-    run.write_records(records)
-    summary = {
-        "images": len(records),
-        "duplicate_image_ids_across_sources": duplicates,
-        "sources": source_summaries,
-    }
-    run.save_summary("collect", summary)
-    return summary
-
-
-def _prices(section: LlmSection) -> TokenPrices | None:
-    if section.prices is None:
-        return None
-    return TokenPrices(
-        prompt_per_1k=section.prices.prompt_per_1k,
-        completion_per_1k=section.prices.completion_per_1k,
-    )

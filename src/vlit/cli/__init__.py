@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 from vlit import __version__
 from vlit.cli import (
     collect_commands,
+    demo_commands,
     evaluate_commands,
     format_commands,
     generate_commands,
@@ -50,13 +51,15 @@ def _options(
         console.print(context.get_help())
 
 
+# In the order `vlit --help` lists them: the pipeline first, then validation.
 for _module in (
+    demo_commands,
     collect_commands,
-    format_commands,
-    evaluate_commands,
-    report_commands,
     generate_commands,
     quality_commands,
+    report_commands,
+    format_commands,
+    evaluate_commands,
 ):
     _module.register(app)
 

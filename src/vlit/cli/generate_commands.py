@@ -11,18 +11,13 @@ import typer
 from pydantic import ValidationError
 from rich.progress import TaskID
 
+from vlit.chain import run_recipe
 from vlit.cli.common import emit_summary, progress_bar
 from vlit.errors import ConfigError
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
 from vlit.llm.config import build_backend
-from vlit.recipe import (
-    ALL_MODES,
-    GenerateSection,
-    LlmSection,
-    load_recipe,
-    run_recipe,
-)
+from vlit.recipe import ALL_MODES, GenerateSection, LlmSection, RunnerSection, load_recipe
 from vlit.rundir import RunDir
 
 
@@ -87,7 +82,7 @@ def generate_command(
     )
     settings = section.to_settings()
     backend = build_backend(llm.to_config(concurrency=concurrency)) if settings.llm_modes else None
-    with _progress() as progress:
+    with recipe_progress() as progress:
         summary = generate_run(
             RunDir(run),
             settings=settings,
@@ -101,13 +96,27 @@ def generate_command(
 
 def run_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see vlit/recipe.py).")],
+    runner: Annotated[
+        str | None,
+        typer.Option("--runner", help="local or ray (default: the recipe's runner.kind)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster address (auto, ray://HOST:10001)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summaries as one JSON object.")
     ] = False,
 ) -> None:
     """Run a whole recipe: collect, generate, then the later stages it configures."""
     loaded = load_recipe(recipe)
-    with _progress() as progress:
+    if runner is not None or address is not None:
+        chosen = _validated(
+            RunnerSection,
+            {"kind": runner or loaded.runner.kind, "address": address or loaded.runner.address},
+        )
+        loaded = loaded.model_copy(update={"runner": chosen})
+    with recipe_progress() as progress:
         summaries = run_recipe(loaded, progress=progress)
     emit_summary("run", {"run_dir": loaded.run_dir, **summaries}, as_json=as_json)
 
@@ -132,7 +141,7 @@ def _validated(model: type[Any], values: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def _progress() -> Iterator[ProgressCallback]:
+def recipe_progress() -> Iterator[ProgressCallback]:
     with progress_bar() as bar:
         tasks: dict[str, TaskID] = {}
 

@@ -135,6 +135,7 @@ class LocalTransformersBackend:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
         except ImportError as error:
             raise ModelUnavailableError(
                 f"the local LLM backend needs torch and transformers ({error})",
@@ -144,6 +145,7 @@ class LocalTransformersBackend:
             torch.set_num_threads(self.torch_threads)
         source, gguf_file = self._source()
         extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        transformers_logging.disable_progress_bar()  # the CLI shows its own progress
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
             model: Any = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,210 @@
+"""`run_recipe`: the whole chain collect -> generate -> score -> filter -> report.
+
+Each stage reads and writes the run directory, so a rerun resumes: collection is cheap, generation
+and the judge answer from the journal, and the later stages recompute from files. A later stage
+runs when its section is in the recipe; ``LATER_STAGES`` is the one place that lists them.
+
+Example:
+    >>> summaries = run_recipe(load_recipe("recipe.yaml"))   # doctest: +SKIP
+    >>> summaries["filter"]["kept"]                          # doctest: +SKIP
+    212
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlit.collect import CocoCollector, JsonlCollector
+from vlit.generate.generator import ProgressCallback
+from vlit.generate.stage import generate_run
+from vlit.llm.config import build_backend
+from vlit.llm.session import TokenPrices
+from vlit.recipe import (
+    CocoSource,
+    CollectSection,
+    LlmSection,
+    Recipe,
+    write_resolved_recipe,
+)
+from vlit.rundir import RunDir
+from vlit.schema import ImageRecord
+
+StageRunner = Callable[[Recipe, RunDir, "ProgressCallback | None"], dict[str, Any]]
+
+
+def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Run the whole chain: collect -> generate -> later stages; return each stage's summary.
+
+    Writes ``RUN/recipe.resolved.yaml`` first. Rerunning a finished recipe sends no LLM request
+    (answers come from the run's journal) and writes the same samples.
+    """
+    run = RunDir(recipe.run_dir)
+    settings = recipe.generate.to_settings()
+    backend = None
+    if settings.llm_modes:
+        backend = build_backend(recipe.llm.to_config(concurrency=recipe.generate.concurrency))
+    write_resolved_recipe(
+        recipe, run.root, generator=backend.describe() if backend is not None else None
+    )
+    summaries: dict[str, Any] = {}
+    if recipe.collect is not None:
+        summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
+    summaries["generate"] = generate_run(
+        run,
+        settings=settings,
+        backend=backend,
+        concurrency=recipe.generate.concurrency,
+        max_requests=recipe.generate.max_requests,
+        max_cost=recipe.generate.max_cost,
+        prices=_prices(recipe.llm),
+        progress=progress,
+    )
+    for name, stage in LATER_STAGES.items():
+        if getattr(recipe, name, None) is not None:
+            summaries[name] = stage(recipe, run, progress)
+    return summaries
+
+
+def collect_into(
+    run: RunDir, section: CollectSection, *, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Collect every source, write ``RUN/records/`` and return (and save) the counts.
+
+    Records of all sources are concatenated in recipe order; an image id already taken by an
+    earlier source is skipped and counted (``duplicate_image_ids_across_sources``).
+    """
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    duplicates = 0
+    source_summaries = []
+    for source in section.sources:
+        collector: CocoCollector | JsonlCollector
+        if isinstance(source, CocoSource):
+            collector = CocoCollector(
+                images_dir=source.images_dir,
+                captions=source.captions,
+                instances=source.instances,
+                vqa_questions=source.vqa_questions,
+                vqa_annotations=source.vqa_annotations,
+                coco_text=source.coco_text,
+                attributes=source.attributes,
+                check_images=source.check_images,
+            )
+        else:
+            collector = JsonlCollector(
+                jsonl_file=source.jsonl_file,
+                images_dir=source.images_dir,
+                check_images=source.check_images,
+            )
+        result = collector.collect(on_progress=progress)
+        source_summaries.append({"kind": source.kind, **result.summary})
+        for record in result.records:
+            if record.image_id in seen:
+                duplicates += 1
+                continue
+            seen.add(record.image_id)
+            records.append(record)
+    run.write_records(records)
+    summary = {
+        "images": len(records),
+        "duplicate_image_ids_across_sources": duplicates,
+        "sources": source_summaries,
+    }
+    run.save_summary("collect", summary)
+    return summary
+
+
+def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
+    """`vlit score` with the recipe's ``score`` section."""
+    from vlit.quality.pipeline import ScoreOptions, score_run
+
+    section = recipe.score
+    assert section is not None
+    judge = section.judge if section.judge is not None and section.judge.enabled else None
+    llm = judge.llm or recipe.llm if judge is not None else None
+    options = ScoreOptions(
+        clip=section.clip_model,
+        clip_mode=section.clip_mode,
+        judge=judge is not None,
+        judge_votes=judge.votes if judge is not None else 3,
+        llm=llm.to_config(concurrency=recipe.generate.concurrency) if llm is not None else None,
+        grounding=section.grounding,
+        lint=section.lint,
+        seed=recipe.generate.seed,
+        runner=recipe.runner.kind,
+        ray_address=recipe.runner.address,
+    )
+    return score_run(run, options, on_batch=_counter(progress, "score"))
+
+
+def filter_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
+    """`vlit filter` with the recipe's ``filter`` section."""
+    from vlit.quality.pipeline import FilterOptions, filter_run
+
+    section = recipe.filter
+    assert section is not None
+    options = FilterOptions(
+        min_md=section.min_md,
+        min_md_quantile=section.min_md_quantile,
+        require_correct=section.require_correct,
+        max_hallucination=section.max_hallucination,
+        max_count_errors=section.max_count_errors,
+        max_false_absent=section.max_false_absent,
+        drop_lint=tuple(section.drop_lint),
+        min_scores=dict(section.thresholds),
+        max_scores=dict(section.maxima),
+    )
+    return filter_run(run, options)
+
+
+def report_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
+    """`vlit report RUN --html RUN/report.html` with the recipe's ``report`` section."""
+    from vlit.quality.indicators.embeddings import load_embedder
+    from vlit.quality.indicators.suite import IndicatorSettings
+    from vlit.report.build import report_run, write_html
+
+    section = recipe.report
+    assert section is not None
+    embedder = None if section.embedder == "none" else load_embedder(section.embedder)
+    view = report_run(run.root, embedder=embedder, settings=IndicatorSettings(seed=section.seed))
+    summary: dict[str, Any] = {
+        "indicators": view.report.get("table", {}),
+        "indicators_file": str(run.root / "indicators.json"),
+    }
+    if section.html:
+        html = Path(run.root) / "report.html"
+        write_html([view], html)
+        summary["html"] = str(html)
+    return summary
+
+
+LATER_STAGES: dict[str, StageRunner] = {
+    "score": score_stage,
+    "filter": filter_stage,
+    "report": report_stage,
+}
+"""The stages after generate, in run order: recipe section name -> runner."""
+
+
+def _counter(progress: ProgressCallback | None, step: str) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        progress(step, done, None)
+
+    return advance
+
+
+def _prices(section: LlmSection) -> TokenPrices | None:
+    if section.prices is None:
+        return None
+    return TokenPrices(
+        prompt_per_1k=section.prices.prompt_per_1k,
+        completion_per_1k=section.prices.completion_per_1k,
+    )

@@ -1,0 +1,175 @@
+"""`vlit score` and `vlit filter`: per-sample quality control of a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlit.cli.common import emit_summary, progress_bar
+from vlit.errors import ConfigError
+from vlit.llm.config import LlmConfig
+from vlit.quality.lint import LINT_FLAGS
+from vlit.quality.matching import TEXT_MODES
+from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
+from vlit.rundir import RunDir
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+    app.command("score")(score_command)
+    app.command("filter")(filter_command)
+
+
+def score_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with samples/ (or scores/).")],
+    clip: Annotated[
+        str | None,
+        typer.Option(
+            "--clip",
+            help="Matching-degree model: a local CLIP/SigLIP folder, a hub id (needs the hub), "
+            "or open_clip:ARCH/PRETRAINED. Without it MD is not computed.",
+        ),
+    ] = None,
+    clip_mode: Annotated[
+        str,
+        typer.Option(
+            "--clip-mode",
+            help="truncate: the conversation cut to the model's token limit (the paper's); "
+            "per_turn: each user+assistant pair scored, mean and min kept.",
+        ),
+    ] = "truncate",
+    clip_device: Annotated[
+        str | None, typer.Option("--clip-device", help="cpu, cuda, cuda:1 (default: auto).")
+    ] = None,
+    decode_workers: Annotated[
+        int, typer.Option("--decode-workers", help="Processes decoding images for MD.")
+    ] = 2,
+    judge: Annotated[
+        bool, typer.Option("--judge", help="Ask an LLM judge for correctness (C).")
+    ] = False,
+    judge_n: Annotated[int, typer.Option("--judge-n", help="Votes per sample.")] = 3,
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option("--llm-base-url", help="OpenAI-compatible endpoint of the judge."),
+    ] = None,
+    llm_model: Annotated[
+        str | None, typer.Option("--llm-model", help="Model name served at that endpoint.")
+    ] = None,
+    llm_concurrency: Annotated[
+        int, typer.Option("--llm-concurrency", help="Judge requests in flight.")
+    ] = 8,
+    no_grounding: Annotated[
+        bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
+    ] = False,
+    no_lint: Annotated[bool, typer.Option("--no-lint", help="Skip the structural lint.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Score samples: lint, grounding, matching degree (MD) and correctness (C)."""
+    if clip_mode not in TEXT_MODES:
+        raise ConfigError(
+            f"unknown --clip-mode '{clip_mode}'", fix=f"use one of: {', '.join(TEXT_MODES)}"
+        )
+    llm = None
+    if judge:
+        if not llm_base_url or not llm_model:
+            raise ConfigError(
+                "--judge needs --llm-base-url and --llm-model",
+                fix="point it at any OpenAI-compatible server, e.g. --llm-base-url "
+                "http://127.0.0.1:8000/v1 --llm-model qwen2.5-7b-instruct",
+            )
+        llm = LlmConfig(
+            kind="openai", base_url=llm_base_url, model=llm_model, concurrency=llm_concurrency
+        )
+    options = ScoreOptions(
+        clip=clip,
+        clip_mode=clip_mode,
+        clip_device=clip_device,
+        decode_workers=decode_workers,
+        judge=judge,
+        judge_votes=judge_n,
+        llm=llm,
+        grounding=not no_grounding,
+        lint=not no_lint,
+    )
+    run_dir = RunDir(run)
+    with progress_bar() as progress:
+        task = progress.add_task("scoring", total=None)
+        summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
+    emit_summary("vlit score", summary, as_json=as_json)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, float]:
+    pairs: dict[str, float] = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        try:
+            pairs[name.strip()] = float(number)
+        except ValueError:
+            raise ConfigError(
+                f"{option} expects NAME=NUMBER, got '{value}'",
+                fix=f"e.g. {option} md_min=20",
+            ) from None
+    return pairs
+
+
+def filter_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with scores/.")],
+    min_md: Annotated[
+        float | None, typer.Option("--min-md", help="Drop samples with MD (cosine x 100) below.")
+    ] = None,
+    min_md_quantile: Annotated[
+        float | None,
+        typer.Option("--min-md-quantile", help="Minimum MD as a quantile of this run's MD."),
+    ] = None,
+    require_correct: Annotated[
+        bool, typer.Option("--require-correct", help="Drop samples the judge found incorrect.")
+    ] = False,
+    max_hallucination: Annotated[
+        float | None,
+        typer.Option("--max-hallucination", help="Drop above this hallucinated/mentioned rate."),
+    ] = None,
+    max_count_errors: Annotated[
+        float | None, typer.Option("--max-count-errors", help="Drop above this many.")
+    ] = None,
+    max_false_absent: Annotated[
+        float | None, typer.Option("--max-false-absent", help="Drop above this many.")
+    ] = None,
+    drop_lint: Annotated[
+        str | None,
+        typer.Option(
+            "--drop-lint",
+            help=f"Comma-separated lint flags that drop a sample, or 'all': "
+            f"{', '.join(LINT_FLAGS)}.",
+        ),
+    ] = None,
+    min_score: Annotated[
+        list[str] | None,
+        typer.Option("--min-score", help="NAME=X: drop when scores[NAME] < X (repeatable)."),
+    ] = None,
+    max_score: Annotated[
+        list[str] | None,
+        typer.Option("--max-score", help="NAME=X: drop when scores[NAME] > X (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """Split scored samples into kept/ and dropped/ (each dropped sample with its reason)."""
+    flags = tuple(f.strip() for f in (drop_lint or "").split(",") if f.strip())
+    options = FilterOptions(
+        min_md=min_md,
+        min_md_quantile=min_md_quantile,
+        require_correct=require_correct,
+        max_hallucination=max_hallucination,
+        max_count_errors=max_count_errors,
+        max_false_absent=max_false_absent,
+        drop_lint=flags,
+        min_scores=_pairs(min_score or [], "--min-score"),
+        max_scores=_pairs(max_score or [], "--max-score"),
+    )
+    summary = filter_run(RunDir(run), options)
+    emit_summary("vlit filter", summary, as_json=as_json)

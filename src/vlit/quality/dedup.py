@@ -1,0 +1,96 @@
+"""Exact and near-duplicate conversations (MinHash over word shingles), image-aware.
+
+The first sample of each group of duplicates is the original; every later one is flagged
+``duplicate_exact`` (same normalised text) or ``duplicate_near`` (estimated Jaccard similarity of
+word 3-shingles at least ``threshold``), and additionally ``duplicate_same_image`` when the
+duplicate also uses the same image as its original: the same conversation about the same image
+twice adds nothing to training.
+
+Example:
+    >>> finder = DuplicateFinder(threshold=0.8)
+    >>> flags = finder.find(samples)   # {sample index: ["duplicate_near", ...]}  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+from vlit.errors import ConfigError
+from vlit.schema import Sample
+
+_WORD = re.compile(r"[0-9a-z]+")
+
+
+def normalised_conversation(sample: Sample) -> str:
+    """Lower-case words of all turns, role-tagged, for duplicate comparison."""
+    parts = []
+    for turn in sample.turns:
+        words = _WORD.findall(turn.text.replace("<image>", " ").lower())
+        parts.append(f"{turn.role[0]}: {' '.join(words)}")
+    return " | ".join(parts)
+
+
+def shingles(text: str, size: int = 3) -> set[bytes]:
+    words = text.split()
+    if len(words) <= size:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)}
+
+
+def image_identity(sample: Sample) -> str | None:
+    """What makes two samples use 'the same image': image id, else the image reference."""
+    if sample.image_id:
+        return f"id:{sample.image_id}"
+    if sample.image:
+        return f"file:{sample.image_path}"
+    return None
+
+
+class DuplicateFinder:
+    """Flag exact and near-duplicate conversations over a whole dataset (see module docstring)."""
+
+    def __init__(self, *, threshold: float = 0.8, num_perm: int = 128, seed: int = 1) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(
+                f"near-duplicate threshold {threshold} is outside (0, 1]",
+                fix="pass a Jaccard similarity such as 0.8",
+            )
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.seed = seed
+
+    def find(self, samples: Sequence[Sample]) -> dict[int, list[str]]:
+        """Flags per sample index (only duplicates appear)."""
+        from datasketch import MinHash, MinHashLSH
+
+        flags: dict[int, list[str]] = {}
+        first_by_hash: dict[str, int] = {}
+        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        signatures: dict[int, MinHash] = {}
+        for index, sample in enumerate(samples):
+            text = normalised_conversation(sample)
+            digest = hashlib.sha1(text.encode()).hexdigest()
+            if digest in first_by_hash:
+                original = first_by_hash[digest]
+                flags[index] = ["duplicate_exact", *self._same_image(samples, index, original)]
+                continue
+            first_by_hash[digest] = index
+            signature = MinHash(num_perm=self.num_perm, seed=self.seed)
+            signature.update_batch(list(shingles(text)))
+            candidates = [int(key) for key in lsh.query(signature)]
+            close = [c for c in candidates if signatures[c].jaccard(signature) >= self.threshold]
+            if close:
+                original = min(close)
+                flags[index] = ["duplicate_near", *self._same_image(samples, index, original)]
+            lsh.insert(str(index), signature)
+            signatures[index] = signature
+        return flags
+
+    @staticmethod
+    def _same_image(samples: Sequence[Sample], index: int, original: int) -> list[str]:
+        identity = image_identity(samples[index])
+        if identity is not None and identity == image_identity(samples[original]):
+            return ["duplicate_same_image"]
+        return []

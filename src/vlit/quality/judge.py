@@ -1,0 +1,287 @@
+"""Correctness (C): an LLM judge compares a conversation with the visual clue it came from.
+
+The judge reads the same textual description of the image the generator read (the visual clue
+stored in ``provenance["visual_clue"]``, or rebuilt from the image's record in ``RUN/records``
+with ``clue.visual_clue`` / ``clue.region_clue`` for region samples; records with captions only
+give a caption-only clue), a few hand-scored examples written by us, and the conversation. It
+answers on two lines, ``Verdict: correct|incorrect`` and ``Reason: ...``. It is asked ``votes``
+times (one request with ``n = votes``; backends without ``n`` get distinct seeds from the
+session) and the majority of the parseable verdicts decides; a tie counts as incorrect (the
+conservative side for filtering).
+
+Written to each sample: ``scores["correct"]`` (1 or 0), ``scores["correct_share"]`` (share of
+parseable votes saying correct), ``scores["judge_valid_votes"]``; the votes, reasons and any
+unparseable raw answers under ``provenance["quality"]["correctness"]``. Samples with no clue
+(imported without annotations or captions) are **not judged** (no score, not counted as
+incorrect), as are samples whose votes were all unparseable or whose requests failed.
+
+Example:
+    >>> judge = CorrectnessJudge(backend=backend, journal_path=run.journal_path, records=records)
+    >>> batch = judge(batch)                                   # doctest: +SKIP
+    >>> batch[0].scores["correct"], batch[0].scores["correct_share"]  # doctest: +SKIP
+    (1.0, 0.667)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlit.clue import region_clue, visual_clue
+from vlit.errors import ConfigError
+from vlit.llm.base import ChatRequest, LlmBackend, Message, Outcome
+from vlit.llm.journal import LlmJournal
+from vlit.llm.session import LlmSession
+from vlit.runners.base import Resources
+from vlit.schema import ImageRecord, Sample
+
+JUDGE_PROMPT_VERSION = "judge-v1"
+
+JUDGE_SYSTEM_PROMPT = """\
+You review conversations that were written about a photo by someone who could not see it and \
+only had a written reference about it. You get the same reference. Decide whether the \
+assistant's answers are faithful to it.
+
+An answer is wrong when it states an object, number, colour, position, action or piece of \
+written text that the reference contradicts, or invents specific visual details the reference \
+does not support. Saying that something is absent is right when the reference does not list \
+it. Background knowledge (what an object is for, history of a place) is fine when it does not \
+contradict the reference. Do not judge style or length.
+
+Answer with exactly two lines and nothing else:
+Verdict: correct   (or: Verdict: incorrect)
+Reason: one short sentence naming the decisive detail"""
+
+
+@dataclass(frozen=True)
+class JudgeExample:
+    """A hand-scored example (ours) shown to the judge before the real case."""
+
+    reference: str
+    conversation: str
+    verdict: str
+    reason: str
+
+
+JUDGE_EXAMPLES: tuple[JudgeExample, ...] = (
+    JudgeExample(
+        reference="Captions: A brown dog lies on a green sofa next to a sleeping cat. "
+        "Objects: 1 dog, 1 cat, 1 couch.",
+        conversation="User: What animals are on the sofa?\n"
+        "Assistant: A brown dog and a cat are resting together on the green sofa.",
+        verdict="correct",
+        reason="The dog, the cat and the green sofa all match the reference.",
+    ),
+    JudgeExample(
+        reference="Captions: Three people ride bicycles along a river path. "
+        "Objects: 3 person, 3 bicycle.",
+        conversation="User: How many cyclists are there?\n"
+        "Assistant: There are five cyclists riding in a line beside the water.",
+        verdict="incorrect",
+        reason="The reference has three people on bicycles, not five.",
+    ),
+    JudgeExample(
+        reference="Captions: A kitchen with a white refrigerator and a wooden table. "
+        "Objects: 1 refrigerator, 1 dining table, 2 chair.",
+        conversation="User: Is there a dog in the kitchen?\n"
+        "Assistant: No, there is no dog; the kitchen holds a white fridge, a wooden table "
+        "and two chairs.",
+        verdict="correct",
+        reason="No dog is listed, and the fridge, table and two chairs match.",
+    ),
+    JudgeExample(
+        reference="Captions: A red stop sign at a street corner. Objects: 1 stop sign. "
+        "Text in the image: STOP.",
+        conversation="User: What does the sign say?\n"
+        "Assistant: The blue sign at the corner reads YIELD.",
+        verdict="incorrect",
+        reason="The sign is red and reads STOP, not a blue YIELD sign.",
+    ),
+    JudgeExample(
+        reference="Captions: A man surfs a large wave in the ocean. Objects: 1 person, "
+        "1 surfboard.",
+        conversation="User: What sport is shown?\n"
+        "Assistant: Surfing. The man balances on his board as the wave breaks; surfing "
+        "became popular in Hawaii long ago.",
+        verdict="correct",
+        reason="The surfer and board match, and the history remark contradicts nothing.",
+    ),
+    JudgeExample(
+        reference="Captions: Two giraffes stand near a tree. Objects: 2 giraffe.",
+        conversation="User: What is happening?\n"
+        "Assistant: Two giraffes eat leaves while a zebra drinks from a pond beside them.",
+        verdict="incorrect",
+        reason="The zebra and the pond are invented; only two giraffes and a tree are given.",
+    ),
+)
+
+_VERDICT = re.compile(r"verdict\s*[:=\-]?\s*[*_\"']*\s*(correct|incorrect)\b", re.IGNORECASE)
+_BARE_VERDICT = re.compile(r"^\W*(correct|incorrect)\b", re.IGNORECASE)
+_REASON = re.compile(r"reason\s*[:=\-]\s*(.+)", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> tuple[str | None, str]:
+    """``("correct" | "incorrect" | None, reason)`` from one judge answer (None: unparseable)."""
+    match = _VERDICT.search(text) or _BARE_VERDICT.search(text.strip())
+    reason_match = _REASON.search(text)
+    reason = reason_match.group(1).strip() if reason_match else ""
+    return (match.group(1).lower() if match else None), reason[:300]
+
+
+def render_conversation(sample: Sample) -> str:
+    lines = []
+    for turn in sample.turns:
+        speaker = "User" if turn.role == "user" else "Assistant"
+        lines.append(f"{speaker}: {' '.join(turn.text.split())}")
+    return "\n".join(lines)
+
+
+def judge_messages(reference: str, conversation: str) -> list[Message]:
+    """System prompt, the hand-scored examples as earlier exchanges, then the case."""
+    messages = [Message("system", JUDGE_SYSTEM_PROMPT)]
+    for example in JUDGE_EXAMPLES:
+        messages.append(Message("user", _case(example.reference, example.conversation)))
+        messages.append(
+            Message("assistant", f"Verdict: {example.verdict}\nReason: {example.reason}")
+        )
+    messages.append(Message("user", _case(reference, conversation)))
+    return messages
+
+
+def _case(reference: str, conversation: str) -> str:
+    return f"Reference:\n{reference}\n\nConversation:\n{conversation}"
+
+
+def clue_for(sample: Sample, records: Mapping[str, ImageRecord]) -> tuple[str | None, str]:
+    """The clue the sample was generated from and where it came from, or ``(None, why)``."""
+    stored = sample.provenance.get("visual_clue")
+    if isinstance(stored, str) and stored.strip():
+        return stored, "provenance"
+    record = records.get(sample.image_id or "")
+    if record is None:
+        return None, "no annotations for this image"
+    object_index = sample.provenance.get("object_index")
+    if isinstance(object_index, int) and 0 <= object_index < len(record.objects):
+        return region_clue(record, object_index), "record (region)"
+    if not (record.captions or record.objects or record.ocr or record.vqa):
+        return None, "the image record has no annotations or captions"
+    return visual_clue(record), "record"
+
+
+class CorrectnessJudge:
+    """Stage: majority vote of an LLM judge over ``votes`` answers (see module docstring).
+
+    Example:
+        >>> backend = OpenAICompatibleBackend(base_url="http://127.0.0.1:8000/v1", model="m")
+        >>> judge = CorrectnessJudge(backend=backend, journal_path=Path("run/journal.sqlite"))
+        >>> judged = judge(samples)              # doctest: +SKIP
+    """
+
+    name = "correctness"
+    resources = Resources(cpus=1.0, batch_size=256)
+
+    def __init__(
+        self,
+        *,
+        backend: LlmBackend,
+        journal_path: Path | None = None,
+        records: Mapping[str, ImageRecord] | None = None,
+        votes: int = 3,
+        temperature: float = 0.7,
+        max_tokens: int = 96,
+        seed: int = 0,
+        concurrency: int = 8,
+    ) -> None:
+        if votes < 1:
+            raise ConfigError(f"judge votes must be >= 1, not {votes}", fix="use e.g. 3")
+        self.backend = backend
+        self.journal_path = journal_path
+        self.records = records or {}
+        self.votes = votes
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.concurrency = concurrency
+        self.counts: Counter[str] = Counter()
+        self.session: LlmSession | None = None
+
+    def setup(self) -> None:
+        if self.session is None:
+            journal = LlmJournal(self.journal_path) if self.journal_path is not None else None
+            self.session = LlmSession(self.backend, journal=journal, concurrency=self.concurrency)
+
+    def request_for(self, reference: str, sample: Sample) -> ChatRequest:
+        return ChatRequest(
+            judge_messages(reference, render_conversation(sample)),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            n=self.votes,
+            seed=self.seed,
+        )
+
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        self.setup()
+        assert self.session is not None
+        cases: list[tuple[Sample, str]] = []
+        requests: list[ChatRequest] = []
+        for sample in batch:
+            if not sample.ok:
+                self._not_judged(sample, "generation_failed", {})
+                continue
+            reference, source = clue_for(sample, self.records)
+            if reference is None:
+                self._not_judged(sample, "no_clue", {"detail": source})
+                continue
+            cases.append((sample, source))
+            requests.append(self.request_for(reference, sample))
+        outcomes = self.session.run(requests) if requests else []
+        for (sample, source), outcome in zip(cases, outcomes, strict=True):
+            self._record(sample, source, outcome)
+        return batch
+
+    def _record(self, sample: Sample, source: str, outcome: Outcome) -> None:
+        base = {
+            "judge": self.backend.describe().get("model", self.backend.model_name),
+            "prompt_version": JUDGE_PROMPT_VERSION,
+            "clue_source": source,
+            "votes_asked": self.votes,
+        }
+        if not outcome.ok:
+            self._not_judged(sample, "llm_error", base | {"detail": outcome.error})
+            return
+        votes: list[dict[str, Any]] = []
+        for choice in outcome.choices:
+            verdict, reason = parse_verdict(choice.text)
+            vote: dict[str, Any] = {"verdict": verdict, "reason": reason}
+            if verdict is None:
+                vote["raw"] = choice.text[:500]
+                self.counts["votes_unparseable"] += 1
+            votes.append(vote)
+        tally = Counter(v["verdict"] for v in votes if v["verdict"] is not None)
+        valid = tally["correct"] + tally["incorrect"]
+        if valid == 0:
+            self._not_judged(sample, "unparseable", base | {"votes": votes})
+            return
+        correct = tally["correct"] > tally["incorrect"]
+        sample.scores["correct"] = 1.0 if correct else 0.0
+        sample.scores["correct_share"] = tally["correct"] / valid
+        sample.scores["judge_valid_votes"] = float(valid)
+        sample.provenance.setdefault("quality", {})["correctness"] = base | {
+            "status": "judged",
+            "votes": votes,
+            "abstentions": len(votes) - valid,
+        }
+        self.counts["judged"] += 1
+        self.counts["correct" if correct else "incorrect"] += 1
+
+    def _not_judged(self, sample: Sample, reason: str, details: dict[str, Any]) -> None:
+        for key in ("correct", "correct_share", "judge_valid_votes"):
+            sample.scores.pop(key, None)
+        sample.provenance.setdefault("quality", {})["correctness"] = details | {
+            "status": f"not_judged: {reason}"
+        }
+        self.counts[f"not_judged_{reason}"] += 1

@@ -1,0 +1,584 @@
+"""Matching degree (MD): how well a conversation fits its image, by an image-text dual encoder.
+
+MD is the cosine similarity between the image embedding and the embedding of the text
+``MD_TEXT_PREFIX + <conversation>``, stored **times 100** (the scale of the paper's Table 4) in
+``sample.scores["md"]``. Which model and text mode produced it is written on the sample under
+``provenance["quality"]["md"]``.
+
+Text modes (CLIP reads 77 tokens, SigLIP 64; a conversation is usually longer):
+
+- ``truncate`` (the paper's recipe): the whole conversation, cut to the model's token limit.
+  ``scores["md_coverage"]`` says which share of the conversation's tokens the model saw.
+- ``per_turn``: each user+assistant **pair** is scored on its own (each pair with the prefix,
+  cut to the limit if needed); ``scores["md"]`` is the mean over pairs and ``scores["md_min"]``
+  the weakest pair, so one off-topic answer is not averaged away.
+
+Models: Hugging Face CLIP / SigLIP checkpoints by hub id or local folder (``AutoModel`` with
+``get_image_features`` / ``get_text_features``), and open_clip models as
+``open_clip:ARCH/PRETRAINED`` (optional extra ``vlit[openclip]``).
+
+Efficiency: every distinct image is decoded, preprocessed and encoded once (and kept in an LRU
+cache across batches, since one image serves n rollouts in several modes); images are decoded
+in worker processes with reduced-size JPEG decoding while the main process encodes texts; texts
+are tokenised once, sorted by length and encoded in batches under ``torch.inference_mode``; on
+CUDA the model runs in bfloat16 (float16 where bf16 is unsupported).
+
+Example:
+    >>> scorer = ClipMatchingScorer(model="openai/clip-vit-base-patch32", text_mode="truncate")
+    >>> scorer.setup()                                   # doctest: +SKIP
+    >>> scored = scorer(samples)                         # doctest: +SKIP
+    >>> scored[0].scores["md"]                           # doctest: +SKIP
+    31.4
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+
+from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
+from vlit.runners.base import Resources
+from vlit.schema import Sample
+
+if TYPE_CHECKING:
+    import torch
+
+TextMode = Literal["truncate", "per_turn"]
+TEXT_MODES: tuple[TextMode, ...] = ("truncate", "per_turn")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+# Our wording of the paper's text template; the conversation follows it.
+MD_TEXT_PREFIX = "A picture that this conversation is about: "
+MD_SCALE = "cosine x 100"
+PER_TURN_UNIT = "user+assistant pair"
+IMAGE_TOKEN = "<image>"
+
+
+def conversation_text(sample: Sample) -> str:
+    """The conversation as one line of text, as the matching model reads it."""
+    return " ".join(_turn_text(turn.role, turn.text) for turn in sample.turns if turn.text.strip())
+
+
+def pair_texts(sample: Sample) -> list[str]:
+    """One text per user+assistant pair (a lone turn forms its own unit)."""
+    units: list[str] = []
+    current: list[str] = []
+    for turn in sample.turns:
+        if not turn.text.strip():
+            continue
+        if turn.role == "user" and current:
+            units.append(" ".join(current))
+            current = []
+        current.append(_turn_text(turn.role, turn.text))
+    if current:
+        units.append(" ".join(current))
+    return units
+
+
+def _turn_text(role: str, text: str) -> str:
+    label = "Q:" if role == "user" else "A:"
+    return f"{label} {' '.join(text.replace(IMAGE_TOKEN, ' ').split())}"
+
+
+# -- models ------------------------------------------------------------------------------------
+class DualEncoder(Protocol):
+    """An image-text model that embeds both sides into one space (CLIP, SigLIP, ...)."""
+
+    preprocess: PreprocessSpec
+    max_text_tokens: int
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        """Untruncated token counts including special tokens, or None if unknown."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised float32 embeddings, one row per text (truncated to the limit)."""
+        ...
+
+    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """L2-normalised float32 embeddings of preprocessed images (B, 3, H, W)."""
+        ...
+
+
+def _torch_device_and_dtype(device: str | None, precision: Precision) -> tuple[Any, Any]:
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if precision == "fp32" or (precision == "auto" and resolved.type != "cuda"):
+        return resolved, torch.float32
+    if precision == "fp16":
+        return resolved, torch.float16
+    if precision == "bf16":
+        return resolved, torch.bfloat16
+    return resolved, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    features = features.float()
+    return features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    # transformers 5 returns a model output whose pooler_output holds the projected features;
+    # transformers 4 returned the tensor itself.
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+class HuggingFaceDualEncoder:
+    """A CLIP or SigLIP checkpoint loaded with ``transformers`` (hub id or local folder)."""
+
+    def __init__(self, *, model: str, device: str | None, precision: Precision) -> None:
+        try:
+            import torch
+            from transformers import AutoModel, AutoProcessor
+        except ImportError as error:
+            raise ModelUnavailableError(
+                f"cannot load '{model}': transformers/torch are not installed ({error})",
+                fix="pip install 'vlit[vision]' (with torch installed first)",
+            ) from error
+        path = Path(model).expanduser()
+        looks_like_path = model.startswith((".", "/", "~")) or path.exists()
+        if looks_like_path and not path.exists():
+            raise ModelUnavailableError(
+                f"matching model folder '{model}' does not exist",
+                file=str(path),
+                fix="pass the folder that holds config.json and model.safetensors, or a hub id",
+            )
+        source = str(path) if path.exists() else model
+        try:
+            self.processor = AutoProcessor.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ModelUnavailableError(
+                f"cannot load matching model '{model}' ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})",
+                fix=(
+                    "the model hub is not reachable or the id is wrong: on a machine with access "
+                    f"run `huggingface-cli download {model} --local-dir DIR`, copy DIR here and "
+                    "pass --clip DIR (a local folder with config.json, weights, tokenizer and "
+                    "preprocessor files)"
+                ),
+            ) from error
+        if not hasattr(self.model, "get_image_features") or not hasattr(
+            self.model, "get_text_features"
+        ):
+            raise ModelUnavailableError(
+                f"'{model}' ({type(self.model).__name__}) is not an image-text dual encoder",
+                fix="use a CLIP or SigLIP checkpoint",
+            )
+        self.name = model
+        self.device, self.dtype = _torch_device_and_dtype(device, precision)
+        self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
+        self.tokenizer = self.processor.tokenizer
+        self.model_type = str(getattr(self.model.config, "model_type", ""))
+        # SigLIP pools the last position and was trained on max-length padding; CLIP pools the
+        # end-of-text token, so padding to the batch's longest text gives the same numbers.
+        self.pad_to_max = self.model_type.startswith("siglip")
+        positions = int(self.model.config.text_config.max_position_embeddings)
+        tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
+        self.max_text_tokens = min(positions, tokenizer_limit)
+        self.preprocess = PreprocessSpec.from_processor_config(
+            self.processor.image_processor.to_dict()
+        )
+        self._torch = torch
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "family": "huggingface",
+            "model_type": self.model_type,
+            "max_tokens": self.max_text_tokens,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        encoded = self.tokenizer(texts, truncation=False, padding=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        encoded = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            padding="max_length" if self.pad_to_max else "longest",
+            return_tensors="pt",
+        )
+        inputs = {"input_ids": encoded["input_ids"].to(self.device)}
+        if "attention_mask" in encoded and not self.pad_to_max:
+            inputs["attention_mask"] = encoded["attention_mask"].to(self.device)
+        with self._torch.inference_mode():
+            return _normalise(_pooled(self.model.get_text_features(**inputs)))
+
+    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        tensor = self._torch.from_numpy(pixels).to(device=self.device, dtype=self.dtype)
+        with self._torch.inference_mode():
+            return _normalise(_pooled(self.model.get_image_features(pixel_values=tensor)))
+
+
+class OpenClipDualEncoder:
+    """An open_clip model, named ``open_clip:ARCH/PRETRAINED`` (PRETRAINED may be a file)."""
+
+    def __init__(self, *, model: str, device: str | None, precision: Precision) -> None:
+        try:
+            import open_clip  # optional extra, imported only when asked for
+            import torch
+        except ImportError as error:
+            raise ModelUnavailableError(
+                f"cannot load '{model}': the open_clip package is not installed",
+                fix="pip install 'vlit[openclip]', or use a Hugging Face CLIP/SigLIP checkpoint",
+            ) from error
+        spec = model.removeprefix("open_clip:")
+        architecture, _, pretrained = spec.partition("/")
+        if architecture.startswith("hf-hub:"):
+            architecture, pretrained = spec, ""
+        self.device, self.dtype = _torch_device_and_dtype(device, precision)
+        try:
+            self.model, _, transform = open_clip.create_model_and_transforms(
+                architecture, pretrained=pretrained or None, device=self.device
+            )
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ModelUnavailableError(
+                f"cannot load open_clip model '{spec}' ({error})",
+                fix=(
+                    "download the weights where the network is reachable and pass "
+                    "open_clip:ARCH//path/to/weights.bin (a local file as PRETRAINED)"
+                ),
+            ) from error
+        self.model = self.model.to(dtype=self.dtype).eval()
+        self.tokenizer = open_clip.get_tokenizer(architecture)
+        self.name = model
+        self.max_text_tokens = int(getattr(self.model, "context_length", 77))
+        config = getattr(self.model.visual, "preprocess_cfg", {}) or {}
+        size = config.get("size", 224)
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        squash = config.get("resize_mode", "shortest") == "squash"
+        self.preprocess = PreprocessSpec(
+            resize_shortest_edge=None if squash else min(height, width),
+            resize_to=(height, width) if squash else None,
+            crop=None if squash else (height, width),
+            mean=tuple(config.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+            std=tuple(config.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        )
+        self._torch = torch
+        del transform  # open_clip's torchvision transform; PreprocessSpec reproduces it
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "family": "open_clip",
+            "max_tokens": self.max_text_tokens,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return None
+        return [len(encode(text)) + 2 for text in texts]  # + start and end of text
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts).to(self.device)
+        with self._torch.inference_mode():
+            return _normalise(self.model.encode_text(tokens))
+
+    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        tensor = self._torch.from_numpy(pixels).to(device=self.device, dtype=self.dtype)
+        with self._torch.inference_mode():
+            return _normalise(self.model.encode_image(tensor))
+
+
+MODEL_FAMILIES: dict[str, type[HuggingFaceDualEncoder] | type[OpenClipDualEncoder]] = {
+    "huggingface": HuggingFaceDualEncoder,
+    "open_clip": OpenClipDualEncoder,
+}
+
+
+def load_dual_encoder(
+    model: str, *, device: str | None = None, precision: Precision = "auto"
+) -> DualEncoder:
+    """Load ``model``: ``open_clip:ARCH/PRETRAINED`` for open_clip, else a Hugging Face id/path."""
+    family = "open_clip" if model.startswith("open_clip:") else "huggingface"
+    return MODEL_FAMILIES[family](model=model, device=device, precision=precision)
+
+
+# -- the scorer --------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    sample: Sample
+    image_key: str
+    text_indices: list[int]
+
+
+class ClipMatchingScorer:
+    """Stage that writes the matching degree (cosine x 100) of each sample.
+
+    Scores: ``md`` (truncate: the conversation's score; per_turn: mean over user+assistant
+    pairs), ``md_min`` (per_turn only: the weakest pair), ``md_coverage`` (share of the text's
+    tokens the model read, when the tokenizer can tell). A sample whose image is missing or
+    unreadable gets no ``md``; ``provenance["quality"]["md"]["status"]`` says why. ``counts``
+    holds ``scored`` and ``not_computed_<reason>`` for the run summary.
+
+    Images are decoded by ``decode_workers`` spawned processes (0: in this process). As with
+    any spawning multiprocessing code, a script that uses them needs the
+    ``if __name__ == "__main__":`` guard; if the workers die, decoding falls back to this
+    process and ``counts["decode_workers_failed"]`` says so.
+
+    Example:
+        >>> scorer = ClipMatchingScorer(model="/models/clip-vit-b-32", text_mode="per_turn")
+        >>> scorer.setup()                    # doctest: +SKIP
+        >>> batch = scorer(batch)             # doctest: +SKIP
+    """
+
+    name = "matching_degree"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        text_mode: TextMode = "truncate",
+        device: str | None = None,
+        precision: Precision = "auto",
+        batch_size: int = 32,
+        decode_workers: int = 2,
+        fast_decode: bool = True,
+        cache_images: bool = True,
+        image_cache_size: int = 20_000,
+    ) -> None:
+        if text_mode not in TEXT_MODES:
+            raise ConfigError(
+                f"unknown matching text mode '{text_mode}'",
+                fix=f"use one of: {', '.join(TEXT_MODES)}",
+            )
+        if batch_size < 1 or decode_workers < 0:
+            raise ConfigError(
+                "matching batch_size must be >= 1 and decode_workers >= 0",
+                fix="pass e.g. batch_size=32, decode_workers=2",
+            )
+        self.model_name = model
+        self.text_mode = text_mode
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers
+        self.fast_decode = fast_decode
+        self.cache_images = cache_images
+        self.image_cache_size = image_cache_size
+        uses_gpu = (device or "").startswith("cuda")
+        self.resources = Resources(
+            cpus=1.0 + decode_workers,
+            gpus=1.0 if uses_gpu else 0.0,
+            batch_size=512,
+            uses_model=True,
+        )
+        self.counts: Counter[str] = Counter()
+        self.encoder: DualEncoder | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the model (raises ModelUnavailableError) and start the decoding workers."""
+        if self.encoder is None:
+            self.encoder = load_dual_encoder(
+                self.model_name, device=self.device, precision=self.precision
+            )
+        if self._pool is None and self.decode_workers > 0:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.decode_workers, mp_context=get_context("spawn")
+            )
+
+    def close(self) -> None:
+        """Stop the decoding workers (the model stays loaded)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ClipMatchingScorer:
+        self.setup()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the scores: model, text mode, unit and scale."""
+        if self.encoder is None:
+            raise ConfigError("the matching scorer is not set up", fix="call setup() first")
+        info = self.encoder.describe()
+        info |= {
+            "text_mode": self.text_mode,
+            "unit": "conversation" if self.text_mode == "truncate" else PER_TURN_UNIT,
+            "scale": MD_SCALE,
+            "prefix": MD_TEXT_PREFIX,
+        }
+        return info
+
+    # -- scoring -------------------------------------------------------------------------------
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        if self.encoder is None:
+            self.setup()
+        encoder = self.encoder
+        assert encoder is not None
+        info = self.provenance()
+        pending: list[_Pending] = []
+        texts: list[str] = []
+        for sample in batch:
+            reason = self._unscorable(sample)
+            if reason is not None:
+                self._not_computed(sample, info, reason)
+                continue
+            units = (
+                [conversation_text(sample)] if self.text_mode == "truncate" else pair_texts(sample)
+            )
+            image_key = str(Path(str(sample.image_path)).resolve())
+            start = len(texts)
+            texts.extend(MD_TEXT_PREFIX + unit for unit in units)
+            pending.append(_Pending(sample, image_key, list(range(start, len(texts)))))
+        if not pending:
+            return batch
+        # Cached mode: one slot per distinct image; uncached mode: one slot per sample.
+        slots = [item.image_key if self.cache_images else str(i) for i, item in enumerate(pending)]
+        jobs, image_embeddings = self._start_decoding(slots, [item.image_key for item in pending])
+        text_embeddings = self._encode_texts(texts)
+        counts = encoder.token_counts(texts)
+        decoded, image_errors = self._finish_images(jobs)
+        image_embeddings |= decoded
+        for slot, item in zip(slots, pending, strict=True):
+            if slot in image_errors:
+                self._not_computed(item.sample, info, f"image_unreadable: {image_errors[slot]}")
+                continue
+            similarities = (text_embeddings[item.text_indices] @ image_embeddings[slot]) * 100.0
+            values = [float(v) for v in similarities]
+            scores = item.sample.scores
+            scores["md"] = float(np.mean(values))
+            if self.text_mode == "per_turn":
+                scores["md_min"] = min(values)
+            truncated = False
+            if counts is not None:
+                total = sum(counts[i] for i in item.text_indices)
+                read = sum(min(counts[i], encoder.max_text_tokens) for i in item.text_indices)
+                scores["md_coverage"] = read / total if total else 1.0
+                truncated = read < total
+            record = dict(info) | {"status": "computed", "units": len(values)}
+            record["truncated"] = truncated
+            item.sample.provenance.setdefault("quality", {})["md"] = record
+            self.counts["scored"] += 1
+        return batch
+
+    def _unscorable(self, sample: Sample) -> str | None:
+        if not sample.ok:
+            return "generation_failed"
+        if sample.image is None:
+            return "no_image"
+        if not any(turn.text.strip() for turn in sample.turns):
+            return "empty_conversation"
+        return None
+
+    def _not_computed(self, sample: Sample, info: dict[str, Any], reason: str) -> None:
+        sample.scores.pop("md", None)
+        sample.scores.pop("md_min", None)
+        sample.provenance.setdefault("quality", {})["md"] = {
+            "status": f"not_computed: {reason}",
+            "model": info.get("model"),
+            "text_mode": self.text_mode,
+        }
+        self.counts[f"not_computed_{reason.split(':')[0]}"] += 1
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        import torch
+
+        assert self.encoder is not None
+        # Sorting by length keeps each batch's padding short; rows go back to their places.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [
+            self.encoder.encode_texts([texts[i] for i in order[start : start + self.batch_size]])
+            for start in range(0, len(order), self.batch_size)
+        ]
+        stacked = torch.cat(chunks)
+        result = torch.empty_like(stacked)
+        result[torch.tensor(order)] = stacked
+        return result
+
+    def _start_decoding(
+        self, slots: list[str], paths: list[str]
+    ) -> tuple[dict[str, tuple[str, Future[np.ndarray | str] | None]], dict[str, torch.Tensor]]:
+        """Submit each slot's image unless cached (cached ones are returned as ``known``);
+        without workers, images are decoded later, inline."""
+        assert self.encoder is not None
+        jobs: dict[str, tuple[str, Future[np.ndarray | str] | None]] = {}
+        known: dict[str, torch.Tensor] = {}
+        for slot, path in zip(slots, paths, strict=True):
+            if slot in jobs or slot in known:
+                continue
+            if slot in self._cache:  # taken now: the LRU may evict it while this batch runs
+                known[slot] = self._cache[slot]
+                self._cache.move_to_end(slot)
+                continue
+            future = None
+            if self._pool is not None:
+                future = self._pool.submit(
+                    preprocess_file, path, self.encoder.preprocess, self.fast_decode
+                )
+            jobs[slot] = (path, future)
+        return jobs, known
+
+    def _finish_images(
+        self, jobs: dict[str, tuple[str, Future[np.ndarray | str] | None]]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Collect decoded pixels in batches, encode them; return embeddings and errors by slot."""
+        assert self.encoder is not None
+        embeddings: dict[str, torch.Tensor] = {}
+        errors: dict[str, str] = {}
+        ready: list[tuple[str, np.ndarray]] = []
+
+        def flush() -> None:
+            assert self.encoder is not None
+            if ready:
+                encoded = self.encoder.encode_pixels(np.stack([pixels for _, pixels in ready]))
+                for (slot, _), row in zip(ready, encoded, strict=True):
+                    embeddings[slot] = row
+                    if self.cache_images:
+                        self._remember(slot, row)
+                ready.clear()
+
+        for slot, (path, future) in jobs.items():
+            result = self._pixels(path, future)
+            if isinstance(result, str):
+                errors[slot] = result
+                continue
+            ready.append((slot, result))
+            if len(ready) >= self.batch_size:
+                flush()
+        flush()
+        return embeddings, errors
+
+    def _pixels(self, path: str, future: Future[np.ndarray | str] | None) -> np.ndarray | str:
+        assert self.encoder is not None
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                # A worker died (out of memory, or a script without the __main__ guard that
+                # spawned workers need): decode in this process from now on.
+                self.counts["decode_workers_failed"] += 1
+                self.close()
+        return preprocess_file(path, self.encoder.preprocess, self.fast_decode)
+
+    def _remember(self, key: str, embedding: torch.Tensor) -> None:
+        self._cache[key] = embedding
+        if len(self._cache) > self.image_cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,270 @@
+"""Score and filter a run directory: the library side of `vlit score` and `vlit filter`.
+
+``score_run`` reads the latest samples (``RunDir.latest_sample_stage()``), runs the chosen
+per-sample stages (lint, grounding against ``RUN/records``, matching degree, correctness judge)
+through the local runner, then the dataset-wide lint (length outliers, duplicates), and writes
+``RUN/scores/``. A scorer that cannot run (no model weights, no records) does not stop the
+others: its samples are marked not computed and the summary says why.
+
+``filter_run`` reads ``RUN/scores/`` and writes ``RUN/kept/`` and ``RUN/dropped/``; every
+dropped sample carries its ``drop_reason``.
+
+Example:
+    >>> options = ScoreOptions(clip="/models/clip-vit-b-32", clip_mode="per_turn")
+    >>> summary = score_run(RunDir("runs/demo"), options)          # doctest: +SKIP
+    >>> summary = filter_run(RunDir("runs/demo"), FilterOptions(min_md=25.0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.llm.config import LlmConfig, build_backend
+from vlit.quality.filtering import (
+    FailedGenerationFilter,
+    FilterChain,
+    LintFilter,
+    MaxScoreFilter,
+    MinScoreFilter,
+    QuantileThreshold,
+    RequireCorrectFilter,
+    SampleFilter,
+)
+from vlit.quality.grounding import AnnotationGrounding
+from vlit.quality.judge import CorrectnessJudge
+from vlit.quality.lint import DatasetLinter, SampleLinter
+from vlit.quality.matching import ClipMatchingScorer, TextMode
+from vlit.rundir import RunDir
+from vlit.runners.base import Stage
+from vlit.runners.local import run_stages
+from vlit.schema import ImageRecord, Sample
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreOptions:
+    """What `vlit score` computes. ``clip=None`` skips MD; ``judge`` needs ``llm``."""
+
+    clip: str | None = None
+    clip_mode: TextMode = "truncate"
+    clip_device: str | None = None
+    clip_batch_size: int = 32
+    decode_workers: int = 2
+    judge: bool = False
+    judge_votes: int = 3
+    llm: LlmConfig | None = None
+    grounding: bool = True
+    lint: bool = True
+    duplicate_threshold: float = 0.8
+    seed: int = 0
+    runner: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilterOptions:
+    """Thresholds of `vlit filter`; ``None`` switches a filter off."""
+
+    min_md: float | None = None
+    min_md_quantile: float | None = None
+    require_correct: bool = False
+    max_hallucination: float | None = None
+    max_count_errors: float | None = None
+    max_false_absent: float | None = None
+    drop_lint: tuple[str, ...] = ()
+    min_scores: dict[str, float] = field(default_factory=dict)
+    max_scores: dict[str, float] = field(default_factory=dict)
+
+
+def _records(run: RunDir) -> dict[str, ImageRecord]:
+    if not run.has_stage("records"):
+        return {}
+    return {record.image_id: record for record in run.read_records()}
+
+
+def score_run(
+    run: RunDir, options: ScoreOptions, *, on_batch: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Score the run's latest samples into ``RUN/scores``; return the summary."""
+    source = run.latest_sample_stage()
+    samples = list(run.read_samples(source))
+    records = _records(run)
+    summary: dict[str, Any] = {"input_stage": source, "samples": len(samples)}
+    stages: list[Stage] = []
+    linter = SampleLinter() if options.lint else None
+    if linter is not None:
+        stages.append(linter)
+    grounding = None
+    if options.grounding and records:
+        grounding = AnnotationGrounding(records=records)
+        stages.append(grounding)
+    elif options.grounding:
+        summary["grounding"] = {"status": "not_run: this run has no records/ to check against"}
+    matcher = None
+    if options.clip is not None:
+        matcher = _matcher(options)
+        try:
+            matcher.setup()
+            stages.append(matcher)
+        except ModelUnavailableError as error:
+            _mark_md_unavailable(samples, options, str(error))
+            summary["md"] = {"status": "not_computed", "reason": str(error)}
+            matcher = None
+    judge = None
+    if options.judge:
+        if options.llm is None:
+            raise ConfigError(
+                "--judge needs an LLM endpoint",
+                fix="pass --llm-base-url URL --llm-model NAME (any OpenAI-compatible server)",
+            )
+        judge = CorrectnessJudge(
+            backend=build_backend(options.llm),
+            journal_path=run.journal_path,
+            records=records,
+            votes=options.judge_votes,
+            seed=options.seed,
+            concurrency=options.llm.concurrency,
+        )
+        stages.append(judge)
+    try:
+        if options.runner == "ray":
+            from vlit.runners.ray_runner import run_stages_ray
+
+            # Actors load their own model: hand them a matcher that is not set up yet.
+            remote = [_matcher(options) if stage is matcher else stage for stage in stages]
+            scored = run_stages_ray(remote, samples, address=options.ray_address)
+        else:
+            scored = list(run_stages(stages, samples, on_batch=on_batch))
+    finally:
+        if matcher is not None:
+            matcher.close()
+    if options.lint:
+        dataset_linter = DatasetLinter(duplicate_threshold=options.duplicate_threshold)
+        dataset_linter.apply([s for s in scored if s.ok])
+        assert linter is not None
+        summary["lint"] = {"samples_flagged": _merge(linter.counts, dataset_linter.counts)}
+    if grounding is not None:
+        summary["grounding"] = dict(grounding.counts) | _means(scored, "ground_hallucination_rate")
+    if matcher is not None:
+        summary["md"] = (
+            {"status": "computed"}
+            | {k: v for k, v in matcher.provenance().items() if k != "prefix"}
+            | dict(matcher.counts)
+            | _means(scored, "md")
+        )
+    if judge is not None:
+        summary["correctness"] = dict(judge.counts) | _means(scored, "correct")
+        if judge.session is not None:
+            summary["correctness"]["llm"] = judge.session.summary()
+    summary["written"] = run.write_samples("scores", scored)
+    summary["output"] = str(run.stage_dir("scores"))
+    run.save_summary("score", summary)
+    return summary
+
+
+def _matcher(options: ScoreOptions) -> ClipMatchingScorer:
+    assert options.clip is not None
+    return ClipMatchingScorer(
+        model=options.clip,
+        text_mode=options.clip_mode,
+        device=options.clip_device,
+        batch_size=options.clip_batch_size,
+        decode_workers=options.decode_workers,
+    )
+
+
+def _mark_md_unavailable(samples: list[Sample], options: ScoreOptions, reason: str) -> None:
+    for sample in samples:
+        sample.scores.pop("md", None)
+        sample.scores.pop("md_min", None)
+        sample.provenance.setdefault("quality", {})["md"] = {
+            "status": "not_computed: model_unavailable",
+            "model": options.clip,
+            "text_mode": options.clip_mode,
+            "detail": reason,
+        }
+
+
+def _merge(*counters: Counter[str]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for counter in counters:
+        total.update(counter)
+    return dict(sorted(total.items()))
+
+
+def _means(samples: list[Sample], score: str) -> dict[str, float]:
+    values = [s.scores[score] for s in samples if score in s.scores]
+    if not values:
+        return {}
+    return {f"mean_{score}": round(float(np.mean(values)), 4), f"scored_{score}": len(values)}
+
+
+def build_filters(options: FilterOptions, samples: list[Sample]) -> list[SampleFilter]:
+    """The filter chain for ``options``; quantile thresholds are resolved on ``samples``."""
+    filters: list[SampleFilter] = [FailedGenerationFilter()]
+    if options.min_md is not None and options.min_md_quantile is not None:
+        raise ConfigError(
+            "--min-md and --min-md-quantile both set a minimum MD",
+            fix="pass only one of them",
+        )
+    minimum = options.min_md
+    if options.min_md_quantile is not None:
+        minimum = QuantileThreshold(options.min_md_quantile).resolve(samples, "md")
+    if minimum is not None:
+        if not any("md" in s.scores for s in samples):
+            raise ConfigError(
+                "no sample has a matching degree, so --min-md cannot filter",
+                fix="run `vlit score RUN --clip MODEL` first",
+            )
+        filters.append(MinScoreFilter(score="md", minimum=minimum))
+    if options.require_correct:
+        if not any("correct" in s.scores for s in samples):
+            raise ConfigError(
+                "no sample was judged, so --require-correct cannot filter",
+                fix="run `vlit score RUN --judge --llm-base-url URL --llm-model NAME` first",
+            )
+        filters.append(RequireCorrectFilter())
+    for score, limit, reason in (
+        ("ground_hallucination_rate", options.max_hallucination, "hallucination"),
+        ("ground_count_errors", options.max_count_errors, "count_errors"),
+        ("ground_false_absent", options.max_false_absent, "false_absent"),
+    ):
+        if limit is not None:
+            filters.append(MaxScoreFilter(score=score, maximum=limit, reason=reason))
+    if options.drop_lint:
+        filters.append(LintFilter(flags=options.drop_lint))
+    for score, value in options.min_scores.items():
+        filters.append(MinScoreFilter(score=score, minimum=value))
+    for score, value in options.max_scores.items():
+        filters.append(MaxScoreFilter(score=score, maximum=value))
+    return filters
+
+
+def filter_run(run: RunDir, options: FilterOptions) -> dict[str, Any]:
+    """Split ``RUN/scores`` into ``RUN/kept`` and ``RUN/dropped``; return the summary."""
+    source = "scores" if run.has_stage("scores") else run.latest_sample_stage()
+    samples = list(run.read_samples(source))
+    filters = build_filters(options, samples)
+    chain = FilterChain(filters)
+    kept, dropped = chain.split(samples)
+    reasons = Counter(str(s.drop_reason).split(":")[0] for s in dropped)
+    summary: dict[str, Any] = {
+        "input_stage": source,
+        "total": len(samples),
+        "kept": run.write_samples("kept", kept),
+        "dropped": run.write_samples("dropped", dropped),
+        "dropped_by_reason": dict(sorted(reasons.items())),
+        "filters": chain.summary(),
+        "thresholds": {
+            f.name: getattr(f, "minimum", getattr(f, "maximum", None))
+            for f in filters
+            if hasattr(f, "minimum") or hasattr(f, "maximum")
+        },
+    }
+    run.save_summary("filter", summary)
+    return summary

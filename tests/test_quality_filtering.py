@@ -1,0 +1,98 @@
+"""Filters: keep/drop with reasons, counts, quantile thresholds, unscored samples kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlit.errors import ConfigError
+from vlit.quality.filtering import (
+    FailedGenerationFilter,
+    FilterChain,
+    LintFilter,
+    MaxScoreFilter,
+    MinScoreFilter,
+    QuantileThreshold,
+    RequireCorrectFilter,
+)
+from vlit.quality.pipeline import FilterOptions, build_filters
+from vlit.schema import Sample, Turn
+
+
+def scored(sample_id: str, **scores: float) -> Sample:
+    return Sample(
+        sample_id=sample_id,
+        turns=[Turn("user", "Q?"), Turn("assistant", "A.")],
+        scores={k: float(v) for k, v in scores.items()},
+    )
+
+
+def test_chain_counts_and_first_drop_wins() -> None:
+    failed = scored("failed")
+    failed.failure_reason = "llm_error: timeout"
+    samples = [
+        scored("good", md=30, correct=1, correct_share=1, lint_flags=0),
+        scored("low", md=10, correct=1, lint_flags=0),
+        scored("wrong", md=40, correct=0, correct_share=0.33, lint_flags=0),
+        scored("refuses", md=35, correct=0, lint_flags=1, lint_refusal=1),
+        scored("unjudged", md=31, lint_flags=0),
+        failed,
+    ]
+    chain = FilterChain(
+        [
+            FailedGenerationFilter(),
+            MinScoreFilter(score="md", minimum=20),
+            LintFilter(flags=["refusal"]),
+            RequireCorrectFilter(),
+        ]
+    )
+    kept, dropped = chain.split(samples)
+    assert [s.sample_id for s in kept] == ["good", "unjudged"]
+    reasons = {s.sample_id: s.drop_reason for s in dropped}
+    assert reasons == {
+        "low": "md_below_min: 10",
+        "wrong": "incorrect: 0.33 of the valid votes said correct",
+        "refuses": "lint_refusal",  # lint runs before correctness: the first drop wins
+        "failed": "generation_failed: llm_error: timeout",
+    }
+    summary = chain.summary()
+    assert summary["generation"] == {"total": 6, "kept": 5, "dropped_generation_failed": 1}
+    assert summary["md_min"] == {"total": 5, "kept": 4, "dropped_md_below_min": 1}
+    assert summary["correctness"] == {
+        "total": 3,
+        "kept": 2,
+        "kept_unscored": 1,
+        "dropped_incorrect": 1,
+    }
+
+
+def test_quantile_threshold_uses_the_runs_own_scores() -> None:
+    samples = [scored(str(i), md=float(i)) for i in range(1, 11)]
+    failed = scored("failed", md=-100)
+    failed.failure_reason = "x"
+    samples.append(failed)  # failed samples do not shift the quantile
+    assert QuantileThreshold(0.3).resolve(samples, "md") == pytest.approx(3.7)
+    filters = build_filters(FilterOptions(min_md_quantile=0.3), samples)
+    kept, _ = FilterChain(filters).split(samples)
+    assert [s.sample_id for s in kept] == ["4", "5", "6", "7", "8", "9", "10"]
+    with pytest.raises(ConfigError, match="outside"):
+        QuantileThreshold(1.5)
+    with pytest.raises(ConfigError, match="no sample has a 'md_min'"):
+        QuantileThreshold(0.5).resolve(samples, "md_min")
+
+
+def test_max_filters_and_option_checks() -> None:
+    samples = [
+        scored("a", ground_hallucination_rate=0.0),
+        scored("b", ground_hallucination_rate=0.5),
+        scored("c"),
+    ]
+    step = MaxScoreFilter(score="ground_hallucination_rate", maximum=0.25, reason="hallucination")
+    kept, dropped = FilterChain([step]).split(samples)
+    assert [s.sample_id for s in kept] == ["a", "c"]
+    assert dropped[0].drop_reason == "hallucination: 0.5"
+    assert step.counts["kept_unscored"] == 1
+    with pytest.raises(ConfigError, match="both"):
+        build_filters(FilterOptions(min_md=1, min_md_quantile=0.1), samples)
+    with pytest.raises(ConfigError, match="unknown lint flag"):
+        LintFilter(flags=["refusals"])
+    assert len(LintFilter(flags=["all"]).flags) > 10
