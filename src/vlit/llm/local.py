@@ -19,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
+import io
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,10 +149,12 @@ class LocalTransformersBackend:
         extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
         transformers_logging.disable_progress_bar()  # the CLI shows its own progress
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                source, dtype=getattr(torch, self.dtype), **extra
-            )
+            # The GGUF loader draws its own tqdm bar on stderr; errors still raise.
+            with contextlib.redirect_stderr(io.StringIO()):
+                tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=getattr(torch, self.dtype), **extra
+                )
         except (OSError, ValueError) as error:
             raise ModelUnavailableError(
                 f"cannot load the model {self.model_name!r}: {str(error).splitlines()[0]}",
@@ -222,10 +226,14 @@ class LocalTransformersBackend:
         finish: list[str | None] = [None] * n
         first_logprobs: dict[str, float] | None = None
         with torch.inference_mode():
-            input_ids = torch.tensor([prompt] * n, device=self.device)
-            output = self._model(input_ids=input_ids, use_cache=True)
+            # The prompt is read once; its cache is then copied for the n rollouts.
+            input_ids = torch.tensor([prompt], device=self.device)
+            output = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+            cache_object = getattr(output, self._cache_name)
+            if n > 1:
+                cache_object.batch_repeat_interleave(n)
+            logits = output.logits[:, -1, :].float().expand(n, -1)
             for step in range(max_new):
-                logits = output.logits[:, -1, :].float()
                 if step == 0 and request.top_logprobs:
                     first_logprobs = self._top_logprobs(logits[0], request.top_logprobs)
                 next_ids = self._sample(logits, request.temperature, generators, finish)
@@ -235,8 +243,10 @@ class LocalTransformersBackend:
                 if all(reason is not None for reason in finish):
                     break
                 # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`.
-                cache = {self._cache_name: getattr(output, self._cache_name)}
+                cache = {self._cache_name: cache_object}
                 output = self._model(input_ids=next_ids[:, None], use_cache=True, **cache)
+                cache_object = getattr(output, self._cache_name)
+                logits = output.logits[:, -1, :].float()
         choices = [
             Choice(
                 text=self._text(tokens[row], request.stop),
