@@ -161,6 +161,13 @@ def score_run(
         summary["correctness"] = dict(judge.counts) | _means(scored, "correct")
         if judge.session is not None:
             summary["correctness"]["llm"] = judge.session.summary()
+    if options.runner == "ray":
+        # Stage counters live in the Ray actors; the scores on the samples are complete.
+        summary["runner"] = {
+            "kind": "ray",
+            "note": "per-stage counters of lint (per sample), grounding, MD and the judge are "
+            "counted in the workers and not shown here; the per-sample scores are complete",
+        }
     summary["written"] = run.write_samples("scores", scored)
     summary["output"] = str(run.stage_dir("scores"))
     run.save_summary("score", summary)
