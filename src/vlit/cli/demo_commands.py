@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from vlit.cli.common import console, emit_summary
+from vlit.cli.common import console, stdout
 from vlit.cli.generate_commands import recipe_progress
 from vlit.demo import DEMO_RUN_DIR, run_demo
+from vlit.report.table import indicator_rows
 
 
 def register(app: typer.Typer) -> None:
@@ -20,17 +23,62 @@ def register(app: typer.Typer) -> None:
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = DEMO_RUN_DIR,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summaries as one JSON object.")
+        bool, typer.Option("--json", help="Print every stage's summary as one JSON object.")
     ] = False,
 ) -> None:
     """Run the whole chain on the shipped demo data with the embedded model, offline."""
     with recipe_progress() as progress:
         summaries = run_demo(out, progress=progress)
-    emit_summary("demo", {"run_dir": str(out), **summaries}, as_json=as_json)
-    if not as_json:
-        root = out.resolve()
-        console.print(f"\nOutput in [bold]{root}[/bold]:")
-        console.print(f"  kept samples   {root / 'kept'}   (vlit cat {out} --stage kept)")
-        console.print(f"  dropped        {root / 'dropped'}   (each with its drop_reason)")
-        console.print(f"  indicators     {root / 'indicators.json'}")
-        console.print(f"  report         {root / 'report.html'}")
+    if as_json:
+        print(json.dumps({"run_dir": str(out), **summaries}, sort_keys=True, default=str))
+        return
+    stdout.print(_stages_table(summaries))
+    indicators = Table(title="Dataset indicators (the paper's Table 4)")
+    indicators.add_column("indicator")
+    indicators.add_column(out.name, justify="right")
+    for title, cells in indicator_rows({out.name: {"table": summaries["report"]["indicators"]}}):
+        indicators.add_row(title, *cells)
+    stdout.print(indicators)
+    root = out.resolve()
+    console.print(f"\nOutput in [bold]{root}[/bold]:")
+    console.print(f"  kept samples   {root / 'kept'}   (vlit cat {out} --stage kept)")
+    console.print(f"  dropped        {root / 'dropped'}   (each with its drop_reason)")
+    console.print(f"  indicators     {root / 'indicators.json'}")
+    console.print(f"  report         {root / 'report.html'}")
+    console.print(f"  every count    {root / 'run.json'}  (or vlit demo --json)")
+
+
+def _stages_table(summaries: dict[str, Any]) -> Table:
+    collect, generate = summaries["collect"], summaries["generate"]
+    score, filtered = summaries["score"], summaries["filter"]
+    source = collect["sources"][0]
+    flagged = {
+        k: v for k, v in score.get("lint", {}).get("samples_flagged", {}).items() if k != "linted"
+    }
+    failed = sum(generate["samples_failed"].values())
+    journal = generate["journal"]
+    table = Table(title="vlit demo", show_header=False)
+    table.add_row(
+        "collect",
+        f"{collect['images']} images, {source['captions']} captions, {source['objects']} "
+        f"objects, {source['vqa']} VQA pairs, {source['ocr']} OCR strings",
+    )
+    table.add_row(
+        "generate",
+        f"{generate['samples_ok']} samples ok, {failed} failed (kept with their reason); "
+        f"{generate['requests_sent']} requests sent, {generate['from_journal']} answered from "
+        f"the journal; {journal['tokens_in']} tokens in, {journal['tokens_out']} out in all",
+    )
+    table.add_row(
+        "score",
+        "lint flags "
+        + ", ".join(f"{k} {v}" for k, v in flagged.items())
+        + f"; grounding: {score.get('grounding', {}).get('with_hallucination', 0)} samples "
+        "name objects that are not annotated",
+    )
+    table.add_row(
+        "filter",
+        f"{filtered['kept']} kept, {filtered['dropped']} dropped: "
+        + ", ".join(f"{k} {v}" for k, v in filtered["dropped_by_reason"].items()),
+    )
+    return table
