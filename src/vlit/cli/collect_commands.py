@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,11 +93,17 @@ def clue_command(
         int | None,
         typer.Option("--object", help="Index into the record's objects: print the region clue."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"image_id", "object", "clue"} as JSON.')
+    ] = False,
 ) -> None:
     """Print the visual clue of one image (or, with --object, of one object in it)."""
     record = _find_record(RunDir(run), image_id)
     text = visual_clue(record) if object_index is None else region_clue(record, object_index)
-    typer.echo(text)
+    if as_json:
+        typer.echo(json.dumps({"image_id": image_id, "object": object_index, "clue": text}))
+    else:
+        typer.echo(text)
 
 
 def register(app: typer.Typer) -> None:

@@ -160,6 +160,10 @@ def cat_command(
     limit: Annotated[
         int | None, typer.Option("--limit", min=0, help="Print at most this many.")
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='Print one JSON object {"stage", "count", "rows"} instead.'),
+    ] = False,
 ) -> None:
     """Print a stage of a run as JSON lines, one record or sample per line."""
     run = _existing_run(run_path)
@@ -173,6 +177,11 @@ def cat_command(
         if chosen == "records"
         else (sample_to_json(sample) for sample in run.read_samples(chosen))
     )
+    if as_json:
+        chosen_rows = list(itertools.islice(rows, limit))
+        document = {"stage": chosen, "count": len(chosen_rows), "rows": chosen_rows}
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        return
     try:
         for row in itertools.islice(rows, limit):
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
