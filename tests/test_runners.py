@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
 from vlit.collect import CocoCollector
 from vlit.generate.generator import GenerationSettings
@@ -26,8 +27,6 @@ from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score
 from vlit.rundir import RunDir
 from vlit.runners.local import compute_indicators
 from vlit.schema import Sample, Turn
-
-ray = pytest.importorskip("ray", reason="the Ray runner is the optional extra vlit[ray]")
 
 
 @pytest.fixture(scope="module")
