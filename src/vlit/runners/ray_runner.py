@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlit.errors import ConfigError
-from vlit.runners.base import DatasetIndicator, Stage
+from vlit.runners.base import DatasetIndicator, Resources, Stage
 from vlit.schema import SAMPLE_SCHEMA, Sample
 
 
@@ -97,7 +97,7 @@ def run_stages_ray(
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
                 num_gpus=resources.gpus or None,
-                compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+                compute=_actor_pool(ray, resources),
             )
         else:
             dataset = dataset.map_batches(
@@ -111,6 +111,20 @@ def run_stages_ray(
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         rows.extend(batch.to_pylist())
     return [Sample.from_row(row) for row in rows]
+
+
+def _actor_pool(ray: Any, resources: Resources) -> Any:
+    """``concurrency`` actors, or for a CPU-only model stage as many as the cluster's CPUs hold.
+
+    A GPU stage's ``concurrency`` is exact (one model per GPU share); a CPU model stage such
+    as the spaCy-based grounding may grow up to the CPUs Ray has, so it scales with the cluster.
+    """
+    if resources.gpus:
+        return ray.data.ActorPoolStrategy(size=resources.concurrency)
+    cpus = int(ray.cluster_resources().get("CPU", 1) // max(resources.cpus, 0.01))
+    return ray.data.ActorPoolStrategy(
+        min_size=resources.concurrency, max_size=max(resources.concurrency, cpus)
+    )
 
 
 def _dataset(ray: Any, samples: Iterable[Sample], parallelism: int | None) -> Any:
