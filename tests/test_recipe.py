@@ -52,7 +52,7 @@ def _error(data: dict[str, Any]) -> str:
             "api_key_env",
             "base_url",
         ),
-        ({"run_dir": "r", "score": {"clip_modle": "x"}}, "score.clip_modle", "lint", "clip_model"),
+        ({"run_dir": "r", "score": {"clipmodel": "x"}}, "score.clipmodel", "lint", "clip_model"),
         (
             {"run_dir": "r", "filter": {"threshold": {}}},
             "filter.threshold",
