@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 import struct
 from pathlib import Path, PureWindowsPath
@@ -44,22 +45,44 @@ _JPEG_END = b"\xff\xd9"
 _TAIL_BYTES = 64 * 1024
 
 
+def reference_problem(reference: object) -> str | None:
+    """Why ``reference`` cannot name a file inside an image folder, judged on its text alone.
+
+    ``None`` when it can. No file system access and no symlink resolution: refused are empty
+    references and NUL bytes ("empty"), absolute paths -- POSIX, backslash-rooted, Windows drive
+    or UNC -- ("absolute") and ``..`` that climbs out of the folder ("climbs"); ``/`` and ``\\``
+    both count as separators. Collectors use only this check, so an image folder holding
+    symlinks into shared storage keeps working; `resolve_image_path` adds the symlink check.
+    """
+    if not isinstance(reference, str) or not reference or "\x00" in reference:
+        return "empty"
+    posix = reference.replace("\\", "/")
+    if posix.startswith("/") or os.path.isabs(reference) or PureWindowsPath(reference).drive:
+        return "absolute"
+    normal = posixpath.normpath(posix)
+    if normal == ".." or normal.startswith("../"):
+        return "climbs"
+    return None
+
+
 def resolve_image_path(root: str | os.PathLike[str], reference: str) -> Path:
     """The real path of ``reference`` inside ``root``; `RecordError` if it would leave ``root``.
 
-    Refused: empty references, absolute paths (POSIX or Windows), ``..`` that climbs out of the
-    root, and symlinks whose target lies outside it. The file need not exist. Resolved folders
-    are cached for the life of the process (a folder replaced by a symlink meanwhile is not
-    seen).
+    Refused: what `reference_problem` refuses (empty, absolute, ``..`` climbing out of the
+    root), and symlinks whose target lies outside the root. The file need not exist. Resolved
+    folders are cached for the life of the process (a folder replaced by a symlink meanwhile is
+    not seen).
     """
-    if not isinstance(reference, str) or not reference or "\x00" in reference:
+    problem = reference_problem(reference)
+    if problem == "empty":
         raise RecordError(
             f"image reference {reference!r} is empty or not a path",
             fix="give the image as a path relative to the image folder",
         )
-    if os.path.isabs(reference) or PureWindowsPath(reference).drive:
+    if problem is not None:
+        how = "is absolute" if problem == "absolute" else "climbs out of it with '..'"
         raise RecordError(
-            f"image path escapes the image root: {reference!r} is absolute",
+            f"image path escapes the image root: {reference!r} {how}",
             fix="write image references relative to the image folder passed with --images",
         )
     real_root = _real_root(os.fspath(root))

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vlit import __version__
 from vlit.errors import ConfigError, InputFileError
+from vlit.fileio import write_text_atomic
 from vlit.generate.adaptation import ADAPTATION_MODE
 from vlit.generate.generator import GenerationSettings
 from vlit.generate.prompts import LLM_MODES
@@ -410,11 +411,8 @@ def write_resolved_recipe(
         secret = os.environ.get(section.api_key_env, "") if section and section.api_key_env else ""
         if secret:
             text = text.replace(secret, "***")
-    run_root.mkdir(parents=True, exist_ok=True)
     path = run_root / "recipe.resolved.yaml"
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    write_text_atomic(path, text)
     return path
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlit import __version__
 from vlit.errors import InputFileError
+from vlit.fileio import read_parquet_shard, write_parquet_atomic, write_text_atomic
 from vlit.schema import RECORD_SCHEMA, SAMPLE_SCHEMA, ImageRecord, Sample
 
 SAMPLE_STAGES = ("samples", "scores", "kept", "dropped")
@@ -102,7 +102,7 @@ class RunDir:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"shard-{index:05d}.parquet"
         table = pa.Table.from_pylist([s.to_row() for s in samples], schema=SAMPLE_SCHEMA)
-        _write_atomic(table, path)
+        write_parquet_atomic(table, path)
         return path
 
     def _write_stage(
@@ -116,10 +116,14 @@ class RunDir:
         for row in rows:
             batch.append(row)
             if len(batch) >= shard_size:
-                _write_atomic(pa.Table.from_pylist(batch, schema=schema), _shard(directory, index))
+                write_parquet_atomic(
+                    pa.Table.from_pylist(batch, schema=schema), _shard(directory, index)
+                )
                 count, index, batch = count + len(batch), index + 1, []
         if batch or index == 0:  # an empty stage still gets one (empty) shard
-            _write_atomic(pa.Table.from_pylist(batch, schema=schema), _shard(directory, index))
+            write_parquet_atomic(
+                pa.Table.from_pylist(batch, schema=schema), _shard(directory, index)
+            )
             count += len(batch)
         return count
 
@@ -132,15 +136,8 @@ class RunDir:
                 fix=f"check the run directory, or run the stage that writes '{stage}' first",
             )
         for shard in shards:
-            try:
-                table = pq.read_table(shard)
-            except (OSError, pa.ArrowInvalid) as error:
-                raise InputFileError(
-                    f"cannot read Parquet shard ({error})",
-                    file=str(shard),
-                    fix="delete the damaged shard and rerun the stage that wrote it",
-                ) from error
-            yield from table.to_pylist()
+            fix = "delete the damaged shard and rerun the stage that wrote it"
+            yield from read_parquet_shard(shard, fix=fix).to_pylist()
 
     # -- metadata ----------------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:
@@ -155,10 +152,7 @@ class RunDir:
         meta.setdefault("vlit_version", __version__)
         meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         meta.setdefault("summaries", {})[stage] = summary
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "run.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-        tmp.replace(self.root / "run.json")
+        write_text_atomic(self.root / "run.json", json.dumps(meta, indent=2, sort_keys=True))
 
     def mark_complete(self, stage: str, shard: int) -> None:
         self.completions_dir.mkdir(parents=True, exist_ok=True)
@@ -170,9 +164,3 @@ class RunDir:
 
 def _shard(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.parquet"
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)

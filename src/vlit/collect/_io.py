@@ -9,12 +9,14 @@ import json
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NoReturn
 
 from PIL import Image, UnidentifiedImageError
 
 from vlit.errors import InputFileError
+from vlit.images import reference_problem
+from vlit.jsonio import json_type_name, parse_json_bytes
 
 #: Called by collectors as work goes on: (step description, items done, items in total or None).
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -52,21 +54,7 @@ def load_json_file(path: str | os.PathLike[str], *, what: str) -> Any:
         raise InputFileError(
             f"the {what} file is empty", file=str(file), fix="re-download or re-export it"
         )
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise InputFileError(
-            f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
-            "the file is probably truncated or not JSON",
-            file=str(file),
-            fix=f"re-download or re-export the {what} file",
-        ) from error
-    except UnicodeDecodeError as error:
-        raise InputFileError(
-            f"not UTF-8 text ({error.reason})",
-            file=str(file),
-            fix=f"re-export the {what} file as UTF-8 JSON",
-        ) from error
+    return parse_json_bytes(raw, file=file, what=what)
 
 
 def raise_pickle_refused(file: Path, what: str) -> NoReturn:
@@ -80,21 +68,8 @@ def raise_pickle_refused(file: Path, what: str) -> NoReturn:
 
 
 def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    """`json_type_name` with integers named apart, as collectors' field messages need."""
+    return json_type_name(value, integers_apart=True)
 
 
 class FieldChecker:
@@ -234,19 +209,11 @@ def normalise_text(text: str) -> str:
 def escapes_root(file_name: str) -> bool:
     """True when ``file_name`` is absolute or climbs out of the image folder with ``..``.
 
-    The check is lexical (no symlink resolution), so datasets whose image folder holds
-    symlinks keep working, while ``../../etc/passwd`` and ``/etc/passwd`` are refused.
-    Private stand-in until the shared image-path helper exists (see the collection report).
+    The check is lexical (`vlit.images.reference_problem`, no symlink resolution), so datasets
+    whose image folder holds symlinks keep working, while ``../../etc/passwd`` and
+    ``/etc/passwd`` are refused.
     """
-    if not file_name or "\x00" in file_name:
-        return True
-    posix = file_name.replace("\\", "/")
-    if posix.startswith("/") or PurePosixPath(posix).is_absolute() or os.path.isabs(file_name):
-        return True
-    if len(posix) >= 2 and posix[1] == ":":  # a Windows drive letter, C:/...
-        return True
-    normal = os.path.normpath(posix).replace("\\", "/")
-    return normal == ".." or normal.startswith("../")
+    return reference_problem(file_name) is not None
 
 
 def read_image_size(path: Path) -> tuple[int, int]:

@@ -46,21 +46,19 @@ from vlit.collect._io import (
 )
 from vlit.collect.attributes import attach_attributes, load_attributes
 from vlit.collect.coco_text import load_coco_text
-from vlit.collect.common import CollectResult, check_image_files, finish_counts
+from vlit.collect.common import (
+    RECORD_COUNTERS,
+    CollectResult,
+    check_image_files,
+    finish_counts,
+)
 from vlit.collect.vqa import load_vqa
 from vlit.errors import ConfigError, InputFileError
 from vlit.schema import ImageRecord, ObjectAnnotation
 
 #: Every counter of a COCO collection summary, always present (0 when nothing happened).
 COCO_COUNTERS = (
-    "images",
-    "captions",
-    "objects",
-    "vqa",
-    "ocr",
-    "attributes",
-    "objects_with_attributes",
-    "records_with_problems",
+    *RECORD_COUNTERS,
     "duplicate_image_ids",
     "images_conflicting_entries",
     "images_path_escaping_root",
@@ -303,21 +301,17 @@ class CocoCollector:
         check = FieldChecker(self.captions, what="COCO captions")
         seen_ids: set[int] = set()
         for index, raw in enumerate(data["annotations"]):
-            record = f"annotations[{index}]"
-            item = check.item(raw, record)
-            annotation_id = check.optional_integer(item, "id", record)
-            if annotation_id is not None:
-                record = f"annotations[{index}] (id {annotation_id})"
-            image_id = check.image_id(item, record)
+            item, record, annotation_id, image_id = _annotation_head(check, raw, index)
             caption = check.string(item, "caption", record)
-            if annotation_id is not None:
-                if annotation_id in seen_ids:
-                    counts["duplicate_annotation_ids"] += 1
-                    continue
-                seen_ids.add(annotation_id)
-            target = records.get(image_id)
+            target = _annotation_target(
+                annotation_id,
+                image_id,
+                seen_ids,
+                records,
+                counts,
+                unlisted="captions_for_unlisted_images",
+            )
             if target is None:
-                counts["captions_for_unlisted_images"] += 1
                 continue
             text = normalise_text(caption)
             if not text:
@@ -343,24 +337,20 @@ class CocoCollector:
             categories.setdefault(category_id, (name, supercategory))
         seen_ids: set[int] = set()
         for index, raw in enumerate(data["annotations"]):
-            record = f"annotations[{index}]"
-            item = check.item(raw, record)
-            annotation_id = check.optional_integer(item, "id", record)
-            if annotation_id is not None:
-                record = f"annotations[{index}] (id {annotation_id})"
-            image_id = check.image_id(item, record)
+            item, record, annotation_id, image_id = _annotation_head(check, raw, index)
             category_id = check.integer(item, "category_id", record)
             bbox = check.bbox(item, record)
             iscrowd = check.flag(item, "iscrowd", record)
             area = check.number(item, "area", record)
-            if annotation_id is not None:
-                if annotation_id in seen_ids:
-                    counts["duplicate_annotation_ids"] += 1
-                    continue
-                seen_ids.add(annotation_id)
-            target = records.get(image_id)
+            target = _annotation_target(
+                annotation_id,
+                image_id,
+                seen_ids,
+                records,
+                counts,
+                unlisted="objects_for_unlisted_images",
+            )
             if target is None:
-                counts["objects_for_unlisted_images"] += 1
                 continue
             category = categories.get(category_id)
             if category is None:
@@ -388,3 +378,39 @@ class CocoCollector:
                     area=area,
                 )
             )
+
+
+def _annotation_head(
+    check: FieldChecker, raw: Any, index: int
+) -> tuple[dict[str, Any], str, int | None, str]:
+    """A caption or object annotation checked as an object: (item, the label messages use,
+    annotation id or ``None``, image id)."""
+    record = f"annotations[{index}]"
+    item = check.item(raw, record)
+    annotation_id = check.optional_integer(item, "id", record)
+    if annotation_id is not None:
+        record = f"annotations[{index}] (id {annotation_id})"
+    return item, record, annotation_id, check.image_id(item, record)
+
+
+def _annotation_target(
+    annotation_id: int | None,
+    image_id: str,
+    seen_ids: set[int],
+    records: dict[str, ImageRecord],
+    counts: Counter[str],
+    *,
+    unlisted: str,
+) -> ImageRecord | None:
+    """The record a caption or object annotation belongs to; ``None`` (counted) when the
+    annotation id was seen before or its image is not listed (counted under ``unlisted``).
+    """
+    if annotation_id is not None:
+        if annotation_id in seen_ids:
+            counts["duplicate_annotation_ids"] += 1
+            return None
+        seen_ids.add(annotation_id)
+    target = records.get(image_id)
+    if target is None:
+        counts[unlisted] += 1
+    return target

@@ -56,6 +56,19 @@ def check_image_files(
             on_progress(step, done, total)
 
 
+#: The counters `finish_counts` reads off the finished records (every collector reports them).
+RECORD_COUNTERS = (
+    "images",
+    "captions",
+    "objects",
+    "vqa",
+    "ocr",
+    "attributes",
+    "objects_with_attributes",
+    "records_with_problems",
+)
+
+
 def finish_counts(records: list[ImageRecord], counts: Counter[str]) -> None:
     """Counts that are read off the finished records."""
     counts["images"] = len(records)

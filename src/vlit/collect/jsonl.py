@@ -41,7 +41,12 @@ from vlit.collect._io import (
     normalise_text,
     type_name,
 )
-from vlit.collect.common import CollectResult, check_image_files, finish_counts
+from vlit.collect.common import (
+    RECORD_COUNTERS,
+    CollectResult,
+    check_image_files,
+    finish_counts,
+)
 from vlit.collect.vqa import majority_answer
 from vlit.errors import InputFileError
 from vlit.schema import ImageRecord, ObjectAnnotation, OcrText, VqaPair
@@ -49,14 +54,7 @@ from vlit.schema import ImageRecord, ObjectAnnotation, OcrText, VqaPair
 #: Every counter of a JSONL collection summary, always present.
 JSONL_COUNTERS = (
     "lines",
-    "images",
-    "captions",
-    "objects",
-    "vqa",
-    "ocr",
-    "attributes",
-    "objects_with_attributes",
-    "records_with_problems",
+    *RECORD_COUNTERS,
     "lines_skipped",
     "lines_invalid_json",
     "lines_wrong_types",

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from vlit.errors import ConfigError, RecordError
 from vlit.evaluate.tuning import check_turns, read_training_samples
+from vlit.fileio import write_text_atomic
 from vlit.schema import Sample
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -191,6 +192,4 @@ def _problem(sample: Sample) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))

@@ -1,5 +1,5 @@
 """What every format shares: the reader and writer contracts, JSON input with clear errors,
-atomic output, and the keys under which source fields are kept in ``Sample.extra``.
+streamed JSON output, and the keys under which source fields are kept in ``Sample.extra``.
 
 Keys of ``Sample.extra`` written by readers (documented once, here):
 
@@ -15,10 +15,8 @@ Keys of ``Sample.extra`` written by readers (documented once, here):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +24,9 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
 from vlit.errors import InputFileError, RecordError
+from vlit.fileio import atomic_output
+from vlit.images import resolve_image_path
+from vlit.jsonio import json_type_name, parse_json_bytes
 from vlit.schema import Sample
 
 SOURCE_FORMAT = "source_format"
@@ -94,6 +95,24 @@ class WriteCounts:
             self.problems.append(problem)
 
 
+def read_image_bytes(root: str, reference: str, *, label: str, counts: WriteCounts) -> bytes | None:
+    """The bytes of an image a writer embeds, or ``None`` counted and noted under ``label``
+    (an id naming the sample or image) when the reference escapes ``root`` or the file is gone.
+    """
+    try:
+        path = resolve_image_path(root, reference)
+    except RecordError as problem:
+        counts.path_escapes += 1
+        counts.note(f"{label}: {problem.problem}")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError:
+        counts.images_missing += 1
+        counts.note(f"{label}: image {path} not found")
+        return None
+
+
 # -- input ---------------------------------------------------------------------------------------
 def check_input_file(path: Path) -> None:
     """Raise `InputFileError` unless ``path`` is an existing, non-empty, non-pickle file."""
@@ -128,17 +147,9 @@ def load_json_document(
     Errors name the file, the line and column, and the fix, in one line.
     """
     check_input_file(path)
-    raw = path.read_bytes()
-    try:
-        document = json.loads(raw, object_pairs_hook=object_pairs_hook)
-    except json.JSONDecodeError as error:
-        raise _json_error(path, error, len(raw)) from error
-    except UnicodeDecodeError as error:
-        raise InputFileError(
-            f"not UTF-8 text (byte {error.start}: {error.reason})",
-            file=str(path),
-            fix="re-export the file as UTF-8 JSON",
-        ) from error
+    document = parse_json_bytes(
+        path.read_bytes(), file=path, what="dataset", object_pairs_hook=object_pairs_hook
+    )
     if not isinstance(document, expected):
         raise InputFileError(
             f"the top level is {json_type_name(document)}, but {what} is "
@@ -149,16 +160,41 @@ def load_json_document(
     return document
 
 
-def _json_error(path: Path, error: json.JSONDecodeError, size: int) -> InputFileError:
-    truncated = error.pos >= len(error.doc.rstrip()) or error.pos >= size
-    problem = f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
-    if truncated:
-        problem += "; the file ends early, it looks truncated"
-    return InputFileError(
-        problem,
-        file=str(path),
-        fix="re-download or re-export the file (check it with `python -m json.tool FILE`)",
-    )
+def parse_json_records(
+    path: Path,
+    *,
+    source_format: str,
+    what: str,
+    fix_type: str,
+    parse: Callable[[Any, int], Sample],
+    id_key: str = "id",
+) -> Iterator[tuple[int, Sample, bool]]:
+    """(index, sample, parsed) for each record of a JSON array or JSON-lines file.
+
+    ``parse(record, index)`` makes the sample; a record it refuses with `RecordError` (or a
+    JSON-lines line that does not parse) becomes an `invalid_sample` with ``parsed`` false, so
+    one bad record never stops the file. ``id_key`` names the record's id field, used for the
+    invalid sample's id.
+    """
+    for index, record in iter_json_records(path, what=what, fix_type=fix_type):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            sample = parse(record, index)
+        except RecordError as problem:
+            raw = None if isinstance(record, RecordError) else record
+            record_id = raw.get(id_key) if isinstance(raw, dict) else None
+            invalid = invalid_sample(
+                record=raw,
+                index=index,
+                problem=problem.problem,
+                source_format=source_format,
+                file=path,
+                sample_id=sample_id_for(record_id, stem=path.stem, index=index)[0],
+            )
+            yield index, invalid, False
+            continue
+        yield index, sample, True
 
 
 def iter_json_records(path: Path, *, what: str, fix_type: str) -> Iterator[tuple[int, Any]]:
@@ -194,23 +230,6 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                     ),
                 )
             index += 1
-
-
-def json_type_name(value: Any) -> str:
-    """How JSON calls the type of a parsed value, for messages ("a string", "an object")."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def require_type(value: Any, expected: type | tuple[type, ...], where: str) -> None:
@@ -324,19 +343,24 @@ def ordered(record: dict[str, Any], key_order: list[str] | None) -> dict[str, An
 
 
 # -- output --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open ``path.tmp`` for writing; on success rename it over ``path``, on error delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    encoding = None if "b" in mode else "utf-8"
-    try:
-        with open(tmp, mode, encoding=encoding) as handle:
-            yield handle
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def write_record_array(
+    samples: Iterable[Sample],
+    path: Path,
+    to_record: Callable[[Sample, WriteCounts], Any],
+    *,
+    indent: int | None,
+    ensure_ascii: bool,
+) -> WriteCounts:
+    """Write ``to_record(sample, counts)`` of each sample as one JSON array at ``path``,
+    streaming and atomically; a ``None`` record (a sample the format cannot express, counted
+    by ``to_record``) is left out."""
+    counts = WriteCounts(files=[str(path)])
+    records = (
+        record for record in (to_record(sample, counts) for sample in samples) if record is not None
+    )
+    with atomic_output(path) as handle:
+        write_json_array(handle, records, indent=indent, ensure_ascii=ensure_ascii)
+    return counts
 
 
 def write_json_array(

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlit.errors import RecordError
+from vlit.fileio import atomic_output
 from vlit.formats.base import (
     ImportContext,
     WriteCounts,
-    atomic_output,
-    invalid_sample,
-    iter_json_records,
+    parse_json_records,
     require_type,
-    sample_id_for,
 )
 from vlit.schema import ROLES, Sample
 
@@ -80,24 +78,16 @@ class JsonlReader:
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
         override = str(context.images.resolve()) if context.images is not None else None
-        records = iter_json_records(path, what="vlit JSONL", fix_type="one sample per line")
-        for index, row in records:
-            try:
-                if isinstance(row, RecordError):
-                    raise row
-                sample = sample_from_json(row)
-            except RecordError as problem:
-                record_id = row.get("sample_id") if isinstance(row, dict) else None
-                yield invalid_sample(
-                    record=None if isinstance(row, RecordError) else row,
-                    index=index,
-                    problem=problem.problem,
-                    source_format=self.name,
-                    file=path,
-                    sample_id=sample_id_for(record_id, stem=path.stem, index=index)[0],
-                )
-                continue
-            if override is not None:
+        samples = parse_json_records(
+            path,
+            source_format=self.name,
+            what="vlit JSONL",
+            fix_type="one sample per line",
+            parse=lambda row, _index: sample_from_json(row),
+            id_key="sample_id",
+        )
+        for _index, sample, parsed in samples:
+            if parsed and override is not None:
                 sample.image_root = override
             yield sample
 

@@ -31,19 +31,17 @@ from vlit.formats.base import (
     SOURCE_FORMAT,
     ImportContext,
     WriteCounts,
-    atomic_output,
     import_provenance,
     invalid_passthrough,
-    invalid_sample,
-    iter_json_records,
     key_order_extra,
     ordered,
+    parse_json_records,
     require_type,
     restore_id,
     same_format,
     sample_id_for,
     unknown_fields,
-    write_json_array,
+    write_record_array,
 )
 from vlit.formats.image_token import IMAGE_TOKEN_KEY, join_image_tokens, split_image_tokens
 from vlit.schema import Role, Sample, Turn
@@ -192,32 +190,18 @@ class LlavaReader:
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
         root = str((context.images or path.parent).resolve())
-        stem = path.stem
-        records = iter_json_records(
+        samples = parse_json_records(
             path,
+            source_format=self.name,
             what="a LLaVA file",
             fix_type="LLaVA data is a JSON list of {id, image, conversations}; "
             "for another format pass --format (or --format auto)",
+            parse=lambda record, index: self.parse(record, index=index, stem=path.stem),
         )
-        for index, record in records:
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                sample = self.parse(record, index=index, stem=stem)
-            except RecordError as problem:
-                raw = None if isinstance(record, RecordError) else record
-                record_id = raw.get("id") if isinstance(raw, dict) else None
-                yield invalid_sample(
-                    record=raw,
-                    index=index,
-                    problem=problem.problem,
-                    source_format=self.name,
-                    file=path,
-                    sample_id=sample_id_for(record_id, stem=stem, index=index)[0],
-                )
-                continue
-            sample.image_root = root
-            sample.provenance = {IMPORT_PROVENANCE: import_provenance(self.name, path, index)}
+        for index, sample, parsed in samples:
+            if parsed:
+                sample.image_root = root
+                sample.provenance = {IMPORT_PROVENANCE: import_provenance(self.name, path, index)}
             yield sample
 
     def parse(self, record: Any, *, index: int, stem: str) -> Sample:
@@ -256,15 +240,9 @@ class LlavaWriter:
         self.ensure_ascii = ensure_ascii
 
     def write(self, samples: Iterable[Sample], path: Path) -> WriteCounts:
-        counts = WriteCounts(files=[str(path)])
-        records = (
-            record
-            for record in (self.record(sample, counts) for sample in samples)
-            if record is not None
+        return write_record_array(
+            samples, path, self.record, indent=self.indent, ensure_ascii=self.ensure_ascii
         )
-        with atomic_output(path) as handle:
-            write_json_array(handle, records, indent=self.indent, ensure_ascii=self.ensure_ascii)
-        return counts
 
     def record(self, sample: Sample, counts: WriteCounts) -> Any:
         """The LLaVA record for one sample (``None``, counted, if it cannot be expressed)."""

@@ -36,13 +36,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vlit.errors import InputFileError, RecordError
+from vlit.fileio import atomic_output, write_bytes_atomic
 from vlit.formats.base import (
     IMPORT_PROVENANCE,
     KEY_ORDER,
     SOURCE_FORMAT,
     ImportContext,
     WriteCounts,
-    atomic_output,
     check_input_file,
     import_provenance,
     invalid_passthrough,
@@ -50,10 +50,11 @@ from vlit.formats.base import (
     key_order_extra,
     load_json_document,
     ordered,
+    read_image_bytes,
     require_type,
     same_format,
 )
-from vlit.images import guess_image_suffix, resolve_image_path, safe_file_name
+from vlit.images import guess_image_suffix, safe_file_name
 from vlit.schema import Sample, Turn
 
 INSTRUCTION_IDS = "instruction_ids"
@@ -202,9 +203,7 @@ class MimicItReader:
             name = safe_file_name(image_id) + guess_image_suffix(data)
             target = context.workdir / name
             if not (target.exists() and target.stat().st_size == len(data)):
-                tmp = target.with_name(name + ".tmp")
-                tmp.write_bytes(data)
-                tmp.replace(target)
+                write_bytes_atomic(target, data)
             files[image_id] = name
         self.counts["images_not_in_images_file"] += len(wanted - set(files))
         return files
@@ -455,17 +454,8 @@ def _image_table(data: list[str], ids: list[str], schema: pa.Schema) -> pa.Table
 
 def _jpeg_bytes(root: str, reference: str, image_id: str, counts: WriteCounts) -> bytes | None:
     """The image as JPEG bytes: JPEG files as they are, other images converted."""
-    try:
-        path = resolve_image_path(root, reference)
-    except RecordError as problem:
-        counts.path_escapes += 1
-        counts.note(f"image {image_id}: {problem.problem}")
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError:
-        counts.images_missing += 1
-        counts.note(f"image {image_id}: {path} not found")
+    data = read_image_bytes(root, reference, label=f"image {image_id}", counts=counts)
+    if data is None:
         return None
     if data.startswith(b"\xff\xd8\xff"):
         return data
@@ -475,7 +465,7 @@ def _jpeg_bytes(root: str, reference: str, image_id: str, counts: WriteCounts) -
             image.convert("RGB").save(buffer, format="JPEG", quality=_JPEG_QUALITY)
     except (OSError, ValueError, SyntaxError) as error:
         counts.images_missing += 1
-        counts.note(f"image {image_id}: cannot decode {path} ({error})")
+        counts.note(f"image {image_id}: cannot decode {reference} ({error})")
         return None
     counts.images_reencoded += 1
     return buffer.getvalue()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlit.errors import InputFileError, RecordError
+from vlit.fileio import atomic_output
 from vlit.formats.base import (
     FIELDS,
     ID_GENERATED,
@@ -36,11 +37,9 @@ from vlit.formats.base import (
     SOURCE_FORMAT,
     ImportContext,
     WriteCounts,
-    atomic_output,
     import_provenance,
     invalid_passthrough,
     invalid_sample,
-    json_type_name,
     key_order_extra,
     load_json_document,
     ordered,
@@ -48,6 +47,7 @@ from vlit.formats.base import (
     same_format,
 )
 from vlit.images import ImageFolderIndex
+from vlit.jsonio import json_type_name
 from vlit.schema import Role, Sample, Turn
 
 SPEAKERS: dict[str, Role] = {"User": "user", "AI": "assistant"}

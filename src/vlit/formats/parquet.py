@@ -30,12 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlit.errors import InputFileError, RecordError
+from vlit.fileio import atomic_output, write_bytes_atomic
 from vlit.formats.base import (
     ImportContext,
     WriteCounts,
-    atomic_output,
     check_input_file,
     invalid_sample,
+    read_image_bytes,
 )
 from vlit.images import resolve_image_path
 from vlit.schema import Sample
@@ -102,19 +103,9 @@ class ParquetWriter:
 
 def _image_bytes(sample: Sample, counts: WriteCounts) -> bytes | None:
     assert sample.image is not None
-    try:
-        path = resolve_image_path(sample.image_root, sample.image)
-    except RecordError as problem:
-        counts.path_escapes += 1
-        counts.note(f"{sample.sample_id}: {problem.problem}")
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError:
-        counts.images_missing += 1
-        counts.note(f"{sample.sample_id}: image {path} not found")
-        return None
-    counts.images_embedded += 1
+    data = read_image_bytes(sample.image_root, sample.image, label=sample.sample_id, counts=counts)
+    if data is not None:
+        counts.images_embedded += 1
     return data
 
 
@@ -190,8 +181,5 @@ class ParquetReader:
             return  # the importer's check records the escape on the sample
         if target.exists() and target.stat().st_size == len(data):
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_bytes_atomic(target, data)
         self.counts["images_unpacked"] += 1

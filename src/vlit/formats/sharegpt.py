@@ -31,19 +31,17 @@ from vlit.formats.base import (
     SOURCE_FORMAT,
     ImportContext,
     WriteCounts,
-    atomic_output,
     import_provenance,
     invalid_passthrough,
-    invalid_sample,
-    iter_json_records,
     key_order_extra,
     ordered,
+    parse_json_records,
     require_type,
     restore_id,
     same_format,
     sample_id_for,
     unknown_fields,
-    write_json_array,
+    write_record_array,
 )
 from vlit.formats.llava import (
     IMAGES,
@@ -77,32 +75,19 @@ class ShareGptReader:
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
         root = str((context.images or path.parent).resolve())
-        records = iter_json_records(
+        samples = parse_json_records(
             path,
+            source_format=self.name,
             what="a ShareGPT file",
             fix_type="ShareGPT data is a JSON list of {messages} or {conversations} records; "
             "for another format pass --format (or --format auto)",
+            parse=lambda record, index: self.parse(record, index=index, stem=path.stem),
         )
-        for index, record in records:
-            record_id = record.get("id") if isinstance(record, dict) else None
-            fallback_id, _ = sample_id_for(record_id, stem=path.stem, index=index)
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                sample = self.parse(record, index=index, stem=path.stem)
-            except RecordError as problem:
-                yield invalid_sample(
-                    record=None if isinstance(record, RecordError) else record,
-                    index=index,
-                    problem=problem.problem,
-                    source_format=self.name,
-                    file=path,
-                    sample_id=fallback_id,
-                )
-                continue
-            self.counts[f"flavour_{sample.extra[FLAVOUR]}"] += 1
-            sample.image_root = root
-            sample.provenance = {IMPORT_PROVENANCE: import_provenance(self.name, path, index)}
+        for index, sample, parsed in samples:
+            if parsed:
+                self.counts[f"flavour_{sample.extra[FLAVOUR]}"] += 1
+                sample.image_root = root
+                sample.provenance = {IMPORT_PROVENANCE: import_provenance(self.name, path, index)}
             yield sample
 
     def parse(self, record: Any, *, index: int, stem: str) -> Sample:
@@ -231,15 +216,9 @@ class ShareGptWriter:
         self.ensure_ascii = ensure_ascii
 
     def write(self, samples: Iterable[Sample], path: Path) -> WriteCounts:
-        counts = WriteCounts(files=[str(path)])
-        records = (
-            record
-            for record in (self.record(sample, counts) for sample in samples)
-            if record is not None
+        return write_record_array(
+            samples, path, self.record, indent=self.indent, ensure_ascii=self.ensure_ascii
         )
-        with atomic_output(path) as handle:
-            write_json_array(handle, records, indent=self.indent, ensure_ascii=self.ensure_ascii)
-        return counts
 
     def record(self, sample: Sample, counts: WriteCounts) -> Any:
         """The ShareGPT record for one sample (``None``, counted, if it cannot be expressed)."""

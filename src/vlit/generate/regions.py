@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageStat
 
+from vlit.fileio import atomic_output
 from vlit.generate.seeding import seeded_random
 from vlit.images import load_image, safe_file_name
 from vlit.schema import ImageRecord
@@ -97,10 +98,8 @@ def draw_region_box(source: str | os.PathLike[str], bbox: list[float], target: P
     if target.exists():
         return name
     ImageDraw.Draw(image).rectangle((left, top, right, bottom), outline=colour, width=line)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    image.save(temporary, format="JPEG", quality=95)
-    temporary.replace(target)
+    with atomic_output(target, "wb") as handle:
+        image.save(handle, format="JPEG", quality=95)
     return name
 
 

@@ -20,10 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from vlit.errors import ConfigError, InputFileError
+from vlit.fileio import read_parquet_shard
 from vlit.generate.generator import (
     ConversationGenerator,
     GenerationSettings,
@@ -196,14 +194,7 @@ def _record_shards(run: RunDir) -> list[Path]:
 
 
 def _read_records(shard: Path) -> list[ImageRecord]:
-    try:
-        table = pq.read_table(shard)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise InputFileError(
-            f"cannot read Parquet shard ({error})",
-            file=str(shard),
-            fix="delete the damaged shard and rerun `vlit collect`",
-        ) from error
+    table = read_parquet_shard(shard, fix="delete the damaged shard and rerun `vlit collect`")
     return [ImageRecord.from_row(row) for row in table.to_pylist()]
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.fileio import atomic_output
 
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 WORDLLAMA_ALIASES = ("wordllama", "wordllama-l2-supercat")
@@ -350,7 +351,5 @@ class EmbeddingCache:
             keys = np.concatenate([cached[0], keys])
             vectors = np.concatenate([cached[1], vectors])
         order = np.argsort(keys)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=keys[order], vectors=vectors[order])
-        tmp.replace(path)
+        with atomic_output(path, "wb") as handle:
+            np.savez(handle, keys=keys[order], vectors=vectors[order])
