@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 # Our own minimal template: "USER: <image>\n...\nASSISTANT: ...</s>\n" per round.
 TINY_CHAT_TEMPLATE = (
@@ -40,7 +41,6 @@ def build_tiny_llava(
 ) -> Path:
     """Save a tiny LLaVA checkpoint and processor in ``folder`` and return its path."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -52,18 +52,7 @@ def build_tiny_llava(
     )
 
     folder = Path(folder)
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        list(texts),
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<image>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
+    bpe = _train_bpe(texts, vocab_size, ["<pad>", "<s>", "</s>", "<unk>", "<image>"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<s>",
@@ -130,7 +119,6 @@ def build_tiny_blip2(
     No chat template: vlit uses BLIP-2's plain "Question: ... Answer:" layout for it.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
@@ -143,18 +131,7 @@ def build_tiny_blip2(
     )
 
     folder = Path(folder)
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        list(texts),
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<pad>", "</s>", "<unk>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
+    bpe = _train_bpe(texts, vocab_size, ["<pad>", "</s>", "<unk>"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="</s>",
@@ -206,3 +183,22 @@ def build_tiny_blip2(
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (offline, seconds)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        list(texts),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    return bpe
