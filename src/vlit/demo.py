@@ -44,9 +44,9 @@ def demo_recipe(run_dir: Path) -> Recipe:
             # Small enough for a few minutes on 2 CPU cores with the 135M model; the paper's
             # settings (n=5, two in-context examples, all modes) are the recipe defaults.
             "generate": {
-                "modes": ["conversation", "region", "adaptation"],
+                "modes": {"conversation": 1.0, "region": 0.5, "adaptation": 1.0},
                 "n": 2,
-                "max_tokens": 160,
+                "max_tokens": 128,
                 "examples_per_request": 1,
                 "concurrency": 1,
             },
