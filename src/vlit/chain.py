@@ -123,7 +123,7 @@ def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) 
     section = recipe.score
     assert section is not None
     judge = section.judge if section.judge is not None and section.judge.enabled else None
-    llm = judge.llm or recipe.llm if judge is not None else None
+    llm = (judge.llm or recipe.llm) if judge is not None else None
     options = ScoreOptions(
         clip=section.clip_model,
         clip_mode=section.clip_mode,
