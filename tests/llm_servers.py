@@ -211,6 +211,8 @@ class _OpenAICompatibleServer:
         self._server: asyncio.AbstractServer | None = None
         self._record_lock = threading.Lock()
         self.port = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most chat requests the server was answering at once
 
     @property
     def url(self) -> str:
@@ -302,7 +304,12 @@ class _OpenAICompatibleServer:
         if self.require_api_key is not None:
             if headers.get("authorization") != f"Bearer {self.require_api_key}":
                 return _error(401, "invalid API key")
-        return await self._chat(body)
+        self.in_flight += 1  # only the server's loop touches these two
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._chat(body)
+        finally:
+            self.in_flight -= 1
 
     async def _chat(self, body: dict[str, Any]) -> _Reply:
         raise NotImplementedError

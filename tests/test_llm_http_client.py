@@ -341,7 +341,7 @@ def test_answer_cut_mid_way_is_an_error_outcome_not_a_hang(cut: str) -> None:
     assert "closed in the middle of the answer" in (outcomes[1].error or "")
     # Bytes of an answer had arrived, so the cut is a counted retry, not a silent re-send.
     assert len(server.requests) == 3 and session.usage().retries == 1
-    assert elapsed < 3.0  # far below timeout_s: the cut is seen at once
+    assert elapsed < 10.0  # far below timeout_s: the cut is seen at once
 
 
 def test_answer_stalled_mid_way_times_out() -> None:
@@ -359,7 +359,7 @@ def test_answer_stalled_mid_way_times_out() -> None:
     with pytest.raises(RequestFailed, match="no answer within timeout_s=0.3") as failure:
         asyncio.run(scenario())
     assert failure.value.retries == 1
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 10.0
 
 
 BROKEN_FRAMING = {
@@ -386,7 +386,7 @@ def test_broken_framing_is_a_clear_error(framing: str) -> None:
     started = time.perf_counter()
     with pytest.raises(RequestFailed, match="the answer is not HTTP/1.1") as failure:
         asyncio.run(scenario())
-    assert time.perf_counter() - started < 3.0
+    assert time.perf_counter() - started < 10.0  # far below timeout_s: not waited out
     assert "\n" not in str(failure.value)
 
 
@@ -408,7 +408,7 @@ def test_https_with_an_untrusted_certificate_fails_at_once_with_the_fix(
     async def scenario() -> None:
         tls = tls_server_context(private_ca, "127.0.0.1")
         async with RawServer(serve_sized, tls=tls) as server:
-            await complete_all(server.backend(max_retries=5, backoff_base_s=5.0), ["secret"])
+            await complete_all(server.backend(max_retries=5, backoff_base_s=30.0), ["secret"])
 
     started = time.perf_counter()
     with pytest.raises(RequestFailed) as failure:
@@ -419,7 +419,7 @@ def test_https_with_an_untrusted_certificate_fails_at_once_with_the_fix(
     assert "TLS certificate was refused" in message
     assert "unable to get local issuer certificate" in message
     assert "SSL_CERT_FILE" in message
-    assert failure.value.retries == 0 and elapsed < 2.5  # not retried: retrying cannot help
+    assert failure.value.retries == 0 and elapsed < 10.0  # not retried: retrying cannot help
 
 
 def test_https_certificate_for_another_name_says_to_use_that_name(
