@@ -27,7 +27,7 @@ def test_same_clusters_and_noise_as_sklearn_brute_force(eps: float, min_samples:
     reference = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine", algorithm="brute")
     expected = reference.fit(points).labels_
     # small tiles so that diagonal, off-diagonal and ragged tiles all occur
-    ours = cosine_dbscan(points, eps=eps, min_samples=min_samples, tile_rows=700, tile_cols=1500)
+    ours = cosine_dbscan(points, eps=eps, min_samples=min_samples, tile=700)
     assert ours.cluster_count == expected.max() + 1
     assert ours.cluster_count > 1
     assert np.array_equal(ours.labels < 0, expected < 0)  # same noise
