@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vlit.errors import ModelUnavailableError
+from vlit.quality.clip_text import CausalTextTower, common_prefix_length
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_image
 from vlit.quality.matching import (
     MD_TEXT_PREFIX,
@@ -277,3 +278,35 @@ def test_open_clip_names_need_the_extra() -> None:
             ClipMatchingScorer(model="open_clip:ViT-B-32/openai", decode_workers=0).setup()
     else:
         pytest.skip("open_clip is installed here; the missing-extra message cannot be shown")
+
+
+@pytest.mark.parametrize("legacy_eos", [False, True])
+def test_causal_text_tower_equals_the_full_forward(
+    reference_models: dict[str, tuple[object, object]], legacy_eos: bool
+) -> None:
+    model, processor = reference_models["clip"]
+    tokenizer = processor.tokenizer  # type: ignore[attr-defined]
+    tower = CausalTextTower(model)
+    if legacy_eos:  # checkpoints from before transformers' eos fix read the highest token id
+        tower.eos_token_id = 2
+        model.text_model.eos_token_id = 2  # type: ignore[attr-defined]
+    texts = [MD_TEXT_PREFIX + " ".join(ANSWERS[: k + 1]) for k in range(4)]
+    texts += [MD_TEXT_PREFIX + "A dog.", "No shared prefix with the others."]
+    try:
+        for batch in (texts, texts[:4], texts[1:2]):  # long+short, all truncated, a single row
+            rows = tokenizer(batch, truncation=True, max_length=77)["input_ids"]
+            padded = tokenizer(batch, truncation=True, max_length=77, padding=True)
+            with torch.inference_mode():
+                output = model.get_text_features(  # type: ignore[attr-defined]
+                    input_ids=torch.tensor(padded["input_ids"]),
+                    attention_mask=torch.tensor(padded["attention_mask"]),
+                )
+            expected = getattr(output, "pooler_output", output)
+            ours = tower(rows)
+            assert ours.shape == expected.shape
+            assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    finally:
+        model.text_model.eos_token_id = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    assert common_prefix_length(rows) == len(rows[0])  # one row: all of it is "shared"
+    four = tokenizer(texts[:4], truncation=True, max_length=77)["input_ids"]
+    assert common_prefix_length(four) >= len(tokenizer(MD_TEXT_PREFIX)["input_ids"]) - 1

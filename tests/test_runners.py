@@ -62,15 +62,18 @@ def adapted_run(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Pa
     return root
 
 
-def _score_and_filter(source: Path, target: Path, runner: str) -> dict[str, list[dict[str, Any]]]:
+def _score_and_filter(source: Path, target: Path, runner: str) -> dict[str, Any]:
     shutil.copytree(source, target)
     run = RunDir(target)
-    score_run(run, ScoreOptions(runner=runner))  # type: ignore[arg-type]
+    summary = score_run(run, ScoreOptions(runner=runner))  # type: ignore[arg-type]
     filter_run(run, FilterOptions(max_hallucination=0.0, drop_lint=("refusal",)))
-    return {
+    outputs: dict[str, Any] = {
         stage: [sample.to_row() for sample in run.read_samples(stage)]
         for stage in ("scores", "kept", "dropped")
     }
+    # the stages' counters, summed over the Ray workers on that runner
+    outputs["counters"] = {key: summary[key] for key in ("lint", "grounding")}
+    return outputs
 
 
 @pytest.mark.model
@@ -87,6 +90,7 @@ def test_score_and_filter_are_identical_on_both_runners(
     reasons = {row["drop_reason"].split(":")[0] for row in local["dropped"]}
     assert len(local["dropped"]) >= 10 and len(reasons) >= 2, reasons
     assert len(local["kept"]) + len(local["dropped"]) == len(local["scores"])
+    assert local["counters"]["grounding"]["with_hallucination"] >= 10
 
 
 def _indicators() -> list[Any]:
@@ -110,3 +114,20 @@ def test_dataset_indicators_merge_to_the_local_result(
     on_ray = compute_indicators_ray(_indicators(), samples, parallelism=parallelism)
     assert on_ray == local
     assert local["tasks"]["task_diversity"] >= 3 and local["tasks"]["samples"] == len(samples)
+
+
+def test_the_report_suite_on_ray_equals_the_local_suite(adapted_run: Path, ray_cluster: Any) -> None:
+    from vlit.quality.indicators.suite import compute_indicators as indicator_suite
+    from vlit.quality.indicators.suite import load_run
+
+    reports = {}
+    for runner in ("local", "ray"):
+        loaded = load_run(adapted_run)
+        reports[runner] = indicator_suite(
+            loaded.samples, embedder=None, records=loaded.records, runner=runner
+        )
+    assert reports["ray"]["indicators"] == reports["local"]["indicators"]
+    assert reports["ray"]["table"] == reports["local"]["table"]
+    assert "ray_workers" in reports["ray"]["timings"]
+    granularity = reports["local"]["indicators"]["object_granularity"]
+    assert granularity["source"] == "annotations" and granularity["object_granularity"] > 0

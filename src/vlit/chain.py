@@ -168,7 +168,13 @@ def report_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None)
     section = recipe.report
     assert section is not None
     embedder = None if section.embedder == "none" else load_embedder(section.embedder)
-    view = report_run(run.root, embedder=embedder, settings=IndicatorSettings(seed=section.seed))
+    view = report_run(
+        run.root,
+        embedder=embedder,
+        settings=IndicatorSettings(seed=section.seed),
+        runner=recipe.runner.kind,
+        ray_address=recipe.runner.address,
+    )
     summary: dict[str, Any] = {
         "indicators": view.report.get("table", {}),
         "indicators_file": str(run.root / "indicators.json"),

@@ -257,7 +257,7 @@ class ReportSection(Section):
 
 
 class RunnerSection(Section):
-    """Where per-sample stages run: this process, or a Ray cluster (``address``; None = local)."""
+    """Where scoring and the report's streaming indicators run: this process, or Ray."""
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = None

@@ -20,7 +20,9 @@ Models: Hugging Face CLIP / SigLIP checkpoints by hub id or local folder (``Auto
 Efficiency: every distinct image is decoded, preprocessed and encoded once (and kept in an LRU
 cache across batches, since one image serves n rollouts in several modes); images are decoded
 in worker processes with reduced-size JPEG decoding while the main process encodes texts; texts
-are tokenised once, sorted by length and encoded in batches under ``torch.inference_mode``; on
+are tokenised once, sorted by length and encoded in batches under ``torch.inference_mode``; a
+CLIP text tower encodes the tokens every text of a batch starts with once and runs its last
+layer on the end-of-text token only (``clip_text``: same numbers, a fifth less work); on
 CUDA the model runs in bfloat16 (float16 where bf16 is unsupported).
 
 Example:
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.quality.clip_text import CausalTextTower, supports_causal_tower
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
 from vlit.runners.base import Resources
 from vlit.schema import Sample
@@ -188,6 +191,10 @@ class HuggingFaceDualEncoder:
         # SigLIP pools the last position and was trained on max-length padding; CLIP pools the
         # end-of-text token, so padding to the batch's longest text gives the same numbers.
         self.pad_to_max = self.model_type.startswith("siglip")
+        # CLIP: the causal text tower that skips shared-prefix and non-final work (same numbers)
+        self.causal_tower = (
+            CausalTextTower(self.model) if supports_causal_tower(self.model) else None
+        )
         positions = int(self.model.config.text_config.max_position_embeddings)
         tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
         self.max_text_tokens = min(positions, tokenizer_limit)
@@ -210,6 +217,9 @@ class HuggingFaceDualEncoder:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.causal_tower is not None:
+            rows = self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens)
+            return _normalise(self.causal_tower(rows["input_ids"]))
         encoded = self.tokenizer(
             texts,
             truncation=True,

@@ -138,6 +138,8 @@ def score_run(
             # Actors load their own model: hand them a matcher that is not set up yet.
             remote = [_matcher(options) if stage is matcher else stage for stage in stages]
             scored = run_stages_ray(remote, samples, address=options.ray_address)
+            if matcher is not None:  # the workers' counts were summed into the copy they used
+                matcher.counts.update(remote[stages.index(matcher)].counts)  # type: ignore[attr-defined]
         else:
             scored = list(run_stages(stages, samples, on_batch=on_batch))
     finally:
@@ -162,12 +164,7 @@ def score_run(
         if judge.session is not None:
             summary["correctness"]["llm"] = judge.session.summary()
     if options.runner == "ray":
-        # Stage counters live in the Ray actors; the scores on the samples are complete.
-        summary["runner"] = {
-            "kind": "ray",
-            "note": "per-stage counters of lint (per sample), grounding, MD and the judge are "
-            "counted in the workers and not shown here; the per-sample scores are complete",
-        }
+        summary["runner"] = {"kind": "ray", "address": options.ray_address or "local"}
     summary["written"] = run.write_samples("scores", scored)
     summary["output"] = str(run.stage_dir("scores"))
     run.save_summary("score", summary)

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from vlit.errors import ConfigError
 from vlit.llm.session import LlmSession
@@ -38,11 +39,14 @@ def report_run(
     complexity_samples: int = 500,
     name: str | None = None,
     on_step: Callable[[str], None] | None = None,
+    runner: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
 ) -> DatasetView:
     """Indicators of one run (``RUN/kept`` if present, else its latest samples).
 
     With an LLM ``session`` the instruction complexity is also scored by the LLM, and with
-    ``use_taggpt`` task labels come from TagGPT instead of the offline rules.
+    ``use_taggpt`` task labels come from TagGPT instead of the offline rules. ``runner="ray"``
+    updates the streaming indicators on Ray workers (``ray_address``: an existing cluster).
     """
     settings = settings or IndicatorSettings()
     loaded = load_run(path)
@@ -64,6 +68,8 @@ def report_run(
         complexity_scorer=complexity,
         settings=settings,
         on_step=on_step,
+        runner=runner,
+        ray_address=ray_address,
     )
     dataset = name or loaded.name
     report.update({"dataset": dataset, "run": str(path), "stage": loaded.stage})

@@ -3,7 +3,9 @@
 CPU stages run as ``map_batches`` functions; stages that load a model (``resources.uses_model``)
 run as callable classes, so each actor calls ``setup()`` once and keeps its model. The runner
 knows only the ``Stage`` contract. Order is preserved, so on the same input the output equals
-the local runner's. Dataset indicators are updated per block on the workers and their partial
+the local runner's. A stage's ``counts`` (a ``Counter``, when it keeps one) are summed over the
+workers by a small actor and added to the driver's stage object, so summaries read the same on
+both runners. Dataset indicators are updated per block on the workers and their partial
 states merged on the driver with ``merge``.
 
 Example:
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -57,21 +60,54 @@ def _to_table(samples: list[Sample]) -> pa.Table:
     return pa.Table.from_pylist([s.to_row() for s in samples], schema=SAMPLE_SCHEMA)
 
 
+def _count_sink(ray: Any) -> Any:
+    """An actor that sums the per-batch ``counts`` deltas of every stage, keyed by position."""
+
+    @ray.remote(num_cpus=0)
+    class CountSink:
+        def __init__(self) -> None:
+            self.totals: dict[int, Counter[str]] = {}
+
+        def add(self, position: int, delta: dict[str, int]) -> None:
+            self.totals.setdefault(position, Counter()).update(delta)
+
+        def totals_by_stage(self) -> dict[int, dict[str, int]]:
+            return {position: dict(total) for position, total in self.totals.items()}
+
+    return CountSink.remote()  # type: ignore[attr-defined]
+
+
+def _apply(stage: Stage, table: pa.Table, sink: Any, position: int) -> pa.Table:
+    """Run ``stage`` on a block and report what it added to its ``counts`` to ``sink``."""
+    counts = getattr(stage, "counts", None)
+    before = Counter(counts) if isinstance(counts, Counter) else None
+    output = _to_table(stage(_to_samples(table)))
+    if before is not None:
+        delta = Counter(stage.counts)  # type: ignore[attr-defined]
+        delta.subtract(before)
+        if +delta:
+            import ray
+
+            # waited for, so every delta has arrived before the driver sees this block's rows
+            ray.get(sink.add.remote(position, dict(+delta)))
+    return output
+
+
 class _StageTask:
     """A callable class around one stage: Ray builds one per actor, ``setup()`` runs once."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
+    def __init__(self, stage: Stage, sink: Any, position: int) -> None:
+        self.stage, self.sink, self.position = stage, sink, position
         self.stage.setup()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return _to_table(self.stage(_to_samples(table)))
+        return _apply(self.stage, table, self.sink, self.position)
 
 
-def _run_cpu_stage(table: pa.Table, stage: Stage) -> pa.Table:
+def _run_cpu_stage(table: pa.Table, stage: Stage, sink: Any, position: int) -> pa.Table:
     # A stateless CPU stage: setup() is cheap by contract (no model), so run it per block.
     stage.setup()
-    return _to_table(stage(_to_samples(table)))
+    return _apply(stage, table, sink, position)
 
 
 def run_stages_ray(
@@ -87,12 +123,13 @@ def run_stages_ray(
     dataset = _dataset(ray, samples, parallelism)
     if dataset is None:
         return []
-    for stage in stages:
+    sink = _count_sink(ray)
+    for position, stage in enumerate(stages):
         resources = stage.resources
         if resources.uses_model:
             dataset = dataset.map_batches(
                 _StageTask,
-                fn_constructor_kwargs={"stage": stage},
+                fn_constructor_kwargs={"stage": stage, "sink": sink, "position": position},
                 batch_format="pyarrow",
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
@@ -102,7 +139,7 @@ def run_stages_ray(
         else:
             dataset = dataset.map_batches(
                 _run_cpu_stage,
-                fn_kwargs={"stage": stage},
+                fn_kwargs={"stage": stage, "sink": sink, "position": position},
                 batch_format="pyarrow",
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
@@ -110,6 +147,9 @@ def run_stages_ray(
     rows: list[dict[str, Any]] = []
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         rows.extend(batch.to_pylist())
+    for position, delta in ray.get(sink.totals_by_stage.remote()).items():
+        stages[position].counts.update(delta)  # type: ignore[attr-defined]
+    ray.kill(sink)
     return [Sample.from_row(row) for row in rows]
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vlit.errors import InputFileError
 from vlit.quality.indicators.balance import TaskDistributionIndicator
@@ -135,11 +135,15 @@ def compute_indicators(
     complexity_scorer: LlmComplexityScorer | None = None,
     settings: IndicatorSettings = IndicatorSettings(),
     on_step: Callable[[str], None] | None = None,
+    runner: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Every dataset indicator of ``samples`` (labels are written into ``sample.labels``).
 
     ``embedder=None`` skips response diversity (reported as not computed); ``tagger=None``
     uses the rule labeller; ``complexity_scorer=None`` leaves the LLM complexity not computed.
+    With ``runner="ray"`` the streaming indicators are updated per block on the Ray workers
+    and merged here; labelling, embedding and clustering stay on the driver.
     """
     timings: dict[str, float] = {}
     step = on_step or (lambda _name: None)
@@ -183,6 +187,14 @@ def compute_indicators(
                 seed=settings.seed,
             )
         )
+    if runner == "ray":
+        from vlit.runners.ray_runner import compute_indicators_ray
+
+        on_workers = [i for i in streaming if not isinstance(i, ResponseDiversityIndicator)]
+        step("indicators on Ray")
+        with _timed(timings, "ray_workers"):
+            details |= compute_indicators_ray(on_workers, samples, address=ray_address)
+        streaming = [i for i in streaming if i not in on_workers]
     for indicator in streaming:
         step(indicator.name)
         with _timed(timings, indicator.name):
