@@ -83,13 +83,13 @@ def _apply(stage: Stage, table: pa.Table, sink: Any, position: int) -> pa.Table:
     before = Counter(counts) if isinstance(counts, Counter) else None
     output = _to_table(stage(_to_samples(table)))
     if before is not None:
-        delta = Counter(stage.counts)  # type: ignore[attr-defined]
-        delta.subtract(before)
-        if +delta:
+        # keys with a zero count stay (a local run shows them too)
+        delta = {key: value - before.get(key, 0) for key, value in stage.counts.items()}  # type: ignore[attr-defined]
+        if delta:
             import ray
 
             # waited for, so every delta has arrived before the driver sees this block's rows
-            ray.get(sink.add.remote(position, dict(+delta)))
+            ray.get(sink.add.remote(position, delta))
     return output
 
 
