@@ -8,8 +8,10 @@ the text to 77 tokens. Rows:
 - ``vlit truncate`` / ``vlit per_turn``: ``ClipMatchingScorer`` (model already loaded);
 - ``plain loop``: batch of 32 samples, every image decoded and encoded per sample, HF processor,
   ``torch.inference_mode`` -- what one writes first;
-- ``bare forward``: only the forward passes of the work that is actually needed (each distinct
-  image once, every text once), inputs prepared beforehand: the ceiling for vlit;
+- ``bare forward (full text tower)``: only forward passes, inputs prepared beforehand: each
+  distinct image once, every text once through ``get_text_features``;
+- ``bare forward (needed work)``: the same with the texts through ``CausalTextTower`` (the
+  prefix all texts share once, the last layer on the end token only): the ceiling for vlit;
 - ``data-juicer np=N``: ``image_text_similarity_filter`` of py-data-juicer 1.6.1 run in a
   subprocess of a separate virtualenv (``--dj-python``, default /tmp/dj-venv/bin/python);
   "not installed" when that interpreter is missing. Its model is loaded before timing.
@@ -139,8 +141,14 @@ def _features(output: object) -> torch.Tensor:
     return tensor / tensor.norm(dim=-1, keepdim=True)
 
 
-def bench_bare_forward(checkpoint: Path, samples: list[Sample], batch: int = 32) -> float:
+def bench_bare_forward(
+    checkpoint: Path, samples: list[Sample], batch: int = 32, *, causal_tower: bool = False
+) -> float:
+    """Forward passes only, inputs prepared beforehand; ``causal_tower``: texts through
+    ``CausalTextTower`` (the shared prefix once, the last layer on the end token only)."""
     from transformers import AutoModel, AutoProcessor
+
+    from vlit.quality.clip_text import CausalTextTower
 
     model = AutoModel.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
@@ -148,20 +156,22 @@ def bench_bare_forward(checkpoint: Path, samples: list[Sample], batch: int = 32)
     pixels = processor(
         images=[Image.open(p).convert("RGB") for p in distinct], return_tensors="pt"
     )["pixel_values"]
+    texts = [MD_TEXT_PREFIX + conversation_text(s) for s in samples]
     tokens = processor.tokenizer(
-        [MD_TEXT_PREFIX + conversation_text(s) for s in samples],
-        truncation=True,
-        max_length=77,
-        padding=True,
-        return_tensors="pt",
+        texts, truncation=True, max_length=77, padding=True, return_tensors="pt"
     )["input_ids"]
+    rows = processor.tokenizer(texts, truncation=True, max_length=77)["input_ids"]
+    tower = CausalTextTower(model)
 
     def run() -> None:
         with torch.inference_mode():
             for start in range(0, len(pixels), batch):
                 model.get_image_features(pixel_values=pixels[start : start + batch])
             for start in range(0, len(tokens), batch):
-                model.get_text_features(input_ids=tokens[start : start + batch])
+                if causal_tower:
+                    tower(rows[start : start + batch])
+                else:
+                    model.get_text_features(input_ids=tokens[start : start + batch])
 
     seconds, _ = timed(run)
     return seconds
@@ -245,7 +255,9 @@ def main() -> None:
     )
 
     rows: list[tuple[str, float | None, str]] = []
-    rows.append(("bare forward (needed work)", bench_bare_forward(checkpoint, samples), "ok"))
+    rows.append(("bare forward (full text tower)", bench_bare_forward(checkpoint, samples), "ok"))
+    tower = bench_bare_forward(checkpoint, samples, causal_tower=True)
+    rows.append(("bare forward (needed work)", tower, "ok"))
     rows.append(("plain loop (batch 32)", bench_plain_loop(checkpoint, samples), "ok"))
     for mode in ("truncate", "per_turn"):
         seconds = bench_vlit(checkpoint, samples, mode, args.decode_workers)

@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 import ray
 
+from llm_servers import Response, ScriptedServer
 from vlit.collect import CocoCollector
 from vlit.generate.generator import GenerationSettings
 from vlit.generate.stage import generate_run
+from vlit.llm.config import LlmConfig
 from vlit.quality.indicators.balance import TaskDistributionIndicator
 from vlit.quality.indicators.complexity import ComplexityProxyIndicator
 from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
 from vlit.quality.indicators.labels import RuleTaskLabeller
 from vlit.quality.indicators.scores import QualityScoresIndicator
+from vlit.quality.judge import clue_for, judge_messages, render_conversation
 from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
 from vlit.rundir import RunDir
 from vlit.runners.local import compute_indicators
@@ -116,7 +119,9 @@ def test_dataset_indicators_merge_to_the_local_result(
     assert local["tasks"]["task_diversity"] >= 3 and local["tasks"]["samples"] == len(samples)
 
 
-def test_the_report_suite_on_ray_equals_the_local_suite(adapted_run: Path, ray_cluster: Any) -> None:
+def test_the_report_suite_on_ray_equals_the_local_suite(
+    adapted_run: Path, ray_cluster: Any
+) -> None:
     from vlit.quality.indicators.suite import compute_indicators as indicator_suite
     from vlit.quality.indicators.suite import load_run
 
@@ -131,3 +136,45 @@ def test_the_report_suite_on_ray_equals_the_local_suite(adapted_run: Path, ray_c
     assert "ray_workers" in reports["ray"]["timings"]
     granularity = reports["local"]["indicators"]["object_granularity"]
     assert granularity["source"] == "annotations" and granularity["object_granularity"] > 0
+
+
+def test_the_judge_on_ray_shares_one_journal_and_replays_it(
+    adapted_run: Path, tmp_path: Path, ray_cluster: Any, scripted_server: ScriptedServer
+) -> None:
+    def verdict(body: dict[str, Any]) -> Response:
+        planted = "giraffe" in body["messages"][-1]["content"]
+        text = "Verdict: incorrect\nReason: no giraffe." if planted else "Verdict: correct"
+        return Response.text(text, text, text)
+
+    scripted_server.add_rule(verdict)
+    llm = LlmConfig(base_url=scripted_server.url, model=scripted_server.model)
+    judged: dict[str, list[dict[str, float]]] = {}
+    sent: dict[str, int] = {}
+    for runner in ("local", "ray", "ray again"):
+        target = tmp_path / runner.split()[0]
+        if not target.exists():
+            shutil.copytree(adapted_run, target)
+        options = ScoreOptions(
+            runner=runner.split()[0],  # type: ignore[arg-type]
+            judge=True,
+            llm=llm,
+            lint=False,
+            grounding=False,
+        )
+        before = scripted_server.received()
+        summary = score_run(RunDir(target), options)
+        sent[runner] = scripted_server.received() - before
+        judged[runner] = [dict(s.scores) for s in RunDir(target).read_samples("scores")]
+        assert summary["correctness"]["judged"] == len(judged[runner])
+    assert judged["ray"] == judged["local"] == judged["ray again"]
+    # one request (3 votes) per distinct conversation+clue: duplicates share one answer
+    run = RunDir(adapted_run)
+    records = {record.image_id: record for record in run.read_records()}
+    distinct = set()
+    for sample in run.read_samples("samples"):
+        clue, _ = clue_for(sample, records)
+        distinct.add(repr(judge_messages(str(clue), render_conversation(sample))))
+    assert sent["ray"] == sent["local"] == len(distinct) < len(judged["local"])
+    assert sent["ray again"] == 0  # every answer came from the journal the workers shared
+    correct = [row["correct"] for row in judged["local"]]
+    assert 0 < sum(correct) < len(correct)  # planted samples were judged incorrect

@@ -26,7 +26,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vlit.errors import InputFileError
 from vlit.llm.base import ChatRequest, Choice
@@ -89,6 +89,15 @@ class JournalTotals:
     completion_tokens: int
 
 
+class Journal(Protocol):
+    """What a session needs of a journal: ``LlmJournal``, or a client of one served elsewhere
+    (``vlit.runners.ray_journal.JournalClient`` for LLM stages on Ray workers)."""
+
+    def lookup(self, key: str, n: int) -> dict[int, Choice]: ...
+
+    async def arecord(self, entry: JournalEntry) -> None: ...
+
+
 class LlmJournal:
     """The SQLite journal of one run directory (``RunDir.journal_path``).
 
@@ -147,6 +156,10 @@ class LlmJournal:
     def record(self, entry: JournalEntry) -> None:
         """Commit the answers of one backend call (its rollouts) in one transaction."""
         _commit(self._db, [entry])
+
+    def record_many(self, entries: list[JournalEntry]) -> None:
+        """Commit the answers of several backend calls in one transaction."""
+        _commit(self._db, entries)
 
     async def arecord(self, entry: JournalEntry) -> None:
         """Like ``record``, from an event loop: returns once the answers are committed.

@@ -24,7 +24,7 @@ from typing import Any
 
 from vlit.errors import ConfigError, LlmError
 from vlit.llm.base import ChatRequest, Choice, Completion, LlmBackend, Outcome, rollout_seed
-from vlit.llm.journal import JournalEntry, LlmJournal, canonical_request, hash_canonical
+from vlit.llm.journal import Journal, JournalEntry, canonical_request, hash_canonical
 from vlit.llm.openai_compatible import RequestFailed
 
 ProgressCallback = Callable[[int, int], None]
@@ -88,7 +88,7 @@ class LlmSession:
         self,
         backend: LlmBackend,
         *,
-        journal: LlmJournal | None = None,
+        journal: Journal | None = None,
         concurrency: int = 8,
         max_requests: int | None = None,
         max_cost: float | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 from vlit.clue import region_clue, visual_clue
 from vlit.errors import ConfigError
 from vlit.llm.base import ChatRequest, LlmBackend, Message, Outcome
-from vlit.llm.journal import LlmJournal
+from vlit.llm.journal import Journal, LlmJournal
 from vlit.llm.session import LlmSession
 from vlit.runners.base import Resources
 from vlit.schema import ImageRecord, Sample
@@ -189,6 +189,7 @@ class CorrectnessJudge:
         *,
         backend: LlmBackend,
         journal_path: Path | None = None,
+        journal: Journal | None = None,
         records: Mapping[str, ImageRecord] | None = None,
         votes: int = 3,
         temperature: float = 0.7,
@@ -200,6 +201,7 @@ class CorrectnessJudge:
             raise ConfigError(f"judge votes must be >= 1, not {votes}", fix="use e.g. 3")
         self.backend = backend
         self.journal_path = journal_path
+        self.journal = journal  # a journal served elsewhere (Ray); else opened from the path
         self.records = records or {}
         self.votes = votes
         self.temperature = temperature
@@ -211,7 +213,9 @@ class CorrectnessJudge:
 
     def setup(self) -> None:
         if self.session is None:
-            journal = LlmJournal(self.journal_path) if self.journal_path is not None else None
+            journal = self.journal
+            if journal is None and self.journal_path is not None:
+                journal = LlmJournal(self.journal_path)
             self.session = LlmSession(self.backend, journal=journal, concurrency=self.concurrency)
 
     def request_for(self, reference: str, sample: Sample) -> ChatRequest:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,11 +136,16 @@ def score_run(
         if options.runner == "ray":
             from vlit.runners.ray_runner import run_stages_ray
 
-            # Actors load their own model: hand them a matcher that is not set up yet.
-            remote = [_matcher(options) if stage is matcher else stage for stage in stages]
-            scored = run_stages_ray(remote, samples, address=options.ray_address)
-            if matcher is not None:  # the workers' counts were summed into the copy they used
-                matcher.counts.update(remote[stages.index(matcher)].counts)  # type: ignore[attr-defined]
+            remote = [_for_ray(stage, options, run) for stage in stages]
+            try:
+                scored = run_stages_ray(remote, samples, address=options.ray_address)
+            finally:
+                for used in remote:
+                    if isinstance(used, CorrectnessJudge) and used.journal is not None:
+                        used.journal.stop_server()  # type: ignore[attr-defined]
+            for stage, used in zip(stages, remote, strict=True):
+                if used is not stage:  # the workers' counts were summed into the copy they used
+                    stage.counts.update(used.counts)  # type: ignore[attr-defined]
         else:
             scored = list(run_stages(stages, samples, on_batch=on_batch))
     finally:
@@ -180,6 +186,21 @@ def _matcher(options: ScoreOptions) -> ClipMatchingScorer:
         batch_size=options.clip_batch_size,
         decode_workers=options.decode_workers,
     )
+
+
+def _for_ray(stage: Stage, options: ScoreOptions, run: RunDir) -> Stage:
+    """The copy of ``stage`` that Ray workers run: a matcher not set up yet (actors load their
+    own model), a judge whose journal is served from this node to every worker."""
+    if isinstance(stage, ClipMatchingScorer):
+        return _matcher(options)
+    if isinstance(stage, CorrectnessJudge):
+        from vlit.runners.ray_journal import JournalClient, start_journal_server
+
+        server = start_journal_server(run.journal_path, address=options.ray_address)
+        remote = copy.copy(stage)
+        remote.journal, remote.counts = JournalClient(server), Counter()
+        return remote
+    return stage
 
 
 def _mark_md_unavailable(samples: list[Sample], options: ScoreOptions, reason: str) -> None:

@@ -148,7 +148,7 @@ def run_stages_ray(
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         rows.extend(batch.to_pylist())
     for position, delta in ray.get(sink.totals_by_stage.remote()).items():
-        stages[position].counts.update(delta)  # type: ignore[attr-defined]
+        stages[position].counts.update(delta)
     ray.kill(sink)
     return [Sample.from_row(row) for row in rows]
 
