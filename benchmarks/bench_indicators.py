@@ -304,7 +304,7 @@ def main() -> None:
         model = TransformerEmbedder(model="minilm")
         model.setup()
         subset = texts[: args.minilm]
-        measure(
+        minilm_vectors = measure(
             "MiniLM embed() (ours, end to end)",
             lambda: model.embed(subset),
             table,
@@ -332,6 +332,24 @@ def main() -> None:
             f"({ours_rate:.0f}/s vs {bare_rate:.0f}/s)",
         )
 
+    if args.minilm:
+        # the same responses clustered with either embedder, each with its own knee eps
+        print(
+            f"\ncluster counts on the same {len(subset)} responses (min_samples {args.min_samples})"
+        )
+        print(
+            f"{'embedder':12s} {'eps':>6s} {'clusters':>9s} {'noise':>7s}  count at eps x0.8/x1.2"
+        )
+        for name, matrix in (("WordLlama", vectors[: len(subset)]), ("MiniLM", minilm_vectors)):
+            knee = knee_eps(kth_neighbour_distances(matrix, k=args.min_samples))
+            counts = [
+                cosine_dbscan(matrix, eps=knee * factor, min_samples=args.min_samples)
+                for factor in (1.0, 0.8, 1.2)
+            ]
+            print(
+                f"{name:12s} {knee:6.3f} {counts[0].cluster_count:9d} {counts[0].noise_count:7d}"
+                f"  {counts[1].cluster_count}/{counts[2].cluster_count}"
+            )
     print(
         f"\nsize={args.size}  tasks T={tasks['task_diversity']}  "
         f"I(mean clusters)={diversity['mean_clusters']:.1f}  "

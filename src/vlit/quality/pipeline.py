@@ -134,6 +134,7 @@ def score_run(
         stages.append(judge)
     try:
         if options.runner == "ray":
+            from vlit.runners.ray_journal import JournalClient
             from vlit.runners.ray_runner import run_stages_ray
 
             remote = [_for_ray(stage, options, run) for stage in stages]
@@ -141,8 +142,10 @@ def score_run(
                 scored = run_stages_ray(remote, samples, address=options.ray_address)
             finally:
                 for used in remote:
-                    if isinstance(used, CorrectnessJudge) and used.journal is not None:
-                        used.journal.stop_server()  # type: ignore[attr-defined]
+                    if isinstance(used, CorrectnessJudge) and isinstance(
+                        used.journal, JournalClient
+                    ):
+                        used.journal.stop_server()
             for stage, used in zip(stages, remote, strict=True):
                 if used is not stage:  # the workers' counts were summed into the copy they used
                     stage.counts.update(used.counts)  # type: ignore[attr-defined]
