@@ -5,6 +5,8 @@ comes from someone else's file, so it is resolved with `resolve_image_path`, whi
 references that leave the folder (``../../etc/passwd``, absolute paths, symlinks pointing
 outside). `check_image` tells whether a file decodes (header and structure only, fast);
 `load_image` opens one for a model, decoding JPEGs at reduced size when a maximum side is given.
+An image root may also be a URL on object storage (``s3://bucket/coco``, see `is_url`); its
+images are then read through fsspec by the stages that decode them.
 
 Example:
     >>> path = resolve_image_path("/data/coco", "train2017/000000005802.jpg")  # doctest: +SKIP
@@ -43,6 +45,13 @@ _DECODE_ERRORS = (
 )
 _JPEG_END = b"\xff\xd9"
 _TAIL_BYTES = 64 * 1024
+
+
+def is_url(location: str) -> bool:
+    """True for an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://``); False for a
+    local path (a Windows drive letter is not a scheme)."""
+    scheme, separator, _ = location.partition("://")
+    return bool(separator) and len(scheme) > 1 and scheme.replace("-", "").isalnum()
 
 
 def reference_problem(reference: object) -> str | None:

@@ -166,6 +166,15 @@ class Sample:
         return Path(self.image_root) / self.image
 
     @property
+    def image_location(self) -> str | None:
+        """The image as a local path, or as a URL when ``image_root`` is one (``s3://...``)."""
+        if self.image is None:
+            return None
+        if "://" in self.image_root:
+            return self.image_root.rstrip("/") + "/" + self.image.replace("\\", "/")
+        return str(Path(self.image_root) / self.image)
+
+    @property
     def ok(self) -> bool:
         return self.failure_reason is None
 

@@ -23,6 +23,7 @@ from vlit.formats import (
     export_samples,
 )
 from vlit.formats.jsonl import sample_to_json
+from vlit.images import is_url
 from vlit.rundir import SAMPLE_STAGES, RunDir
 
 _LATER_STAGES = ("scores", "kept", "dropped")
@@ -42,12 +43,12 @@ def import_command(
         str, typer.Option("--format", help=f"auto, or one of: {', '.join(FORMAT_NAMES)}.")
     ] = "auto",
     images: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--images",
             help="Image folder the dataset's image paths are relative to (default: the file's "
-            "folder). For mimicit: the images Parquet (default: X_images.parquet beside "
-            "X_instructions.json).",
+            "folder), or its URL on object storage (s3://bucket/coco/train2017, gs://...). For "
+            "mimicit: the images Parquet (default: X_images.parquet beside X_instructions.json).",
         ),
     ] = None,
     verify_images: Annotated[
@@ -71,11 +72,11 @@ def import_command(
             fix="choose a new --out, or pass --overwrite to replace them",
         )
     if images is not None:
-        _check_images_option(images, name)
+        _check_images_option(images, name, verify_images)
     reader_class, _ = FORMATS[name]
     importer = DatasetImporter(
         reader=reader_class(),
-        images=images.resolve() if images is not None else None,
+        images=images if images is None or is_url(images) else Path(images).resolve(),
         workdir=(run.images_dir / f"import-{name}").resolve(),
         verify_images=verify_images,
     )
@@ -191,7 +192,21 @@ def cat_command(
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _check_images_option(images: Path, name: str) -> None:
+def _check_images_option(given: str, name: str, verify_images: bool) -> None:
+    if is_url(given):
+        if name in ("mimicit", "paper"):
+            raise ConfigError(
+                f"--images of a {name} import must be a local file or folder, not a URL",
+                fix="download it, or pass a mount of the bucket",
+            )
+        if verify_images:
+            raise ConfigError(
+                "--verify-images decodes every image here; with images at a URL it is not offered",
+                fix="drop --verify-images: `vlit score` decodes the images and records the "
+                "unreadable ones",
+            )
+        return
+    images = Path(given)
     if name == "mimicit":
         if not images.is_file():
             raise InputFileError(

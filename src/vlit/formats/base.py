@@ -25,7 +25,7 @@ from typing import IO, Any, ClassVar, Protocol
 
 from vlit.errors import InputFileError, RecordError
 from vlit.fileio import atomic_output
-from vlit.images import resolve_image_path
+from vlit.images import is_url, resolve_image_path
 from vlit.jsonio import json_type_name, parse_json_bytes
 from vlit.schema import Sample
 
@@ -45,13 +45,27 @@ _PICKLE_MAGIC = b"\x80"
 class ImportContext:
     """Where a reader finds images and may unpack them.
 
-    ``images`` is what the user passed with ``--images``: the image folder, or for MIMIC-IT the
-    images Parquet file; ``None`` lets the reader choose its default. ``workdir`` is a folder
-    (in the run directory) where readers that receive encoded images write them as files.
+    ``images`` is what the user passed with ``--images``: the image folder (a local path, or a
+    URL such as ``s3://bucket/coco/train2017``), or for MIMIC-IT the images Parquet file;
+    ``None`` lets the reader choose its default. ``workdir`` is a folder (in the run directory)
+    where readers that receive encoded images write them as files.
     """
 
-    images: Path | None
+    images: Path | str | None
     workdir: Path
+
+    def image_root(self, default: Path) -> str:
+        """The image root samples record: a URL as given, else the resolved local folder
+        (``--images``, or ``default``)."""
+        return self.given_image_root() or str(default.resolve())
+
+    def given_image_root(self) -> str | None:
+        """``--images`` as an image root (URL as given, local folder resolved), or None."""
+        if self.images is None:
+            return None
+        if isinstance(self.images, str) and is_url(self.images):
+            return self.images.rstrip("/")
+        return str(Path(self.images).resolve())
 
 
 class FormatReader(Protocol):

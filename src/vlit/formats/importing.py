@@ -3,8 +3,10 @@
 `DatasetImporter` wraps a format reader: for each sample it resolves the image inside the image
 root (an escape is a failure), checks that the file exists (a missing image is *not* a
 failure: quality control can still use the text; it is recorded in
-``provenance["image_status"]`` and counted) and, with ``verify_images``, that it decodes. The
-counts are the summary of `vlit import`. `export_samples` writes samples with a format writer,
+``provenance["image_status"]`` and counted) and, with ``verify_images``, that it decodes. An
+image root on object storage (``s3://...``) is listed once through fsspec and each reference
+looked up in the listing (one request per thousand objects, not one per image). The counts are
+the summary of `vlit import`. `export_samples` writes samples with a format writer,
 leaving out failed samples unless asked.
 
 Example:
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import posixpath
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -33,7 +36,7 @@ from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.formats.base import RAW_RECORD, FormatReader, FormatWriter, ImportContext
 from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
-from vlit.images import check_image, resolve_image_path
+from vlit.images import check_image, is_url, reference_problem, resolve_image_path
 from vlit.schema import Sample
 
 IMAGE_STATUS = "image_status"
@@ -66,17 +69,17 @@ class ImportCounts:
 class DatasetImporter:
     """Reads one dataset file with ``reader`` and checks the image of every sample.
 
-    ``images`` is the image folder (for MIMIC-IT: the images Parquet); ``workdir`` receives
-    images that arrive encoded inside the input (MIMIC-IT, Parquet). ``verify_images`` decodes
-    each image header (threads: ``workers``); without it only existence is checked, which is
-    what keeps a 150K-record import fast.
+    ``images`` is the image folder or its URL (for MIMIC-IT: the images Parquet); ``workdir``
+    receives images that arrive encoded inside the input (MIMIC-IT, Parquet).
+    ``verify_images`` decodes each image header (threads: ``workers``); without it only
+    existence is checked, which is what keeps a 150K-record import fast.
     """
 
     def __init__(
         self,
         *,
         reader: FormatReader,
-        images: Path | None,
+        images: Path | str | None,
         workdir: Path,
         verify_images: bool = False,
         workers: int = 4,
@@ -87,6 +90,7 @@ class DatasetImporter:
         self.workers = workers
         self.counts = ImportCounts()
         self._seen_ids: set[str] = set()
+        self._listings: dict[str, dict[str, int]] = {}
 
     def samples(self, path: Path) -> Iterator[Sample]:
         """The samples of ``path``, checked and counted as they stream by."""
@@ -140,6 +144,9 @@ class DatasetImporter:
         if sample.image is None:
             sample.provenance[IMAGE_STATUS] = "none"
             return None
+        if is_url(sample.image_root):
+            self._inspect_remote(sample, sample.image)
+            return None
         try:
             path = resolve_image_path(sample.image_root, sample.image)
         except RecordError as problem:
@@ -160,6 +167,29 @@ class DatasetImporter:
             return None
         sample.provenance[IMAGE_STATUS] = "present"
         return path if self.verify_images else None
+
+    def _inspect_remote(self, sample: Sample, reference: str) -> None:
+        """Check an image under a URL root against that root's listing."""
+        if reference_problem(reference) is not None:
+            self._fail(
+                sample, f"image path escapes the image root: {reference!r}", status="escapes"
+            )
+            self.counts.path_escapes += 1
+            return
+        root = sample.image_root
+        if root not in self._listings:
+            self._listings[root] = list_objects(root)
+        size = self._listings[root].get(posixpath.normpath(reference.replace("\\", "/")))
+        if size is None:
+            sample.provenance[IMAGE_STATUS] = "missing"
+            self.counts.images_missing += 1
+            self.counts.note(sample, f"image {reference} not found under {root}")
+        elif size == 0:
+            problem = f"image unreadable: {root}/{reference} is empty"
+            self._fail(sample, problem, status="unreadable")
+            self.counts.images_unreadable += 1
+        else:
+            sample.provenance[IMAGE_STATUS] = "present"
 
     def _record_verification(self, sample: Sample, path: Path, reason: str | None) -> None:
         if reason is None:
@@ -201,6 +231,32 @@ class DatasetImporter:
 
 def _verify(path: Path | None) -> str | None:
     return None if path is None else check_image(path)
+
+
+def list_objects(root: str) -> dict[str, int]:
+    """Every object under the URL ``root``: path relative to it -> size in bytes."""
+    try:
+        import fsspec
+
+        filesystem, base = fsspec.core.url_to_fs(root)
+        found = filesystem.find(base, detail=True)
+    except ImportError as error:
+        raise ConfigError(
+            f"cannot read the image root {root}: {error}",
+            fix="install the fsspec backend for it (pip install s3fs, or gcsfs for gs://)",
+        ) from None
+    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
+        raise InputFileError(
+            f"cannot list the image root ({type(error).__name__}: {error})",
+            file=root,
+            fix="check the URL and the credentials of its storage (e.g. AWS_PROFILE)",
+        ) from None
+    prefix = base.rstrip("/") + "/"
+    return {
+        path[len(prefix) :]: int(info.get("size") or 0)
+        for path, info in found.items()
+        if path.startswith(prefix)
+    }
 
 
 def export_samples(

@@ -77,7 +77,7 @@ class JsonlReader:
         self.counts: Counter[str] = Counter()
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
-        override = str(context.images.resolve()) if context.images is not None else None
+        override = context.given_image_root()
         samples = parse_json_records(
             path,
             source_format=self.name,

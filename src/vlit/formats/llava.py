@@ -189,7 +189,7 @@ class LlavaReader:
         self.counts: Counter[str] = Counter()
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
-        root = str((context.images or path.parent).resolve())
+        root = context.image_root(path.parent)
         samples = parse_json_records(
             path,
             source_format=self.name,

@@ -183,7 +183,7 @@ class MimicItReader:
     ) -> dict[str, str]:
         """Decode the images the instructions use into files; image id -> file name."""
         wanted = {image_id for entry in entries.values() for image_id in entry["image_ids"]}
-        images_file = context.images if context.images is not None else images_path_for(path)
+        images_file = Path(context.images) if context.images is not None else images_path_for(path)
         if not wanted:
             return {}
         if context.images is None and not images_file.exists():

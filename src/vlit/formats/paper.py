@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlit.errors import InputFileError, RecordError
+from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.fileio import atomic_output
 from vlit.formats.base import (
     FIELDS,
@@ -87,6 +87,11 @@ class PaperReader:
                 f"`annotations` is {json_type_name(annotations)}, expected a list",
                 file=str(path),
                 fix="the paper's format is {image_source, construction_time, annotations: [...]}",
+            )
+        if isinstance(context.images, str):
+            raise ConfigError(
+                "the paper's format finds images by id in a local folder, not at a URL",
+                fix="pass --images as a local folder (or a mount of the bucket)",
             )
         root = (context.images or path.parent).resolve()
         index_of_images = ImageFolderIndex(root)

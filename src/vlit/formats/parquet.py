@@ -138,7 +138,7 @@ class ParquetReader:
                 file=str(path),
                 fix="export it with `vlit export --format parquet`, or pass the right --format",
             )
-        override = str(context.images.resolve()) if context.images is not None else None
+        override = context.given_image_root()
         workdir = context.workdir.resolve()
         index = 0
         for batch in parquet.iter_batches(batch_size=self.batch_size):

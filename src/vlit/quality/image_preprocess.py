@@ -1,10 +1,10 @@
 """Decode and preprocess images for an image-text model, in worker processes.
 
 This module imports only PIL and numpy, so a spawned worker starts in a fraction of a second
-(no torch, no transformers). It reproduces the PIL path of the Hugging Face CLIP and SigLIP
-image processors (resize with the shortest edge or to a fixed size, bicubic; centre crop;
-rescale; normalise) from their saved settings, so the pixels match what ``AutoProcessor`` would
-give for the same decoded image.
+(no torch, no transformers); images at URLs (``s3://``, ``gs://``) are read through fsspec.
+It reproduces the PIL path of the Hugging Face CLIP and SigLIP image processors (resize with the
+shortest edge or to a fixed size, bicubic; centre crop; rescale; normalise) from their saved
+settings, so the pixels match what ``AutoProcessor`` would give for the same decoded image.
 
 Reduced-size JPEG decoding: with ``fast_decode``, PIL's ``draft`` asks the JPEG decoder for a
 1/2, 1/4 or 1/8 scale version that is still at least as large as the model's input, which cuts
@@ -20,11 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from vlit.images import is_url
 
 _MAX_PIXELS = 200_000_000  # refuse decompression bombs instead of exhausting memory
 
@@ -96,10 +99,25 @@ def _triple(values: Any) -> tuple[float, float, float] | None:
 def decode_image(path: str, spec: PreprocessSpec, *, fast_decode: bool = True) -> Image.Image:
     """Open an image as RGB, with reduced-size JPEG decoding when ``fast_decode``."""
     Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
-    with Image.open(path) as image:
+    with Image.open(_read_remote(path) if is_url(path) else path) as image:
         if fast_decode and image.format == "JPEG":
             image.draft("RGB", spec.smallest_decode_size())
         return image.convert("RGB")
+
+
+def _read_remote(url: str) -> io.BytesIO:
+    """The bytes of an image on object storage, through fsspec; any failure is an OSError."""
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as handle:
+            return io.BytesIO(handle.read())
+    except ImportError as error:
+        raise OSError(f"cannot read {url}: {error} (pip install s3fs / gcsfs)") from None
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
+        raise OSError(f"cannot read {url}: {type(error).__name__}: {error}") from None
 
 
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.images import is_url
 from vlit.quality.clip_text import CausalTextTower, supports_causal_tower
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
 from vlit.runners.base import Resources
@@ -454,7 +455,8 @@ class ClipMatchingScorer:
             units = (
                 [conversation_text(sample)] if self.text_mode == "truncate" else pair_texts(sample)
             )
-            image_key = str(Path(str(sample.image_path)).resolve())
+            location = str(sample.image_location)
+            image_key = location if is_url(location) else str(Path(location).resolve())
             start = len(texts)
             texts.extend(MD_TEXT_PREFIX + unit for unit in units)
             pending.append(_Pending(sample, image_key, list(range(start, len(texts)))))
