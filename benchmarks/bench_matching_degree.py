@@ -10,8 +10,9 @@ the text to 77 tokens. Rows:
   ``torch.inference_mode`` -- what one writes first;
 - ``bare forward (full text tower)``: only forward passes, inputs prepared beforehand: each
   distinct image once, every text once through ``get_text_features``;
-- ``bare forward (needed work)``: the same with the texts through ``CausalTextTower`` (the
-  prefix all texts share once, the last layer on the end token only): the ceiling for vlit;
+- ``bare forward (needed work)``: the same with the texts through ``CausalTextTower`` in
+  vlit's batch order (by length, then by tokens, so a batch's shared prefix is encoded once;
+  the last layer on the end token only): the ceiling for vlit;
 - ``data-juicer np=N``: ``image_text_similarity_filter`` of py-data-juicer 1.6.1 run in a
   subprocess of a separate virtualenv (``--dj-python``, default /tmp/dj-venv/bin/python);
   "not installed" when that interpreter is missing. Its model is loaded before timing.
@@ -161,6 +162,7 @@ def bench_bare_forward(
         texts, truncation=True, max_length=77, padding=True, return_tensors="pt"
     )["input_ids"]
     rows = processor.tokenizer(texts, truncation=True, max_length=77)["input_ids"]
+    rows.sort(key=lambda ids: (len(ids), ids))  # batches that share prefixes, as vlit orders them
     tower = CausalTextTower(model)
 
     def run() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow.parquet as pq
 import pytest
 import ray
 from moto.server import ThreadedMotoServer
@@ -113,6 +114,16 @@ def test_images_in_a_bucket_import_and_score_like_local_files(
     assert (remote["images_unreadable"], remote["path_escapes"]) == (1, 1)  # empty; "../"
     imported = {s.sample_id: s for s in RunDir(tmp_path / "remote").read_samples("samples")}
     assert imported["s0"].image_location == f"{bucket}/{photos[0]}"
+
+    # export embeds the objects' bytes, as it embeds local files
+    exported = tmp_path / "with_images.parquet"
+    result = CliRunner().invoke(
+        app,
+        ["export", str(tmp_path / "remote"), "--format", "parquet", "--out", str(exported)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["sample_id"]: row for row in pq.read_table(exported).to_pylist()}
+    assert rows["s0"]["image"]["bytes"] == (coco_tiny / "train2017" / photos[0]).read_bytes()
 
     checkpoint = save_random_clip(tmp_path / "clip", shape="tiny", seed=3)
     from_bucket = _md(tmp_path / "remote", checkpoint, "local")

@@ -54,6 +54,27 @@ def is_url(location: str) -> bool:
     return bool(separator) and len(scheme) > 1 and scheme.replace("-", "").isalnum()
 
 
+def join_url(root: str, reference: str) -> str:
+    """``reference`` (relative, ``/`` or ``\\`` separated) under the URL ``root``."""
+    return root.rstrip("/") + "/" + reference.replace("\\", "/")
+
+
+def read_remote_bytes(url: str) -> bytes:
+    """The bytes of an object at ``url`` through fsspec; every failure is an ``OSError``."""
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as handle:
+            data: bytes = handle.read()
+            return data
+    except ImportError as error:
+        raise OSError(f"cannot read {url}: {error} (pip install s3fs / gcsfs)") from None
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
+        raise OSError(f"cannot read {url}: {type(error).__name__}: {error}") from None
+
+
 def reference_problem(reference: object) -> str | None:
     """Why ``reference`` cannot name a file inside an image folder, judged on its text alone.
 

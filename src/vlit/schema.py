@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from vlit.images import is_url, join_url
+
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
 
@@ -170,8 +172,8 @@ class Sample:
         """The image as a local path, or as a URL when ``image_root`` is one (``s3://...``)."""
         if self.image is None:
             return None
-        if "://" in self.image_root:
-            return self.image_root.rstrip("/") + "/" + self.image.replace("\\", "/")
+        if is_url(self.image_root):
+            return join_url(self.image_root, self.image)
         return str(Path(self.image_root) / self.image)
 
     @property

@@ -25,7 +25,13 @@ from typing import IO, Any, ClassVar, Protocol
 
 from vlit.errors import InputFileError, RecordError
 from vlit.fileio import atomic_output
-from vlit.images import is_url, resolve_image_path
+from vlit.images import (
+    is_url,
+    join_url,
+    read_remote_bytes,
+    reference_problem,
+    resolve_image_path,
+)
 from vlit.jsonio import json_type_name, parse_json_bytes
 from vlit.schema import Sample
 
@@ -112,7 +118,15 @@ class WriteCounts:
 def read_image_bytes(root: str, reference: str, *, label: str, counts: WriteCounts) -> bytes | None:
     """The bytes of an image a writer embeds, or ``None`` counted and noted under ``label``
     (an id naming the sample or image) when the reference escapes ``root`` or the file is gone.
+    ``root`` may be a URL (``s3://...``): the object is then read through fsspec.
     """
+    if is_url(root) and reference_problem(reference) is None:
+        try:
+            return read_remote_bytes(join_url(root, reference))
+        except OSError as error:
+            counts.images_missing += 1
+            counts.note(f"{label}: {error}")
+            return None
     try:
         path = resolve_image_path(root, reference)
     except RecordError as problem:

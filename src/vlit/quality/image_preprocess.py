@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlit.images import is_url
+from vlit.images import is_url, read_remote_bytes
 
 _MAX_PIXELS = 200_000_000  # refuse decompression bombs instead of exhausting memory
 
@@ -99,25 +99,10 @@ def _triple(values: Any) -> tuple[float, float, float] | None:
 def decode_image(path: str, spec: PreprocessSpec, *, fast_decode: bool = True) -> Image.Image:
     """Open an image as RGB, with reduced-size JPEG decoding when ``fast_decode``."""
     Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
-    with Image.open(_read_remote(path) if is_url(path) else path) as image:
+    with Image.open(io.BytesIO(read_remote_bytes(path)) if is_url(path) else path) as image:
         if fast_decode and image.format == "JPEG":
             image.draft("RGB", spec.smallest_decode_size())
         return image.convert("RGB")
-
-
-def _read_remote(url: str) -> io.BytesIO:
-    """The bytes of an image on object storage, through fsspec; any failure is an OSError."""
-    try:
-        import fsspec
-
-        with fsspec.open(url, "rb") as handle:
-            return io.BytesIO(handle.read())
-    except ImportError as error:
-        raise OSError(f"cannot read {url}: {error} (pip install s3fs / gcsfs)") from None
-    except OSError:
-        raise
-    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
-        raise OSError(f"cannot read {url}: {type(error).__name__}: {error}") from None
 
 
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

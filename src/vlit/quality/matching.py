@@ -105,6 +105,11 @@ class DualEncoder(Protocol):
         """Untruncated token counts including special tokens, or None if unknown."""
         ...
 
+    def batch_order(self, texts: list[str]) -> list[int]:
+        """The order to encode ``texts`` in: by length (short padding), then texts that share
+        their first tokens together (the causal tower encodes a batch's shared prefix once)."""
+        ...
+
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised float32 embeddings, one row per text (truncated to the limit)."""
         ...
@@ -217,6 +222,11 @@ class HuggingFaceDualEncoder:
         encoded = self.tokenizer(texts, truncation=False, padding=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def batch_order(self, texts: list[str]) -> list[int]:
+        rows = self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens)
+        ids = rows["input_ids"]
+        return sorted(range(len(texts)), key=lambda i: (len(ids[i]), ids[i]))
+
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         if self.causal_tower is not None:
             rows = self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens)
@@ -300,6 +310,9 @@ class OpenClipDualEncoder:
         if encode is None:
             return None
         return [len(encode(text)) + 2 for text in texts]  # + start and end of text
+
+    def batch_order(self, texts: list[str]) -> list[int]:
+        return sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
@@ -514,8 +527,8 @@ class ClipMatchingScorer:
         import torch
 
         assert self.encoder is not None
-        # Sorting by length keeps each batch's padding short; rows go back to their places.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # Batches of similar length that share prefixes; rows go back to their places.
+        order = self.encoder.batch_order(texts)
         chunks = [
             self.encoder.encode_texts([texts[i] for i in order[start : start + self.batch_size]])
             for start in range(0, len(order), self.batch_size)
