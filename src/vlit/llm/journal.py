@@ -24,6 +24,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +90,51 @@ class JournalTotals:
     completion_tokens: int
 
 
+class GroupCommit:
+    """Entries added during one turn of the event loop, flushed together at the end of it.
+
+    ``flush(entries)`` commits them: a plain function, or one returning an awaitable (a remote
+    call). Every ``add`` of the turn returns once that flush has finished, or raises its error.
+    """
+
+    def __init__(self, flush: Callable[[list[JournalEntry]], Awaitable[None] | None]) -> None:
+        self._flush = flush
+        self._pending: list[JournalEntry] = []
+        self._done: asyncio.Future[None] | None = None
+
+    async def add(self, entry: JournalEntry) -> None:
+        loop = asyncio.get_running_loop()
+        if self._done is None:
+            self._done = loop.create_future()
+            loop.call_soon(self._flush_pending)
+        self._pending.append(entry)
+        # shield: one waiter being cancelled must not cancel the flush the others wait for.
+        await asyncio.shield(self._done)
+
+    def _flush_pending(self) -> None:
+        entries, done = self._pending, self._done
+        self._pending, self._done = [], None
+        assert done is not None
+        try:
+            result = self._flush(entries)
+        except Exception as error:  # noqa: BLE001 - handed to every waiter of this turn
+            done.set_exception(error)
+            return
+        if result is None:
+            done.set_result(None)
+            return
+
+        def settle(finished: asyncio.Future[None]) -> None:
+            if finished.cancelled():
+                done.cancel()
+            elif (failure := finished.exception()) is not None:
+                done.set_exception(failure)
+            else:
+                done.set_result(None)
+
+        asyncio.ensure_future(result).add_done_callback(settle)
+
+
 class Journal(Protocol):
     """What a session needs of a journal: ``LlmJournal``, or a client of one served elsewhere
     (``vlit.runners.ray_journal.JournalClient`` for LLM stages on Ray workers)."""
@@ -108,8 +154,7 @@ class LlmJournal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
-        self._pending: list[JournalEntry] = []
-        self._committed: asyncio.Future[None] | None = None
+        self._group = GroupCommit(self.record_many)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -168,23 +213,7 @@ class LlmJournal:
         end of that turn (group commit): one transaction (~0.1 ms, no fsync) instead of one per
         answer, and nothing is held back longer than the turn in which it arrived.
         """
-        if self._committed is None:
-            self._committed = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._commit_pending)
-        self._pending.append(entry)
-        # shield: one waiter being cancelled must not cancel the commit the others wait for.
-        await asyncio.shield(self._committed)
-
-    def _commit_pending(self) -> None:
-        entries, committed = self._pending, self._committed
-        self._pending, self._committed = [], None
-        assert committed is not None
-        try:
-            _commit(self._db, entries)
-        except sqlite3.Error as error:
-            committed.set_exception(error)
-        else:
-            committed.set_result(None)
+        await self._group.add(entry)
 
     def totals(self) -> JournalTotals:
         """Counts and token usage over everything journaled (all sessions, all reruns)."""

@@ -16,12 +16,11 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from vlit.llm.base import Choice
-from vlit.llm.journal import JournalEntry, JournalTotals, LlmJournal
+from vlit.llm.journal import GroupCommit, JournalEntry, JournalTotals, LlmJournal
 from vlit.runners.ray_runner import init_ray
 
 
@@ -58,8 +57,7 @@ class JournalClient:
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self._pending: list[JournalEntry] = []
-        self._committed: asyncio.Future[None] | None = None
+        self._group = GroupCommit(lambda entries: self.server.record_many.remote(entries))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"server": self.server}  # pending commits belong to the process that made them
@@ -75,28 +73,7 @@ class JournalClient:
 
     async def arecord(self, entry: JournalEntry) -> None:
         """Returns once the answers are committed; one server call per event-loop turn."""
-        loop = asyncio.get_running_loop()
-        if self._committed is None:
-            self._committed = loop.create_future()
-            loop.call_soon(self._send_pending)
-        self._pending.append(entry)
-        await asyncio.shield(self._committed)
-
-    def _send_pending(self) -> None:
-        entries, committed = self._pending, self._committed
-        self._pending, self._committed = [], None
-        assert committed is not None
-        reply = asyncio.ensure_future(self._send(entries))
-        reply.add_done_callback(
-            lambda done: (
-                committed.set_exception(error)
-                if (error := done.exception()) is not None
-                else committed.set_result(None)
-            )
-        )
-
-    async def _send(self, entries: list[JournalEntry]) -> None:
-        await self.server.record_many.remote(entries)
+        await self._group.add(entry)
 
     def totals(self) -> JournalTotals:
         import ray

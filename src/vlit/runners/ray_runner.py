@@ -80,16 +80,17 @@ def _count_sink(ray: Any) -> Any:
 def _apply(stage: Stage, table: pa.Table, sink: Any, position: int) -> pa.Table:
     """Run ``stage`` on a block and report what it added to its ``counts`` to ``sink``."""
     counts = getattr(stage, "counts", None)
-    before = Counter(counts) if isinstance(counts, Counter) else None
-    output = _to_table(stage(_to_samples(table)))
-    if before is not None:
-        # keys with a zero count stay (a local run shows them too)
-        delta = {key: value - before.get(key, 0) for key, value in stage.counts.items()}  # type: ignore[attr-defined]
-        if delta:
-            import ray
+    if not isinstance(counts, Counter):
+        return _to_table(stage(_to_samples(table)))
+    before = Counter(counts)
+    output = _to_table(stage(_to_samples(table)))  # the stage adds to ``counts`` in place
+    # keys with a zero count stay (a local run shows them too)
+    delta = {key: value - before.get(key, 0) for key, value in counts.items()}
+    if delta:
+        import ray
 
-            # waited for, so every delta has arrived before the driver sees this block's rows
-            ray.get(sink.add.remote(position, delta))
+        # waited for, so every delta has arrived before the driver sees this block's rows
+        ray.get(sink.add.remote(position, delta))
     return output
 
 
