@@ -40,6 +40,10 @@ def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> d
     Writes ``RUN/recipe.resolved.yaml`` first. Rerunning a finished recipe sends no LLM request
     (answers come from the run's journal) and writes the same samples.
     """
+    if recipe.runner.kind == "ray":
+        from vlit.runners.ray_runner import init_ray
+
+        init_ray(recipe.runner.address)  # before any work: a wrong address fails now
     run = RunDir(recipe.run_dir)
     settings = recipe.generate.to_settings()
     backend = None

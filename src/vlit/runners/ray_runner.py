@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
+import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -39,10 +41,12 @@ def _import_ray() -> Any:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> Any:
-    """Connect to the Ray cluster at ``address`` (``auto``, ``ray://host:10001``) or start one."""
+    """Connect to the Ray cluster at ``address`` (``host:6379``, ``auto``,
+    ``ray://host:10001``) or, without one, start a local Ray."""
     ray = _import_ray()
     if not ray.is_initialized():
         if address:
+            _check_reachable(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus, ignore_reinit_error=True, log_to_driver=False)
@@ -50,6 +54,22 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> Any:
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at a ``host:port`` address (Ray itself would retry
+    for minutes before giving up)."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({error.strerror or error})",
+            fix="start one with `ray start --head --port PORT` and pass HOST:PORT (or `auto` on "
+            "a node of the cluster); without --address vlit starts a local Ray",
+        ) from None
 
 
 def _to_samples(table: pa.Table) -> list[Sample]:
@@ -126,7 +146,7 @@ def run_stages_ray(
         return []
     sink = _count_sink(ray)
     for position, stage in enumerate(stages):
-        resources = stage.resources
+        resources = _fit_to_cluster(ray, stage)
         if resources.uses_model:
             dataset = dataset.map_batches(
                 _StageTask,
@@ -152,6 +172,25 @@ def run_stages_ray(
         stages[position].counts.update(delta)
     ray.kill(sink)
     return [Sample.from_row(row) for row in rows]
+
+
+def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
+    """``stage.resources`` with its CPU request capped at the largest node's CPUs: a request no
+    node can meet would wait forever (a 2-CPU machine and a scorer asking for 1 + 2 decode
+    workers). A GPU request no node can meet is an error."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    wanted = stage.resources
+    if wanted.gpus > most_gpus:
+        raise ConfigError(
+            f"stage '{stage.name}' asks for {wanted.gpus:g} GPU per worker but no node of the Ray "
+            f"cluster has {'that many' if most_gpus else 'a GPU'}",
+            fix="add GPU nodes to the cluster, or run the stage on CPU (e.g. --clip-device cpu)",
+        )
+    if 0 < most_cpus < wanted.cpus:
+        return dataclasses.replace(wanted, cpus=most_cpus)
+    return wanted
 
 
 def _actor_pool(ray: Any, resources: Resources) -> Any:
