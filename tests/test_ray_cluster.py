@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,9 @@ def _free_port() -> int:
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("ray_head") / "head.log"
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes), so the head's
+    # "current cluster" file does not outlive it in /tmp/ray for later tests to find
+    temp_dir = tempfile.mkdtemp(prefix="vray", dir="/tmp")
     with log.open("w") as output:
         head = subprocess.Popen(
             [
@@ -48,6 +53,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--num-cpus=2",
                 "--include-dashboard=false",
                 "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
                 "--block",
             ],
             stdout=output,
@@ -64,6 +70,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         head.terminate()  # `ray start --block` stops the processes it started
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _recipe(folder: Path, coco_tiny: Path, clip: Path, runner: dict[str, Any]) -> Path:

@@ -48,8 +48,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> Any:
         if address:
             _check_reachable(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, ignore_reinit_error=True, log_to_driver=False)
+        else:  # "local": a new Ray of our own, never a cluster found on this machine by chance
+            ray.init(
+                address="local", num_cpus=num_cpus, ignore_reinit_error=True, log_to_driver=False
+            )
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
