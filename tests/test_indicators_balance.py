@@ -113,7 +113,15 @@ def test_complexity_proxy_orders_simple_below_demanding() -> None:
             "How could the organisers improve safety?",
         ]
     )
-    assert 1.0 <= simple < 2.0 < 7.0 < demanding <= 10.0
+    assert 1.0 <= simple < 2.0  # one short describe request: the bottom of the 1-10 scale
+    assert 7.0 < demanding <= 10.0  # two questions, "why"/"how", a subordinate clause
+    # each added demand raises the score: one question less scores lower
+    assert (
+        proxy_complexity(
+            ["Why might the crowd be gathering here, and what does it suggest about the event?"]
+        )
+        < demanding
+    )
 
 
 def test_quality_scores_md_as_cosine_times_100() -> None:

@@ -269,7 +269,8 @@ def test_keep_alive_connections_are_reused() -> None:
     server, completions = asyncio.run(scenario())
     # Each answer went back to the request it answers.
     assert [c.choices[0].text for c in completions] == [f"seen: request {i}" for i in range(40)]
-    assert 1 <= server.connections <= 4 < len(completions)
+    # the 20 at once fill the 4 allowed connections; the other 36 requests reuse them
+    assert server.connections == 4
 
 
 @pytest.mark.parametrize("closes_when", ["after_answer", "on_next_request"])

@@ -251,20 +251,14 @@ def test_build_backend_registry() -> None:
         build_backend(LlmConfig(kind="openai", model="m"))
 
 
-def test_vllm_backend_says_what_to_install() -> None:
-    if "vllm" in sys.modules or _importable("vllm"):
-        pytest.skip("vllm is installed here; this checks the message when it is not")
+def test_vllm_backend_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from vlit.errors import ModelUnavailableError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, installed or not
 
     backend = build_backend(LlmConfig(kind="vllm", model="some/model"))
     with pytest.raises(ModelUnavailableError, match=r"vlit\[vllm\]"):
         backend.load()  # type: ignore[attr-defined]
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 CHILD = textwrap.dedent(

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from recipe_parts import coco_tiny_collect
 from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 
@@ -74,19 +75,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _recipe(folder: Path, coco_tiny: Path, clip: Path, runner: dict[str, Any]) -> Path:
-    annotations = coco_tiny / "annotations"
     recipe = {
         "run_dir": "run",
-        "collect": {
-            "sources": [
-                {
-                    "kind": "coco",
-                    "images_dir": str(coco_tiny / "train2017"),
-                    "captions": str(annotations / "captions_train2017.json"),
-                    "instances": str(annotations / "instances_train2017.json"),
-                }
-            ]
-        },
+        "collect": coco_tiny_collect(coco_tiny),
         "generate": {"modes": {"adaptation": 1.0}},
         "score": {"clip_model": str(clip)},
         "filter": {"max_hallucination": 0.0, "min_md_quantile": 0.1},

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from llm_servers import Response, ScriptedServer
+from recipe_parts import coco_tiny_collect
 from vlit import chain as chain_module
 from vlit.chain import run_recipe
 from vlit.errors import ConfigError
@@ -125,19 +126,9 @@ def test_relative_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
 
 
 def _write_recipe(tmp_path: Path, coco_tiny: Path, url: str, **generate: Any) -> Path:
-    annotations = coco_tiny / "annotations"
     data = {
         "run_dir": "run",
-        "collect": {
-            "sources": [
-                {
-                    "kind": "coco",
-                    "images_dir": str(coco_tiny / "train2017"),
-                    "captions": str(annotations / "captions_train2017.json"),
-                    "instances": str(annotations / "instances_train2017.json"),
-                }
-            ]
-        },
+        "collect": coco_tiny_collect(coco_tiny),
         "generate": {"modes": {"conversation": 0.2, "adaptation": 1.0}, "n": 2, **generate},
         "llm": {
             "kind": "openai",
