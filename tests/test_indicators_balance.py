@@ -11,6 +11,7 @@ import pytest
 from vlit.quality.indicators.balance import TaskDistributionIndicator, balance_statistics
 from vlit.quality.indicators.complexity import (
     ObjectGranularityIndicator,
+    ProxyWeights,
     mentioned_objects,
     proxy_complexity,
 )
@@ -113,7 +114,8 @@ def test_complexity_proxy_orders_simple_below_demanding() -> None:
             "How could the organisers improve safety?",
         ]
     )
-    assert 1.0 <= simple < 2.0  # one short describe request: the bottom of the 1-10 scale
+    # "Describe the image." by hand: 3 words, no clause marker, no reasoning word, one turn
+    assert simple == pytest.approx(1.0 + 9.0 * (1.0 - math.exp(-3 * ProxyWeights().per_word)))
     assert 7.0 < demanding <= 10.0  # two questions, "why"/"how", a subordinate clause
     # each added demand raises the score: one question less scores lower
     assert (
