@@ -29,7 +29,7 @@ from PIL import Image
 
 from vlit.images import is_url, read_remote_bytes
 
-_MAX_PIXELS = 200_000_000  # refuse decompression bombs instead of exhausting memory
+MAX_PIXELS = 200_000_000  # refuse decompression bombs instead of exhausting memory
 
 
 @dataclass(frozen=True)
@@ -98,26 +98,30 @@ def _triple(values: Any) -> tuple[float, float, float] | None:
 
 def decode_image(path: str, spec: PreprocessSpec, *, fast_decode: bool = True) -> Image.Image:
     """Open an image as RGB, with reduced-size JPEG decoding when ``fast_decode``."""
-    Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with Image.open(io.BytesIO(read_remote_bytes(path)) if is_url(path) else path) as image:
         if fast_decode and image.format == "JPEG":
             image.draft("RGB", spec.smallest_decode_size())
         return image.convert("RGB")
 
 
+def resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
+    """The (width, height) an image of this size is resized to, as the HF processors compute
+    it; None when the model does not resize."""
+    if spec.resize_to is not None:
+        return (spec.resize_to[1], spec.resize_to[0])
+    if spec.resize_shortest_edge is None:
+        return None
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = spec.resize_shortest_edge
+    new_long = int(new_short * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize, crop, rescale and normalise one RGB image to a float32 array (3, H, W)."""
-    if spec.resize_to is not None:
-        height, width = spec.resize_to
-        image = image.resize((width, height), resample=spec.resample)
-    elif spec.resize_shortest_edge is not None:
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = (
-            spec.resize_shortest_edge,
-            int(spec.resize_shortest_edge * long / short),
-        )
-        size = (new_short, new_long) if width <= height else (new_long, new_short)
+    size = resized_size(image.width, image.height, spec)
+    if size is not None:
         image = image.resize(size, resample=spec.resample)
     array = np.asarray(image)
     if spec.crop is not None:
@@ -132,20 +136,31 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class CropWindow:
+    """A centre crop as HF does it: zero padding (centred) up to the crop size, then a window."""
+
+    padded: tuple[int, int]  # (height, width) after padding
+    offset: tuple[int, int]  # where the original image sits in the padded one (top, left)
+    top: int
+    left: int
+
+    @classmethod
+    def centred(cls, height: int, width: int, crop: tuple[int, int]) -> CropWindow:
+        padded = (max(height, crop[0]), max(width, crop[1]))
+        offset = (-(-(padded[0] - height) // 2), -(-(padded[1] - width) // 2))
+        return cls(padded, offset, (padded[0] - crop[0]) // 2, (padded[1] - crop[1]) // 2)
+
+
 def _center_crop(array: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    crop_height, crop_width = crop
     height, width = array.shape[:2]
-    if height < crop_height or width < crop_width:  # pad with zeros, centred, like HF does
-        padded = np.zeros(
-            (max(height, crop_height), max(width, crop_width), array.shape[2]), dtype=array.dtype
-        )
-        top = -(-(padded.shape[0] - height) // 2)
-        left = -(-(padded.shape[1] - width) // 2)
+    window = CropWindow.centred(height, width, crop)
+    if window.padded != (height, width):
+        padded = np.zeros((*window.padded, array.shape[2]), dtype=array.dtype)
+        top, left = window.offset
         padded[top : top + height, left : left + width] = array
-        array, height, width = padded, padded.shape[0], padded.shape[1]
-    top = (height - crop_height) // 2
-    left = (width - crop_width) // 2
-    return array[top : top + crop_height, left : left + crop_width]
+        array = padded
+    return array[window.top : window.top + crop[0], window.left : window.left + crop[1]]
 
 
 def preprocess_file(path: str, spec: PreprocessSpec, fast_decode: bool = True) -> np.ndarray | str:
