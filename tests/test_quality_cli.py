@@ -178,6 +178,7 @@ def test_bad_options_are_usage_errors(
     run = make_run(tmp_path, coco_tiny)
     for argv in (
         ["score", str(run.root), "--clip-mode", "sideways"],
+        ["score", str(run.root), "--clip-decode", "gpu"],
         ["score", str(run.root), "--judge"],
         ["filter", str(run.root), "--drop-lint", "typo_flag"],
     ):
@@ -186,3 +187,27 @@ def test_bad_options_are_usage_errors(
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "truncate, per_turn" in err and "--llm-base-url" in err and "typo_flag" in err
+    assert "unknown --clip-decode 'gpu'" in err and "auto, workers, device" in err
+
+
+def test_score_decoding_on_the_model_device(
+    tmp_path: Path, coco_tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_run(tmp_path, coco_tiny)
+    clip = save_random_clip(tmp_path / "clip", shape="tiny", seed=3)
+    summary = vlit_json(
+        capsys,
+        "score",
+        str(run.root),
+        "--clip",
+        str(clip),
+        "--clip-decode",
+        "device",
+        "--clip-batch-size",
+        "2",
+        "--no-grounding",
+        "--json",
+    )
+    assert summary["md"]["scored"] == 4
+    sample = next(s for s in run.read_samples("scores") if s.sample_id == "clean")
+    assert sample.provenance["quality"]["md"]["decoder"] == "pil"  # no GPU here: PIL + torch

@@ -131,6 +131,9 @@ def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) 
     options = ScoreOptions(
         clip=section.clip_model,
         clip_mode=section.clip_mode,
+        clip_device=section.clip_device,
+        clip_batch_size=section.clip_batch_size,
+        clip_decode=section.clip_decode,
         judge=judge is not None,
         judge_votes=judge.votes if judge is not None else 3,
         llm=llm.to_config(concurrency=recipe.generate.concurrency) if llm is not None else None,

@@ -228,6 +228,9 @@ class ScoreSection(Section):
 
     clip_model: str | None = None  # a local folder or hub id of a CLIP/SigLIP checkpoint
     clip_mode: Literal["truncate", "per_turn"] = "truncate"
+    clip_device: str | None = None  # cpu, cuda, cuda:1 (default: a GPU when present)
+    clip_batch_size: int | None = Field(default=None, ge=1)  # default: 32 on a CPU, 256 on a GPU
+    clip_decode: Literal["auto", "workers", "device"] = "auto"  # device: nvjpeg on a GPU
     lint: bool = True
     grounding: bool = True
     judge: JudgeSection | None = None  # None: no correctness judge

@@ -11,7 +11,7 @@ from vlit.cli.common import emit_summary, progress_bar
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
 from vlit.quality.lint import LINT_FLAGS
-from vlit.quality.matching import TEXT_MODES
+from vlit.quality.matching import DECODE_MODES, TEXT_MODES
 from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
 from vlit.rundir import RunDir
 
@@ -43,6 +43,18 @@ def score_command(
     clip_device: Annotated[
         str | None, typer.Option("--clip-device", help="cpu, cuda, cuda:1 (default: auto).")
     ] = None,
+    clip_batch_size: Annotated[
+        int | None,
+        typer.Option("--clip-batch-size", help="Texts/images per pass (32; 256 on a GPU)."),
+    ] = None,
+    clip_decode: Annotated[
+        str,
+        typer.Option(
+            "--clip-decode",
+            help="auto: on the GPU with nvjpeg when possible, else workers; workers: CPU "
+            "processes with reduced-size JPEG decoding; device: where the model runs.",
+        ),
+    ] = "auto",
     decode_workers: Annotated[
         int, typer.Option("--decode-workers", help="Processes decoding images for MD.")
     ] = 2,
@@ -73,6 +85,11 @@ def score_command(
         raise ConfigError(
             f"unknown --clip-mode '{clip_mode}'", fix=f"use one of: {', '.join(TEXT_MODES)}"
         )
+    if clip_decode not in DECODE_MODES:
+        raise ConfigError(
+            f"unknown --clip-decode '{clip_decode}'",
+            fix=f"use one of: {', '.join(DECODE_MODES)}",
+        )
     llm = None
     if judge:
         if not llm_base_url or not llm_model:
@@ -88,6 +105,8 @@ def score_command(
         clip=clip,
         clip_mode=clip_mode,
         clip_device=clip_device,
+        clip_batch_size=clip_batch_size,
+        clip_decode=clip_decode,
         decode_workers=decode_workers,
         judge=judge,
         judge_votes=judge_n,

@@ -40,7 +40,7 @@ from vlit.quality.filtering import (
 from vlit.quality.grounding import AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
 from vlit.quality.lint import DatasetLinter, SampleLinter
-from vlit.quality.matching import ClipMatchingScorer, TextMode
+from vlit.quality.matching import ClipMatchingScorer, DecodeMode, TextMode
 from vlit.rundir import RunDir
 from vlit.runners.base import Stage
 from vlit.runners.local import run_stages
@@ -54,7 +54,8 @@ class ScoreOptions:
     clip: str | None = None
     clip_mode: TextMode = "truncate"
     clip_device: str | None = None
-    clip_batch_size: int = 32
+    clip_batch_size: int | None = None  # None: 32 on a CPU, 256 on a GPU
+    clip_decode: DecodeMode = "auto"
     decode_workers: int = 2
     judge: bool = False
     judge_votes: int = 3
@@ -187,6 +188,7 @@ def _matcher(options: ScoreOptions) -> ClipMatchingScorer:
         text_mode=options.clip_mode,
         device=options.clip_device,
         batch_size=options.clip_batch_size,
+        decode=options.clip_decode,
         decode_workers=options.decode_workers,
     )
 
