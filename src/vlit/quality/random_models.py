@@ -20,7 +20,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-CheckpointShape = Literal["tiny", "vit-b-32"]
+CheckpointShape = Literal["tiny", "vit-b-32", "vit-l-14"]
+
+
+def _tower(hidden: int, intermediate: int, layers: int, heads: int, **extra: int) -> dict[str, int]:
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    } | extra
+
+
+# (text tower, vision tower, projection) dimensions; the ViT ones are OpenAI's CLIP checkpoints'
+_SHAPES: dict[str, tuple[dict[str, int], dict[str, int], int]] = {
+    "tiny": (_tower(32, 64, 2, 4), _tower(32, 64, 2, 4, patch_size=32), 16),
+    "vit-b-32": (_tower(512, 2048, 12, 8), _tower(768, 3072, 12, 12, patch_size=32), 512),
+    "vit-l-14": (_tower(768, 3072, 12, 12), _tower(1024, 4096, 24, 16, patch_size=14), 768),
+}
 
 # Common English pieces merged by the BPE tokenizer (our own short list, enough to make tokens
 # longer than single bytes, so truncation and padding behave like a real vocabulary's).
@@ -113,25 +130,16 @@ def build_siglip_tokenizer(max_length: int = 64) -> Any:
 def save_random_clip(folder: str | Path, *, shape: CheckpointShape = "tiny", seed: int = 0) -> Path:
     """Write a randomly initialised CLIP checkpoint (model, processor, tokenizer) to ``folder``.
 
-    ``shape="vit-b-32"`` has the dimensions of OpenAI's ViT-B/32 (for benchmarks);
-    ``"tiny"`` is a few hundred kilobytes (for tests).
+    ``shape="vit-b-32"`` / ``"vit-l-14"`` have the dimensions of OpenAI's ViT-B/32 and ViT-L/14
+    (for benchmarks); ``"tiny"`` is a few hundred kilobytes (for tests).
     """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = build_clip_tokenizer(max_length=77)
-    if shape == "tiny":
-        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-        text |= {"num_attention_heads": 4, "projection_dim": 16}
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-        vision |= {"num_attention_heads": 4, "patch_size": 32, "projection_dim": 16}
-        projection_dim = 16
-    else:
-        text = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12}
-        text |= {"num_attention_heads": 8, "projection_dim": 512}
-        vision = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
-        vision |= {"num_attention_heads": 12, "patch_size": 32, "projection_dim": 512}
-        projection_dim = 512
+    text_shape, vision_shape, projection_dim = _SHAPES[shape]
+    text: dict[str, Any] = text_shape | {"projection_dim": projection_dim}
+    vision: dict[str, Any] = vision_shape | {"projection_dim": projection_dim}
     text |= {
         "vocab_size": len(tokenizer),
         "max_position_embeddings": 77,
