@@ -195,6 +195,23 @@ def test_truncation_reads_only_the_first_max_tokens(
     assert scored[2].scores["md"] != pytest.approx(scored[0].scores["md"], abs=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_one_tokenizer_pass_gives_the_tokenizers_own_truncation(
+    kind: str, checkpoints: dict, reference_models: dict
+) -> None:
+    from vlit.quality.matching import load_dual_encoder
+
+    encoder = load_dual_encoder(str(checkpoints[kind]))
+    _, processor = reference_models[kind]
+    limit = encoder.max_text_tokens
+    texts = ["A dog.", " ".join(ANSWERS * 3), "word " * (limit - 2), "word " * limit]
+    tokens = encoder.tokenize(texts)
+    expected = processor.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    assert tokens.rows == expected
+    assert tokens.counts == [len(ids) for ids in processor.tokenizer(texts)["input_ids"]]
+    assert tokens.counts[1] > limit and len(tokens.rows[1]) == limit
+
+
 def test_distinct_image_cache_gives_the_same_numbers_as_no_cache(
     checkpoints: dict, coco_tiny: Path, images: list[str]
 ) -> None:

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections import Counter, OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -101,6 +102,21 @@ def _turn_text(role: str, text: str) -> str:
 
 
 # -- models ------------------------------------------------------------------------------------
+@dataclass
+class TokenizedTexts:
+    """Texts tokenized once: ``rows`` truncated to the model's limit (what it reads) and
+    ``counts``, the untruncated token counts with special tokens (None when unknown)."""
+
+    rows: list[list[int]]
+    counts: list[int] | None
+
+
+def encoding_order(rows: list[list[int]]) -> list[int]:
+    """The order to encode token rows in: by length (short padding), then rows that share their
+    first tokens together (the causal tower encodes a batch's shared prefix once)."""
+    return sorted(range(len(rows)), key=lambda i: (len(rows[i]), rows[i]))
+
+
 class DualEncoder(Protocol):
     """An image-text model that embeds both sides into one space (CLIP, SigLIP, ...)."""
 
@@ -110,17 +126,12 @@ class DualEncoder(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
-    def token_counts(self, texts: list[str]) -> list[int] | None:
-        """Untruncated token counts including special tokens, or None if unknown."""
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        """Token ids of each text, truncated to the model's limit, with the untruncated counts."""
         ...
 
-    def batch_order(self, texts: list[str]) -> list[int]:
-        """The order to encode ``texts`` in: by length (short padding), then texts that share
-        their first tokens together (the causal tower encodes a batch's shared prefix once)."""
-        ...
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised float32 embeddings, one row per text (truncated to the limit)."""
+    def encode_tokens(self, rows: list[list[int]]) -> torch.Tensor:
+        """L2-normalised float32 embeddings, one per row of token ids (from `tokenize`)."""
         ...
 
     def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -154,6 +165,21 @@ def _pooled(output: Any) -> torch.Tensor:
     # transformers 5 returns a model output whose pooler_output holds the projected features;
     # transformers 4 returned the tensor itself.
     return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _closing_special_tokens(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts after a text's own (CLIP: end-of-text)."""
+    if getattr(tokenizer, "truncation_side", "right") != "right":
+        raise ModelUnavailableError(
+            "the matching model's tokenizer truncates on the left",
+            fix="use a CLIP/SigLIP checkpoint whose tokenizer truncates on the right",
+        )
+    plain = tokenizer("a photo", add_special_tokens=False)["input_ids"]
+    marked = tokenizer("a photo")["input_ids"]
+    for start in range(len(marked) - len(plain) + 1):
+        if marked[start : start + len(plain)] == plain:
+            return len(marked) - start - len(plain)
+    return 0
 
 
 def _load_with_sdpa(auto_model: Any, source: str) -> Any:
@@ -224,6 +250,7 @@ class HuggingFaceDualEncoder:
         positions = int(self.model.config.text_config.max_position_embeddings)
         tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
         self.max_text_tokens = min(positions, tokenizer_limit)
+        self.closing_special_tokens = _closing_special_tokens(self.tokenizer)
         self.preprocess = PreprocessSpec.from_processor_config(
             self.processor.image_processor.to_dict()
         )
@@ -239,24 +266,24 @@ class HuggingFaceDualEncoder:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def token_counts(self, texts: list[str]) -> list[int] | None:
-        encoded = self.tokenizer(texts, truncation=False, padding=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        """One tokenizer pass; the truncated rows are cut from the full ones as the tokenizer's
+        own right-side truncation cuts them (the closing special tokens kept)."""
+        full = self.tokenizer(texts, truncation=False, padding=False, verbose=False)["input_ids"]
+        limit, closing = self.max_text_tokens, self.closing_special_tokens
+        rows = [
+            ids if len(ids) <= limit else ids[: limit - closing] + ids[len(ids) - closing :]
+            for ids in full
+        ]
+        return TokenizedTexts(rows=rows, counts=[len(ids) for ids in full])
 
-    def batch_order(self, texts: list[str]) -> list[int]:
-        rows = self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens)
-        ids = rows["input_ids"]
-        return sorted(range(len(texts)), key=lambda i: (len(ids[i]), ids[i]))
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def encode_tokens(self, rows: list[list[int]]) -> torch.Tensor:
         if self.causal_tower is not None:
-            rows = self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens)
-            return _normalise(self.causal_tower(rows["input_ids"]))
-        encoded = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_text_tokens,
+            return _normalise(self.causal_tower(rows))
+        encoded = self.tokenizer.pad(
+            {"input_ids": rows},
             padding="max_length" if self.pad_to_max else "longest",
+            max_length=self.max_text_tokens,
             return_tensors="pt",
         )
         inputs = {"input_ids": encoded["input_ids"].to(self.device)}
@@ -326,17 +353,14 @@ class OpenClipDualEncoder:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def token_counts(self, texts: list[str]) -> list[int] | None:
+    def tokenize(self, texts: list[str]) -> TokenizedTexts:
+        """Rows padded to the context length, as open_clip's tokenizer returns them."""
         encode = getattr(self.tokenizer, "encode", None)
-        if encode is None:
-            return None
-        return [len(encode(text)) + 2 for text in texts]  # + start and end of text
+        counts = None if encode is None else [len(encode(text)) + 2 for text in texts]
+        return TokenizedTexts(rows=self.tokenizer(texts).tolist(), counts=counts)
 
-    def batch_order(self, texts: list[str]) -> list[int]:
-        return sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
+    def encode_tokens(self, rows: list[list[int]]) -> torch.Tensor:
+        tokens = self._torch.tensor(rows, device=self.device)
         with self._torch.inference_mode():
             return _normalise(self.model.encode_text(tokens))
 
@@ -526,7 +550,7 @@ class ClipMatchingScorer:
                 [conversation_text(sample)] if self.text_mode == "truncate" else pair_texts(sample)
             )
             location = str(sample.image_location)
-            image_key = location if is_url(location) else str(Path(location).resolve())
+            image_key = location if is_url(location) else os.path.abspath(location)
             start = len(texts)
             texts.extend(MD_TEXT_PREFIX + unit for unit in units)
             pending.append(_Pending(sample, image_key, list(range(start, len(texts)))))
@@ -535,16 +559,19 @@ class ClipMatchingScorer:
         # Cached mode: one slot per distinct image; uncached mode: one slot per sample.
         slots = [item.image_key if self.cache_images else str(i) for i, item in enumerate(pending)]
         jobs, image_embeddings = self._start_decoding(slots, [item.image_key for item in pending])
-        text_embeddings = self._encode_texts(texts)
-        counts = encoder.token_counts(texts)
+        tokens = encoder.tokenize(texts)
+        text_embeddings = self._encode_texts(tokens.rows)
         decoded, image_errors = self._finish_images(jobs)
         image_embeddings |= decoded
+        scorable = []
         for slot, item in zip(slots, pending, strict=True):
             if slot in image_errors:
                 self._not_computed(item.sample, info, f"image_unreadable: {image_errors[slot]}")
-                continue
-            similarities = (text_embeddings[item.text_indices] @ image_embeddings[slot]) * 100.0
-            values = [float(v) for v in similarities]
+            else:
+                scorable.append((slot, item))
+        similarities = self._similarities(text_embeddings, image_embeddings, scorable)
+        counts = tokens.counts
+        for (_, item), values in zip(scorable, similarities, strict=True):
             scores = item.sample.scores
             scores["md"] = float(np.mean(values))
             if self.text_mode == "per_turn":
@@ -580,14 +607,36 @@ class ClipMatchingScorer:
         }
         self.counts[f"not_computed_{reason.split(':')[0]}"] += 1
 
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def _similarities(
+        self,
+        text_embeddings: torch.Tensor,
+        image_embeddings: dict[str, torch.Tensor],
+        scorable: list[tuple[str, _Pending]],
+    ) -> list[list[float]]:
+        """Cosine x 100 of each text unit with its sample's image, computed in one operation
+        (one transfer from the device) and split back per sample."""
+        import torch
+
+        if not scorable:
+            return []
+        images = torch.stack([image_embeddings[slot] for slot, _ in scorable])
+        text_rows = [index for _, item in scorable for index in item.text_indices]
+        image_rows = [row for row, (_, item) in enumerate(scorable) for _ in item.text_indices]
+        values = ((text_embeddings[text_rows] * images[image_rows]).sum(dim=-1) * 100.0).tolist()
+        split, start = [], 0
+        for _, item in scorable:
+            split.append(values[start : start + len(item.text_indices)])
+            start += len(item.text_indices)
+        return split
+
+    def _encode_texts(self, rows: list[list[int]]) -> torch.Tensor:
         import torch
 
         assert self.encoder is not None
         # Batches of similar length that share prefixes; rows go back to their places.
-        order = self.encoder.batch_order(texts)
+        order = encoding_order(rows)
         chunks = [
-            self.encoder.encode_texts([texts[i] for i in order[start : start + self.batch_size]])
+            self.encoder.encode_tokens([rows[i] for i in order[start : start + self.batch_size]])
             for start in range(0, len(order), self.batch_size)
         ]
         stacked = torch.cat(chunks)
