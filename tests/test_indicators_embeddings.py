@@ -46,6 +46,20 @@ def test_minilm_matches_sentence_transformers(
 
 
 @pytest.mark.model
+def test_bf16_vectors_are_close_and_cached_apart(
+    tmp_path: Path, minilm: TransformerEmbedder, responses: list[str]
+) -> None:
+    bf16 = TransformerEmbedder(model="minilm", precision="bf16")  # a GPU's default, here on CPU
+    assert str(minilm.device) == "cpu" and minilm.batch_size == 64  # no GPU: fp32, batch 64
+    assert bf16.model_id == minilm.model_id + ":bfloat16"
+    cache = EmbeddingCache(tmp_path)
+    full, reduced = cache.embed(minilm, responses[:64]), cache.embed(bf16, responses[:64])
+    assert cache.hits == 0  # float32 vectors are not served for a bf16 request
+    assert (full * reduced).sum(axis=1).min() > 0.999  # measured 0.99993 on 200 responses
+    assert np.abs(full - reduced).max() > 1e-4  # and really computed in bf16
+
+
+@pytest.mark.model
 def test_static_embedder_offline_and_semantic() -> None:
     vectors = StaticEmbedder().embed(
         ["a red double-decker bus", "a red bus in the city", "a bowl of soup", ""]
