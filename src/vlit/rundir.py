@@ -40,10 +40,23 @@ DEFAULT_SHARD_SIZE = 5000
 
 
 class RunDir:
-    """A run directory on local disk."""
+    """A run directory on local disk (one on a URL is a `vlit.storage.StagedRunDir`)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, as a user names it (the URL of a staged run)."""
+        return str(self.root)
+
+    def location_of(self, name: str) -> str:
+        """Where the run's file ``name`` (``/``-separated, relative to the run) lives."""
+        return str(self.root / name)
+
+    def push(self) -> int:
+        """Nothing to do: a local run directory is its own home (see `vlit.storage`)."""
+        return 0
 
     # -- paths -------------------------------------------------------------------------------
     @property

@@ -159,7 +159,7 @@ class ConversationGenerator:
             assert bbox is not None  # chosen objects have boxes
             name = region_image_name(record.image_id, index)
             try:
-                colour = draw_region_box(record.path, bbox, self.images_dir / name)
+                colour = draw_region_box(record.location, bbox, self.images_dir / name)
             except RecordError as error:
                 planned.append(
                     _skipped(record, "region", SKIP_IMAGE, object_index=index, detail=str(error))
