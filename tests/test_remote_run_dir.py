@@ -21,6 +21,7 @@ from recipe_parts import coco_tiny_collect
 from vlit import chain as chain_module
 from vlit.chain import run_recipe
 from vlit.errors import ConfigError, InputFileError, VlitError
+from vlit.quality.random_models import save_random_clip
 from vlit.recipe import Recipe, load_recipe, parse_recipe
 from vlit.rundir import RunDir
 from vlit.storage import STAGING_ENV, StagedRunDir, fetch_input
@@ -48,7 +49,7 @@ def coco_on_s3(s3: Any, coco_tiny: Path) -> dict[str, Any]:
     }
 
 
-def _recipe(run_dir: str, collect: dict[str, Any], url: str) -> Recipe:
+def _recipe(run_dir: str, collect: dict[str, Any], url: str, clip: Path | None = None) -> Recipe:
     return parse_recipe(
         {
             "run_dir": run_dir,
@@ -58,7 +59,7 @@ def _recipe(run_dir: str, collect: dict[str, Any], url: str) -> Recipe:
                 "n": 2,
             },
             "llm": {"kind": "openai", "base_url": url, "model": "scripted"},
-            "score": {"lint": True, "grounding": True},
+            "score": {"lint": True, "grounding": True, "clip_model": clip and str(clip)},
             "filter": {"max_hallucination": 0.0},
             "report": {"embedder": "none"},
         }
@@ -90,6 +91,7 @@ def _bucket_files(s3: Any, url: str) -> set[str]:
     return {name.removeprefix(root + "/") for name in s3.find(root)}
 
 
+@pytest.mark.model
 def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
     s3: Any,
     coco_on_s3: dict[str, Any],
@@ -99,13 +101,14 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _answer_with_a_conversation(scripted_server)
+    clip = save_random_clip(tmp_path / "clip", shape="tiny", seed=3)
     local = run_recipe(
-        _recipe(str(tmp_path / "local"), coco_tiny_collect(coco_tiny), scripted_server.url)
+        _recipe(str(tmp_path / "local"), coco_tiny_collect(coco_tiny), scripted_server.url, clip)
     )
     sent_locally = len(scripted_server.requests)
 
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-1"))
-    remote = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url))
+    remote = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
     assert len(scripted_server.requests) == 2 * sent_locally  # the same requests once more
     assert remote["generate"] == local["generate"]
     assert remote["filter"] == local["filter"]
@@ -136,11 +139,18 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
         "report.html",
     ):
         assert name in stored, name
-    assert any(name.startswith("images/regions/") for name in stored)
+    regions = [s for s in RunDir(tmp_path / "local").read_samples("scores") if s.mode == "region"]
+    assert len(regions) == 22
+    assert {s.image_root for s in regions} == {str(tmp_path / "local" / "images")}
 
     fresh = StagedRunDir(RUN_URL, staging=tmp_path / "reader")
     assert fresh.pull() == len(stored)
     assert _outcome(fresh) == _outcome(RunDir(tmp_path / "local"))
+    assert all(isinstance(s.scores["md"], float) for s in fresh.read_samples("scores"))
+    for sample in fresh.read_samples("scores"):  # what another host reads: the bucket's copy
+        if sample.mode == "region":
+            assert sample.image_root == f"{RUN_URL}/images"
+            assert sample.image_location in {f"s3://{BUCKET}/runs/r1/{name}" for name in stored}
     kept = [s.sample_id for s in fresh.read_samples("kept")]
     dropped = [s.sample_id for s in fresh.read_samples("dropped")]
     assert (len(kept), len(dropped)) == (24, 16)  # "a person" is a hallucination where none is
@@ -150,7 +160,7 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
     assert {key: source[key] for key in coco_on_s3["sources"][0]} == coco_on_s3["sources"][0]
 
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-2"))  # nothing staged there
-    again = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url))
+    again = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
     assert len(scripted_server.requests) == 2 * sent_locally  # all answers from the journal
     assert again["generate"]["requests_sent"] == 0
     assert again["generate"]["from_journal"] == local["generate"]["requests"]

@@ -68,6 +68,12 @@ class RunDir:
         return self.root / "images"
 
     @property
+    def images_location(self) -> str:
+        """Where samples find the images vlit made: ``images_dir`` made absolute (on a URL for a
+        staged run, where other hosts can read them)."""
+        return str(self.images_dir.absolute())
+
+    @property
     def completions_dir(self) -> Path:
         return self.root / "completions"
 

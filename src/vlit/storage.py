@@ -150,6 +150,10 @@ class StagedRunDir(RunDir):
     def location_of(self, name: str) -> str:
         return f"{self.url}/{name}"
 
+    @property
+    def images_location(self) -> str:
+        return self.location_of("images")
+
     def pull(self) -> int:
         """Download the objects that changed remotely since the last sync; their count.
 
