@@ -9,17 +9,20 @@ file of the run in the bucket, and resume from the bucket on a machine that has 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from llm_servers import Response, ScriptedServer
 from recipe_parts import coco_tiny_collect
 from vlit import chain as chain_module
 from vlit.chain import run_recipe
+from vlit.cli import app
 from vlit.errors import ConfigError, InputFileError, VlitError
 from vlit.quality.random_models import save_random_clip
 from vlit.recipe import Recipe, load_recipe, parse_recipe
@@ -282,3 +285,48 @@ def test_recipe_paths_are_resolved_but_urls_kept(tmp_path: Path) -> None:
         "images_dir": str(tmp_path / "photos"),
         "check_images": True,
     }
+
+
+def _cli(*arguments: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, [*arguments, "--json"])
+    assert result.exit_code == 0, result.output
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def test_each_command_takes_a_run_on_s3_from_any_machine(
+    s3: Any, coco_on_s3: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"s3://{BUCKET}/runs/cli"
+    recipe = tmp_path / "recipe.yaml"
+    data = {"run_dir": url, "collect": coco_on_s3, "generate": {"modes": ["adaptation"]}}
+    recipe.write_text(yaml.safe_dump(data), "utf-8")
+    steps = [
+        ("run", str(recipe)),
+        ("score", url, "--no-grounding"),
+        ("filter", url),
+        ("export", url, "--format", "llava", "--out", str(tmp_path / "llava.json")),
+        ("report", url, "--embedder", "none"),
+    ]
+    summaries = {}
+    for machine, (command, *arguments) in enumerate(steps):
+        monkeypatch.setenv(STAGING_ENV, str(tmp_path / f"machine-{machine}"))  # nothing staged
+        summaries[command] = _cli(command, *arguments)
+
+    samples = summaries["run"]["generate"]["samples"]
+    assert summaries["score"]["samples"] == samples
+    assert summaries["filter"]["kept"] == samples
+    assert summaries["export"]["run"] == url
+    assert len(json.loads((tmp_path / "llava.json").read_text("utf-8"))) == samples
+    assert summaries["report"]["datasets"] == ["cli"]
+
+    final = StagedRunDir(url, staging=tmp_path / "reader")
+    final.pull()
+    every_step = {"collect", "generate", "score", "filter", "export"}
+    assert set(final.load_meta()["summaries"]) == every_step  # each pulled the one before
+    indicators = json.loads((final.root / "indicators.json").read_text("utf-8"))
+    assert (indicators["stage"], indicators["samples"]) == ("kept", samples)
+    assert {key: {"cli": value} for key, value in indicators["table"].items()} == (
+        summaries["report"]["table"]
+    )
+    assert len(list(final.read_samples("kept"))) == samples

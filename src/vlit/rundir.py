@@ -90,7 +90,7 @@ class RunDir:
                 return stage
         raise InputFileError(
             "no samples in this run directory",
-            file=str(self.root),
+            file=self.location,
             fix="run `vlit generate` or `vlit import` into it first",
         )
 
@@ -151,7 +151,7 @@ class RunDir:
         if not shards:
             raise InputFileError(
                 f"no '{stage}' shards found",
-                file=str(self.stage_dir(stage)),
+                file=self.location_of(stage),
                 fix=f"check the run directory, or run the stage that writes '{stage}' first",
             )
         for shard in shards:
