@@ -120,11 +120,17 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
         {
             k: v
             for k, v in summary["collect"]["sources"][0].items()
-            if "images_dir" != k != "sources"
+            if k not in ("images_dir", "sources")
         }
         for summary in (remote, local)
     )
     assert remote_counts == local_counts  # every image found and read through s3fs
+    given = coco_on_s3["sources"][0]
+    assert remote["collect"]["sources"][0]["sources"] == {
+        "captions": given["captions"],
+        "instances": given["instances"],
+    }
+    assert remote["collect"]["sources"][0]["images_dir"] == given["images_dir"]
     assert remote_counts["images_missing_file"] == remote_counts["images_unreadable"] == 0
     assert remote["report"]["indicators_file"] == f"{RUN_URL}/indicators.json"
 

@@ -91,7 +91,7 @@ def collect_into(
     duplicates = 0
     source_summaries = []
     for given in section.sources:
-        source = _with_local_inputs(given)
+        source, urls = _with_local_inputs(given)
         collector: CocoCollector | JsonlCollector
         if isinstance(source, CocoSource):
             collector = CocoCollector(
@@ -111,7 +111,8 @@ def collect_into(
                 check_images=source.check_images,
             )
         result = collector.collect(on_progress=progress)
-        source_summaries.append({"kind": source.kind, **result.summary})
+        files = {role: urls.get(file, file) for role, file in result.summary["sources"].items()}
+        source_summaries.append({"kind": source.kind, **result.summary, "sources": files})
         for record in result.records:
             if record.image_id in seen:
                 duplicates += 1
@@ -128,15 +129,19 @@ def collect_into(
     return summary
 
 
-def _with_local_inputs(source: CocoSource | JsonlSource) -> CocoSource | JsonlSource:
-    """``source`` with each annotation file given as a URL replaced by its fetched local copy
-    (image folders stay URLs: images are read one by one where they are needed)."""
-    fetched = {}
+def _with_local_inputs(
+    source: CocoSource | JsonlSource,
+) -> tuple[CocoSource | JsonlSource, dict[str, str]]:
+    """``source`` with each annotation file given as a URL replaced by its fetched local copy,
+    and each copy's URL (image folders stay URLs: images are read where they are needed)."""
+    fetched: dict[str, str] = {}
+    urls: dict[str, str] = {}
     for name in type(source).model_fields:
         value = getattr(source, name)
         if name != "images_dir" and isinstance(value, str) and is_url(value):
             fetched[name] = str(fetch_input(value))
-    return source.model_copy(update=fetched)
+            urls[fetched[name]] = value
+    return source.model_copy(update=fetched), urls
 
 
 def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
