@@ -309,6 +309,7 @@ def test_each_command_takes_a_run_on_s3_from_any_machine(
     recipe.write_text(yaml.safe_dump(data), "utf-8")
     steps = [
         ("run", str(recipe)),
+        ("generate", url, "--modes", "adaptation"),
         ("score", url, "--no-grounding"),
         ("filter", url),
         ("export", url, "--format", "llava", "--out", str(tmp_path / "llava.json")),
@@ -320,6 +321,7 @@ def test_each_command_takes_a_run_on_s3_from_any_machine(
         summaries[command] = _cli(command, *arguments)
 
     samples = summaries["run"]["generate"]["samples"]
+    assert summaries["generate"]["samples"] == samples
     assert summaries["score"]["samples"] == samples
     assert summaries["filter"]["kept"] == samples
     assert summaries["export"]["run"] == url

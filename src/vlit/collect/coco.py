@@ -106,7 +106,8 @@ class CocoCollector:
     """Join COCO-style annotation files per image id into `ImageRecord`s.
 
     Only ``captions`` is required; every other source is optional. Paths may be strings or
-    ``Path``s; nothing is read before `collect`.
+    ``Path``s, ``images_dir`` also a URL on object storage (``s3://bucket/train2017``, read
+    through fsspec); nothing is read before `collect`.
 
     Example:
         >>> collector = CocoCollector(

@@ -89,7 +89,8 @@ class _SkipLine(Exception):
 
 
 class JsonlCollector:
-    """Read a JSONL file of your own image annotations into `ImageRecord`s.
+    """Read a JSONL file of your own image annotations into `ImageRecord`s (``images_dir`` may
+    be a URL on object storage).
 
     Example:
         >>> result = JsonlCollector(jsonl_file="mine.jsonl", images_dir="photos").collect()
