@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from llm_servers import Response, ScriptedServer
 from recipe_parts import coco_tiny_collect
 from vlit import chain as chain_module
-from vlit.chain import run_recipe
+from vlit.chain import collect_into, run_recipe
 from vlit.cli import app
 from vlit.errors import ConfigError, InputFileError, VlitError
 from vlit.quality.random_models import save_random_clip
@@ -338,3 +338,43 @@ def test_each_command_takes_a_run_on_s3_from_any_machine(
         summaries["report"]["table"]
     )
     assert len(list(final.read_samples("kept"))) == samples
+
+
+def test_a_jsonl_source_on_s3_counts_a_missing_image_like_a_local_one(
+    s3: Any,
+    coco_on_s3: dict[str, Any],
+    coco_tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(STAGING_ENV, str(tmp_path / "staging"))
+    photos = sorted(p.name for p in (coco_tiny / "train2017").glob("*.jpg"))[:2]
+    lines = [
+        {"image_id": f"i{index}", "file_name": name, "captions": [f"Photo {index}."]}
+        for index, name in enumerate([*photos, "missing.jpg"])
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    s3.pipe(f"{BUCKET}/mine/images.jsonl", text.encode("utf-8"))
+    (tmp_path / "images.jsonl").write_text(text, "utf-8")
+    summaries = {}
+    for where, jsonl_file, images_dir in (
+        ("remote", f"s3://{BUCKET}/mine/images.jsonl", f"s3://{BUCKET}/coco/train2017/"),
+        ("local", str(tmp_path / "images.jsonl"), str(coco_tiny / "train2017")),
+    ):
+        source = {"kind": "jsonl", "jsonl_file": jsonl_file, "images_dir": images_dir}
+        section = parse_recipe({"run_dir": "r", "collect": {"sources": [source]}}).collect
+        assert section is not None
+        run = RunDir(tmp_path / where)
+        summaries[where] = collect_into(run, section)["sources"][0]
+        records = {r.image_id: r for r in run.read_records()}
+        assert (records["i0"].width, records["i0"].height) == (640, 479)  # from the header
+        assert records["i2"].problems == [
+            f"missing_file: no image file at {images_dir.rstrip('/')}/missing.jpg"
+        ]
+    remote, local = summaries["remote"], summaries["local"]
+    assert remote["sources"] == {"jsonl": f"s3://{BUCKET}/mine/images.jsonl"}
+    assert remote["images_dir"] == f"s3://{BUCKET}/coco/train2017"
+    assert {k: v for k, v in remote.items() if k not in ("sources", "images_dir")} == {
+        k: v for k, v in local.items() if k not in ("sources", "images_dir")
+    }
+    assert (remote["images"], remote["images_missing_file"]) == (3, 1)
