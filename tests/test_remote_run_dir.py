@@ -253,6 +253,14 @@ def test_a_missing_input_object_names_the_url_and_the_fix(
         fetch_input(f"s3://{BUCKET}/coco/annotations")
     assert "is a folder" in str(error.value)
 
+    no_bucket = parse_recipe({"run_dir": "s3://no-such-bucket/r1", "collect": coco_on_s3})
+    with pytest.raises(InputFileError) as error:
+        run_recipe(no_bucket)
+    assert str(error.value).startswith(
+        "s3://no-such-bucket/r1/recipe.resolved.yaml: cannot push the run directory"
+    )
+    assert not (tmp_path / "staging" / "inputs").exists()  # failed before collecting
+
     missing_images = dict(coco_on_s3["sources"][0], images_dir=f"s3://{BUCKET}/coco/val2017")
     recipe = parse_recipe(
         {"run_dir": str(tmp_path / "run"), "collect": {"sources": [missing_images]}}

@@ -56,6 +56,7 @@ def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> d
         write_resolved_recipe(
             recipe, run.root, generator=backend.describe() if backend is not None else None
         )
+        run.push()  # a bucket that is missing or not writable fails now, before any work
         summaries: dict[str, Any] = {}
         if recipe.collect is not None:
             summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
