@@ -137,8 +137,9 @@ class StagedRunDir(RunDir):
     """
 
     def __init__(self, url: str, *, staging: str | os.PathLike[str] | None = None) -> None:
-        self.url = url.rstrip("/")
-        folder = Path(staging) if staging is not None else staging_root() / "runs" / _digest(url)
+        self.url = url.rstrip("/")  # the same staging folder with or without a final "/"
+        default = staging_root() / "runs" / _digest(self.url)
+        folder = Path(staging) if staging is not None else default
         super().__init__(folder / "run")
         self._manifest_path = folder / "sync.json"
         self._storage, self._remote_root = filesystem(self.url)
