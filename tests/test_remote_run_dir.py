@@ -225,11 +225,14 @@ def test_push_uploads_only_what_changed_and_deletes_what_was_deleted(
     assert _bucket_files(s3, url) == {"two.txt"}
     assert s3.cat(f"{BUCKET}/runs/sync/two.txt") == b"two, longer"
 
+    (run.root / "two.txt").write_text("unpushed", "utf-8")  # a crashed run's last work
+    assert run.pull() == 0 and (run.root / "two.txt").read_text("utf-8") == "unpushed"
+
     other = StagedRunDir(url, staging=tmp_path / "b")  # another machine
     assert other.pull() == 1 and other.pull() == 0
     (other.root / "two.txt").write_text("two, from b", "utf-8")
     assert other.push() == 1
-    assert run.pull() == 1  # the remote changed since run's last sync
+    assert run.pull() == 1  # the remote changed since run's last sync: it wins
     assert (run.root / "two.txt").read_text("utf-8") == "two, from b"
     (other.root / "two.txt").unlink()
     assert other.push() == 0
