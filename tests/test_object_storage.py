@@ -9,16 +9,12 @@ be the same number either way, on the local runner and on Ray.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 import pytest
 import ray
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from vlit.cli import app
@@ -27,36 +23,17 @@ from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 
 BUCKET = "vlit-images"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="module")
-def bucket(coco_tiny: Path) -> Iterator[str]:
+def bucket(s3: Any, coco_tiny: Path) -> str:
     """``s3://vlit-images/train2017`` holding 8 coco_tiny photos, an empty and a corrupt one."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=f"http://{host}:{port}")
-    try:
-        storage = fsspec.filesystem("s3", skip_instance_cache=True)
-        storage.mkdir(BUCKET)
-        for photo in sorted((coco_tiny / "train2017").glob("*.jpg"))[:8]:
-            storage.put_file(str(photo), f"{BUCKET}/train2017/{photo.name}")
-        storage.pipe(f"{BUCKET}/train2017/empty.jpg", b"")
-        storage.pipe(f"{BUCKET}/train2017/corrupt.jpg", b"\xff\xd8\xff\xe0 not a jpeg")
-        yield f"s3://{BUCKET}/train2017"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    s3.mkdir(BUCKET)
+    for photo in sorted((coco_tiny / "train2017").glob("*.jpg"))[:8]:
+        s3.put_file(str(photo), f"{BUCKET}/train2017/{photo.name}")
+    s3.pipe(f"{BUCKET}/train2017/empty.jpg", b"")
+    s3.pipe(f"{BUCKET}/train2017/corrupt.jpg", b"\xff\xd8\xff\xe0 not a jpeg")
+    return f"s3://{BUCKET}/train2017"
 
 
 def _llava_file(folder: Path, photos: list[str]) -> Path:

@@ -13,23 +13,25 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from vlit.collect import CocoCollector, JsonlCollector
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
+from vlit.images import is_url
 from vlit.llm.config import build_backend
 from vlit.llm.session import TokenPrices
 from vlit.recipe import (
     CocoSource,
     CollectSection,
+    JsonlSource,
     LlmSection,
     Recipe,
     write_resolved_recipe,
 )
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord
+from vlit.storage import fetch_input, open_run_dir
 
 StageRunner = Callable[[Recipe, RunDir, "ProgressCallback | None"], dict[str, Any]]
 
@@ -38,36 +40,42 @@ def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> d
     """Run the whole chain: collect -> generate -> later stages; return each stage's summary.
 
     Writes ``RUN/recipe.resolved.yaml`` first. Rerunning a finished recipe sends no LLM request
-    (answers come from the run's journal) and writes the same samples.
+    (answers come from the run's journal) and writes the same samples. A ``run_dir`` on a URL
+    is staged (`vlit.storage.open_run_dir`): pulled first, pushed after every stage and when a
+    stage fails.
     """
     if recipe.runner.kind == "ray":
         from vlit.runners.ray_runner import init_ray
 
         init_ray(recipe.runner.address)  # before any work: a wrong address fails now
-    run = RunDir(recipe.run_dir)
     settings = recipe.generate.to_settings()
     backend = None
     if settings.llm_modes:
         backend = build_backend(recipe.llm.to_config(concurrency=recipe.generate.concurrency))
-    write_resolved_recipe(
-        recipe, run.root, generator=backend.describe() if backend is not None else None
-    )
-    summaries: dict[str, Any] = {}
-    if recipe.collect is not None:
-        summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
-    summaries["generate"] = generate_run(
-        run,
-        settings=settings,
-        backend=backend,
-        concurrency=recipe.generate.concurrency,
-        max_requests=recipe.generate.max_requests,
-        max_cost=recipe.generate.max_cost,
-        prices=_prices(recipe.llm),
-        progress=progress,
-    )
-    for name, stage in LATER_STAGES.items():
-        if getattr(recipe, name, None) is not None:
-            summaries[name] = stage(recipe, run, progress)
+    with open_run_dir(recipe.run_dir) as run:
+        write_resolved_recipe(
+            recipe, run.root, generator=backend.describe() if backend is not None else None
+        )
+        run.push()  # a bucket that is missing or not writable fails now, before any work
+        summaries: dict[str, Any] = {}
+        if recipe.collect is not None:
+            summaries["collect"] = collect_into(run, recipe.collect, progress=progress)
+            run.push()
+        summaries["generate"] = generate_run(
+            run,
+            settings=settings,
+            backend=backend,
+            concurrency=recipe.generate.concurrency,
+            max_requests=recipe.generate.max_requests,
+            max_cost=recipe.generate.max_cost,
+            prices=_prices(recipe.llm),
+            progress=progress,
+        )
+        run.push()
+        for name, stage in LATER_STAGES.items():
+            if getattr(recipe, name, None) is not None:
+                summaries[name] = stage(recipe, run, progress)
+                run.push()
     return summaries
 
 
@@ -83,7 +91,8 @@ def collect_into(
     seen: set[str] = set()
     duplicates = 0
     source_summaries = []
-    for source in section.sources:
+    for given in section.sources:
+        source, urls = _with_local_inputs(given)
         collector: CocoCollector | JsonlCollector
         if isinstance(source, CocoSource):
             collector = CocoCollector(
@@ -103,7 +112,8 @@ def collect_into(
                 check_images=source.check_images,
             )
         result = collector.collect(on_progress=progress)
-        source_summaries.append({"kind": source.kind, **result.summary})
+        files = {role: urls.get(file, file) for role, file in result.summary["sources"].items()}
+        source_summaries.append({"kind": source.kind, **result.summary, "sources": files})
         for record in result.records:
             if record.image_id in seen:
                 duplicates += 1
@@ -118,6 +128,21 @@ def collect_into(
     }
     run.save_summary("collect", summary)
     return summary
+
+
+def _with_local_inputs(
+    source: CocoSource | JsonlSource,
+) -> tuple[CocoSource | JsonlSource, dict[str, str]]:
+    """``source`` with each annotation file given as a URL replaced by its fetched local copy,
+    and each copy's URL (image folders stay URLs: images are read where they are needed)."""
+    fetched: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    for name in type(source).model_fields:
+        value = getattr(source, name)
+        if name != "images_dir" and isinstance(value, str) and is_url(value):
+            fetched[name] = str(fetch_input(value))
+            urls[fetched[name]] = value
+    return source.model_copy(update=fetched), urls
 
 
 def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
@@ -184,12 +209,11 @@ def report_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None)
     )
     summary: dict[str, Any] = {
         "indicators": view.report.get("table", {}),
-        "indicators_file": str(run.root / "indicators.json"),
+        "indicators_file": run.location_of("indicators.json"),
     }
     if section.html:
-        html = Path(run.root) / "report.html"
-        write_html([view], html)
-        summary["html"] = str(html)
+        write_html([view], run.root / "report.html")
+        summary["html"] = run.location_of("report.html")
     return summary
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import io
 import os
 import posixpath
 import re
@@ -187,14 +188,16 @@ def _describe(error: BaseException) -> str:
 
 
 def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """Open an image as RGB, at most ``max_side`` pixels on its longer side when given.
+    """Open an image (a local path or a URL, see `is_url`) as RGB, at most ``max_side`` pixels
+    on its longer side when given.
 
     JPEGs are decoded at a reduced scale with ``draft()`` (much faster for large photos), then
     resized with ``thumbnail`` to the exact bound. Raises `RecordError` if the file cannot be
     read, so a caller can record the problem on its sample and go on.
     """
     try:
-        with Image.open(path) as opened:
+        source = path if not is_url(os.fspath(path)) else io.BytesIO(read_remote_bytes(str(path)))
+        with Image.open(source) as opened:
             if max_side is not None and opened.format == "JPEG":
                 opened.draft("RGB", (max_side, max_side))
             image = opened.convert("RGB")

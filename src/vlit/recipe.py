@@ -3,7 +3,9 @@
 A recipe names the run directory, the annotation sources to collect, how to generate, which
 LLM to use, and the settings of the later stages (score, filter, report). Every section is a
 pydantic model that forbids unknown keys: a typo is an error that names the field and lists the
-valid ones. Relative paths are relative to the recipe file.
+valid ones. Relative paths are relative to the recipe file. ``run_dir``, the annotation files
+and the image folders may also be URLs on object storage (``s3://bucket/runs/r1``; see
+`vlit.storage`).
 
 Example recipe::
 
@@ -49,6 +51,7 @@ from vlit.generate.adaptation import ADAPTATION_MODE
 from vlit.generate.generator import GenerationSettings
 from vlit.generate.prompts import LLM_MODES
 from vlit.generate.regions import RegionRule
+from vlit.images import is_url
 from vlit.llm.config import LlmConfig
 
 ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
@@ -315,11 +318,12 @@ def parse_recipe(data: dict[str, Any], *, where: str = "recipe") -> Recipe:
 
 
 def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    """The recipe with every relative path joined to ``base`` (made absolute)."""
+    """The recipe with every relative path joined to ``base`` (made absolute); URLs
+    (``s3://...``, see `vlit.images.is_url`) are left as they are."""
 
     def absolute(value: str | None) -> str | None:
-        if value is None:
-            return None
+        if value is None or is_url(value):
+            return value
         return str((base / Path(value).expanduser()).absolute())
 
     sources: list[CocoSource | JsonlSource] = []

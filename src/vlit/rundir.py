@@ -40,10 +40,23 @@ DEFAULT_SHARD_SIZE = 5000
 
 
 class RunDir:
-    """A run directory on local disk."""
+    """A run directory on local disk (one on a URL is a `vlit.storage.StagedRunDir`)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, as a user names it (the URL of a staged run)."""
+        return str(self.root)
+
+    def location_of(self, name: str) -> str:
+        """Where the run's file ``name`` (``/``-separated, relative to the run) lives."""
+        return str(self.root / name)
+
+    def push(self) -> int:
+        """Nothing to do: a local run directory is its own home (see `vlit.storage`)."""
+        return 0
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -53,6 +66,12 @@ class RunDir:
     @property
     def images_dir(self) -> Path:
         return self.root / "images"
+
+    @property
+    def images_location(self) -> str:
+        """Where samples find the images vlit made: ``images_dir`` made absolute (on a URL for a
+        staged run, where other hosts can read them)."""
+        return str(self.images_dir.absolute())
 
     @property
     def completions_dir(self) -> Path:
@@ -71,7 +90,7 @@ class RunDir:
                 return stage
         raise InputFileError(
             "no samples in this run directory",
-            file=str(self.root),
+            file=self.location,
             fix="run `vlit generate` or `vlit import` into it first",
         )
 
@@ -132,7 +151,7 @@ class RunDir:
         if not shards:
             raise InputFileError(
                 f"no '{stage}' shards found",
-                file=str(self.stage_dir(stage)),
+                file=self.location_of(stage),
                 fix=f"check the run directory, or run the stage that writes '{stage}' first",
             )
         for shard in shards:

@@ -82,6 +82,13 @@ class ImageRecord:
     def path(self) -> Path:
         return Path(self.image_root) / self.file_name
 
+    @property
+    def location(self) -> str:
+        """The image as a local path, or as a URL when ``image_root`` is one (``s3://...``)."""
+        if is_url(self.image_root):
+            return join_url(self.image_root, self.file_name)
+        return str(self.path)
+
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
 

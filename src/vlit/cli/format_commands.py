@@ -25,6 +25,7 @@ from vlit.formats import (
 from vlit.formats.jsonl import sample_to_json
 from vlit.images import is_url
 from vlit.rundir import SAMPLE_STAGES, RunDir
+from vlit.storage import open_run_dir
 
 _LATER_STAGES = ("scores", "kept", "dropped")
 
@@ -106,7 +107,9 @@ def import_command(
 
 
 def export_command(
-    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="The run directory.")],
+    run_path: Annotated[
+        str, typer.Argument(metavar="RUN", help="The run directory (a path or a URL).")
+    ],
     format_name: Annotated[
         str, typer.Option("--format", help=f"One of: {', '.join(FORMAT_NAMES)}.")
     ],
@@ -129,22 +132,25 @@ def export_command(
 ) -> None:
     """Write a run's samples as a dataset file."""
     name = _format(format_name)
-    run = _existing_run(run_path)
-    chosen = stage or _default_sample_stage(run)
-    if chosen not in SAMPLE_STAGES:
-        raise ConfigError(
-            f"unknown sample stage {chosen!r}", fix=f"use one of: {', '.join(SAMPLE_STAGES)}"
+    if not is_url(run_path):
+        _existing_run(Path(run_path))
+    with open_run_dir(run_path) as run:
+        chosen = stage or _default_sample_stage(run)
+        if chosen not in SAMPLE_STAGES:
+            raise ConfigError(
+                f"unknown sample stage {chosen!r}", fix=f"use one of: {', '.join(SAMPLE_STAGES)}"
+            )
+        _, writer_class = FORMATS[name]
+        counts = export_samples(
+            track(run.read_samples(chosen), f"exporting {chosen} as {name}"),
+            out,
+            writer=writer_class(),
+            include_failed=include_failed,
         )
-    _, writer_class = FORMATS[name]
-    counts = export_samples(
-        track(run.read_samples(chosen), f"exporting {chosen} as {name}"),
-        out,
-        writer=writer_class(),
-        include_failed=include_failed,
-    )
-    summary = {"format": name, "stage": chosen, "run": str(run.root.resolve()), **counts}
-    summary["out"] = str(out.resolve())
-    run.save_summary("export", summary)
+        where = run.location if is_url(run_path) else str(run.root.resolve())
+        summary = {"format": name, "stage": chosen, "run": where, **counts}
+        summary["out"] = str(out.resolve())
+        run.save_summary("export", summary)
     emit_summary("vlit export", summary, as_json=as_json)
 
 

@@ -18,11 +18,13 @@ from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
 from vlit.llm.config import build_backend
 from vlit.recipe import ALL_MODES, GenerateSection, LlmSection, RunnerSection, load_recipe
-from vlit.rundir import RunDir
+from vlit.storage import open_run_dir
 
 
 def generate_command(
-    run: Annotated[Path, typer.Argument(help="Run directory with collected records/.")],
+    run: Annotated[
+        str, typer.Argument(help="Run directory with collected records/; a path or a URL.")
+    ],
     modes: Annotated[
         str,
         typer.Option("--modes", help=f"Comma-separated modes among: {', '.join(ALL_MODES)}."),
@@ -82,9 +84,9 @@ def generate_command(
     )
     settings = section.to_settings()
     backend = build_backend(llm.to_config(concurrency=concurrency)) if settings.llm_modes else None
-    with recipe_progress() as progress:
+    with open_run_dir(run) as run_dir, recipe_progress() as progress:
         summary = generate_run(
-            RunDir(run),
+            run_dir,
             settings=settings,
             backend=backend,
             concurrency=concurrency,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,7 @@ from vlit.llm.config import LlmConfig
 from vlit.quality.lint import LINT_FLAGS
 from vlit.quality.matching import DECODE_MODES, TEXT_MODES
 from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
-from vlit.rundir import RunDir
+from vlit.storage import open_run_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +22,9 @@ def register(app: typer.Typer) -> None:
 
 
 def score_command(
-    run: Annotated[Path, typer.Argument(help="Run directory with samples/ (or scores/).")],
+    run: Annotated[
+        str, typer.Argument(help="Run directory with samples/ (or scores/); a path or a URL.")
+    ],
     clip: Annotated[
         str | None,
         typer.Option(
@@ -114,8 +115,7 @@ def score_command(
         grounding=not no_grounding,
         lint=not no_lint,
     )
-    run_dir = RunDir(run)
-    with progress_bar() as progress:
+    with open_run_dir(run) as run_dir, progress_bar() as progress:
         task = progress.add_task("scoring", total=None)
         summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
     emit_summary("vlit score", summary, as_json=as_json)
@@ -136,7 +136,7 @@ def _pairs(values: list[str], option: str) -> dict[str, float]:
 
 
 def filter_command(
-    run: Annotated[Path, typer.Argument(help="Run directory with scores/.")],
+    run: Annotated[str, typer.Argument(help="Run directory with scores/; a path or a URL.")],
     min_md: Annotated[
         float | None, typer.Option("--min-md", help="Drop samples with MD (cosine x 100) below.")
     ] = None,
@@ -190,5 +190,6 @@ def filter_command(
         min_scores=_pairs(min_score or [], "--min-score"),
         max_scores=_pairs(max_score or [], "--max-score"),
     )
-    summary = filter_run(RunDir(run), options)
+    with open_run_dir(run) as run_dir:
+        summary = filter_run(run_dir, options)
     emit_summary("vlit filter", summary, as_json=as_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 
 from vlit.cli.common import console, emit_summary
 from vlit.errors import ConfigError
+from vlit.images import is_url
 from vlit.quality.indicators.embeddings import load_embedder
 from vlit.quality.indicators.suite import IndicatorSettings, compute_indicators, load_run
 from vlit.report.build import report_run, write_html
@@ -18,6 +20,7 @@ from vlit.report.html import DatasetView
 from vlit.report.table import comparison_json, indicator_rows
 from vlit.rundir import RunDir
 from vlit.selection import select_to_budget
+from vlit.storage import open_run_dir
 
 LABELLER_NAMES = ("rules", "taggpt")
 
@@ -69,7 +72,10 @@ EmbedderOption = Annotated[
 
 
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (or imported datasets).")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(help="Run directories, paths or URLs (or imported datasets)."),
+    ],
     html: Annotated[
         Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")
     ] = None,
@@ -123,26 +129,33 @@ def report_command(
         raise ConfigError("--labeller taggpt merges tags by embedding", fix="drop --embedder none")
     views: list[DatasetView] = []
     names: set[str] = set()
-    for path in runs:
-        name = path.name if path.name not in names else str(path)
-        names.add(name)
-        session = None
-        if llm_base_url is not None and llm_model is not None:
-            session = _llm_session(RunDir(path), llm_base_url, llm_model, concurrency)
-        view = report_run(
-            path,
-            embedder=embedding_model,
-            settings=settings,
-            session=session,
-            use_taggpt=labeller == "taggpt",
-            complexity_samples=complexity_samples,
-            name=name,
-            on_step=_announcer(name),
-        )
-        console.print(
-            f"[bold]{name}[/bold]: {len(view.samples)} samples from {view.report['stage']}/"
-        )
-        views.append(view)
+    with contextlib.ExitStack() as staged:  # runs on URLs are pushed (indicators.json) at the end
+        for given in runs:
+            if is_url(given):
+                path = staged.enter_context(open_run_dir(given)).root
+                base = given.rstrip("/").rsplit("/", 1)[-1]
+            else:
+                path = Path(given)
+                base = path.name
+            name = base if base not in names else given
+            names.add(name)
+            session = None
+            if llm_base_url is not None and llm_model is not None:
+                session = _llm_session(RunDir(path), llm_base_url, llm_model, concurrency)
+            view = report_run(
+                path,
+                embedder=embedding_model,
+                settings=settings,
+                session=session,
+                use_taggpt=labeller == "taggpt",
+                complexity_samples=complexity_samples,
+                name=name,
+                on_step=_announcer(name),
+            )
+            console.print(
+                f"[bold]{name}[/bold]: {len(view.samples)} samples from {view.report['stage']}/"
+            )
+            views.append(view)
     if html is not None:
         write_html(views, html)
         console.print(f"HTML report: {html}")

@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from PIL import Image, UnidentifiedImageError
 
@@ -216,7 +216,7 @@ def escapes_root(file_name: str) -> bool:
     return reference_problem(file_name) is not None
 
 
-def read_image_size(path: Path) -> tuple[int, int]:
+def read_image_size(path: str | os.PathLike[str] | IO[bytes]) -> tuple[int, int]:
     """Width and height from the image header (the pixels are not decoded).
 
     Raises ``OSError`` when the file cannot be read as an image.

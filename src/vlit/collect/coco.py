@@ -50,10 +50,12 @@ from vlit.collect.common import (
     RECORD_COUNTERS,
     CollectResult,
     check_image_files,
+    check_image_folder,
     finish_counts,
+    image_folder,
 )
 from vlit.collect.vqa import load_vqa
-from vlit.errors import ConfigError, InputFileError
+from vlit.errors import ConfigError
 from vlit.schema import ImageRecord, ObjectAnnotation
 
 #: Every counter of a COCO collection summary, always present (0 when nothing happened).
@@ -104,7 +106,8 @@ class CocoCollector:
     """Join COCO-style annotation files per image id into `ImageRecord`s.
 
     Only ``captions`` is required; every other source is optional. Paths may be strings or
-    ``Path``s; nothing is read before `collect`.
+    ``Path``s, ``images_dir`` also a URL on object storage (``s3://bucket/train2017``, read
+    through fsspec); nothing is read before `collect`.
 
     Example:
         >>> collector = CocoCollector(
@@ -134,7 +137,7 @@ class CocoCollector:
                 "VQA v2 needs both its questions file and its annotations file",
                 fix="pass both --vqa-questions and --vqa-annotations, or neither",
             )
-        self.images_dir = Path(os.path.abspath(images_dir))
+        self.images_dir = image_folder(images_dir)
         self.captions = Path(captions)
         self.instances = Path(instances) if instances is not None else None
         self.vqa_questions = Path(vqa_questions) if vqa_questions is not None else None
@@ -145,14 +148,7 @@ class CocoCollector:
 
     def collect(self, on_progress: ProgressCallback | None = None) -> CollectResult:
         """Read every source, join per image, check image files; return records and counts."""
-        if not self.images_dir.is_dir():
-            raise InputFileError(
-                "the image folder does not exist"
-                if not self.images_dir.exists()
-                else "expected the image folder but got a file",
-                file=str(self.images_dir),
-                fix="pass --images with the folder that holds the image files",
-            )
+        check_image_folder(self.images_dir)
         counts: Counter[str] = Counter({key: 0 for key in COCO_COUNTERS})
         sources = [("captions", self.captions), ("instances", self.instances)]
         extra = [
@@ -189,7 +185,7 @@ class CocoCollector:
             image_id: ImageRecord(
                 image_id=image_id,
                 file_name=entry.file_name,
-                image_root=str(self.images_dir),
+                image_root=self.images_dir,
                 width=entry.width,
                 height=entry.height,
                 source="coco",
@@ -229,7 +225,7 @@ class CocoCollector:
         )
         finish_counts(record_list, counts)
         summary: dict[str, Any] = {
-            "images_dir": str(self.images_dir),
+            "images_dir": self.images_dir,
             "sources": {
                 name: str(path)
                 for name, path in (

@@ -45,7 +45,9 @@ from vlit.collect.common import (
     RECORD_COUNTERS,
     CollectResult,
     check_image_files,
+    check_image_folder,
     finish_counts,
+    image_folder,
 )
 from vlit.collect.vqa import majority_answer
 from vlit.errors import InputFileError
@@ -87,7 +89,8 @@ class _SkipLine(Exception):
 
 
 class JsonlCollector:
-    """Read a JSONL file of your own image annotations into `ImageRecord`s.
+    """Read a JSONL file of your own image annotations into `ImageRecord`s (``images_dir`` may
+    be a URL on object storage).
 
     Example:
         >>> result = JsonlCollector(jsonl_file="mine.jsonl", images_dir="photos").collect()
@@ -104,7 +107,7 @@ class JsonlCollector:
         check_images: bool = True,
     ) -> None:
         self.jsonl_file = Path(jsonl_file)
-        self.images_dir = Path(os.path.abspath(images_dir))
+        self.images_dir = image_folder(images_dir)
         self.check_images = check_images
 
     def collect(self, on_progress: ProgressCallback | None = None) -> CollectResult:
@@ -115,12 +118,7 @@ class JsonlCollector:
                 file=str(self.jsonl_file),
                 fix="check the path of the JSONL file",
             )
-        if not self.images_dir.is_dir():
-            raise InputFileError(
-                "the image folder does not exist",
-                file=str(self.images_dir),
-                fix="pass --images with the folder that holds the image files",
-            )
+        check_image_folder(self.images_dir)
         counts: Counter[str] = Counter({key: 0 for key in JSONL_COUNTERS})
         skipped: list[dict[str, Any]] = []
         unknown_fields: Counter[str] = Counter()
@@ -156,7 +154,7 @@ class JsonlCollector:
         counts["images_without_captions"] = sum(1 for r in record_list if not r.captions)
         finish_counts(record_list, counts)
         summary: dict[str, Any] = {
-            "images_dir": str(self.images_dir),
+            "images_dir": self.images_dir,
             "sources": {"jsonl": str(self.jsonl_file)},
         }
         summary.update({key: counts[key] for key in JSONL_COUNTERS})
@@ -217,7 +215,7 @@ class JsonlCollector:
         return ImageRecord(
             image_id=image_id,
             file_name=check.string(item, "file_name", line),
-            image_root=str(self.images_dir),
+            image_root=self.images_dir,
             width=check.optional_integer(item, "width", line),
             height=check.optional_integer(item, "height", line),
             objects=[

@@ -93,6 +93,8 @@ class ConversationGenerator:
     """Plans the requests of the LLM modes (and runs adaptation) for one record at a time.
 
     ``images_dir`` is ``RUN/images`` (region copies go to its ``regions/`` folder);
+    ``images_root`` is where samples say they are (default ``images_dir``; the URL of a staged
+    run's ``images/``, so other hosts find them);
     ``generator_info`` is the backend's description, copied to every sample's provenance.
     """
 
@@ -103,9 +105,11 @@ class ConversationGenerator:
         images_dir: Path,
         generator_info: dict[str, Any],
         library: PromptLibrary | None = None,
+        images_root: str | None = None,
     ) -> None:
         self.settings = settings
         self.images_dir = images_dir
+        self.images_root = images_root if images_root is not None else str(images_dir)
         self.generator_info = generator_info
         self.library = library or PromptLibrary.load(settings.prompts_dir)
         self.adapter = (
@@ -159,7 +163,7 @@ class ConversationGenerator:
             assert bbox is not None  # chosen objects have boxes
             name = region_image_name(record.image_id, index)
             try:
-                colour = draw_region_box(record.path, bbox, self.images_dir / name)
+                colour = draw_region_box(record.location, bbox, self.images_dir / name)
             except RecordError as error:
                 planned.append(
                     _skipped(record, "region", SKIP_IMAGE, object_index=index, detail=str(error))
@@ -178,7 +182,7 @@ class ConversationGenerator:
                     "region",
                     region_clue(record, index),
                     object_index=index,
-                    image=(name, str(self.images_dir)),
+                    image=(name, self.images_root),
                     extra=extra,
                 )
             )

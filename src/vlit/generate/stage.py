@@ -64,6 +64,7 @@ def generate_run(
     generator = ConversationGenerator(
         settings=settings,
         images_dir=run.images_dir.absolute(),
+        images_root=run.images_location,
         generator_info=backend.describe() if backend is not None else {},
     )
     journal = LlmJournal(run.journal_path) if backend is not None else None
