@@ -115,6 +115,29 @@ def fetch_input(url: str) -> Path:
     return local
 
 
+def find_objects(url: str, *, what: str) -> dict[str, dict[str, Any]]:
+    """Every object under the URL (freshly listed): path relative to it -> fsspec's info about
+    it; empty when nothing is there. ``what`` names the folder in the error."""
+    storage, root = filesystem(url)
+    storage.invalidate_cache(root)
+    try:
+        found = storage.find(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
+        raise InputFileError(
+            f"cannot list {what} ({type(error).__name__}: {error})",
+            file=url,
+            fix="check the URL, the endpoint, that the bucket exists and your credentials",
+        ) from error
+    prefix = root.rstrip("/") + "/"
+    return {
+        name[len(prefix) :]: info
+        for name, info in found.items()
+        if name.startswith(prefix) and info.get("type") != "directory"
+    }
+
+
 def _transfer(call: Any, *args: str, url: str, action: str) -> None:
     """One fsspec call whose every failure becomes an `InputFileError` naming ``url``."""
     try:
@@ -232,23 +255,8 @@ class StagedRunDir(RunDir):
 
     def _list_remote(self) -> dict[str, str]:
         """Every object under the URL: path relative to it -> version."""
-        self._storage.invalidate_cache(self._remote_root)
-        try:
-            found = self._storage.find(self._remote_root, detail=True)
-        except FileNotFoundError:
-            return {}
-        except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
-            raise InputFileError(
-                f"cannot list the run directory ({type(error).__name__}: {error})",
-                file=self.url,
-                fix="check the URL, the endpoint, that the bucket exists and your credentials",
-            ) from error
-        prefix = self._remote_root.rstrip("/") + "/"
-        return {
-            name[len(prefix) :]: _version(info)
-            for name, info in found.items()
-            if name.startswith(prefix) and info.get("type") != "directory"
-        }
+        found = find_objects(self.url, what="the run directory")
+        return {relative: _version(info) for relative, info in found.items()}
 
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
         if not self._manifest_path.exists():

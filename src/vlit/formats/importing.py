@@ -38,6 +38,7 @@ from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
 from vlit.images import check_image, is_url, reference_problem, resolve_image_path
 from vlit.schema import Sample
+from vlit.storage import find_objects
 
 IMAGE_STATUS = "image_status"
 _VERIFY_CHUNK = 64
@@ -235,28 +236,8 @@ def _verify(path: Path | None) -> str | None:
 
 def list_objects(root: str) -> dict[str, int]:
     """Every object under the URL ``root``: path relative to it -> size in bytes."""
-    try:
-        import fsspec
-
-        filesystem, base = fsspec.core.url_to_fs(root)
-        found = filesystem.find(base, detail=True)
-    except ImportError as error:
-        raise ConfigError(
-            f"cannot read the image root {root}: {error}",
-            fix="install the fsspec backend for it (pip install s3fs, or gcsfs for gs://)",
-        ) from None
-    except Exception as error:  # noqa: BLE001 - credential and client errors of any backend
-        raise InputFileError(
-            f"cannot list the image root ({type(error).__name__}: {error})",
-            file=root,
-            fix="check the URL and the credentials of its storage (e.g. AWS_PROFILE)",
-        ) from None
-    prefix = base.rstrip("/") + "/"
-    return {
-        path[len(prefix) :]: int(info.get("size") or 0)
-        for path, info in found.items()
-        if path.startswith(prefix)
-    }
+    found = find_objects(root, what="the image root")
+    return {relative: int(info.get("size") or 0) for relative, info in found.items()}
 
 
 def export_samples(
