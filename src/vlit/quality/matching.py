@@ -19,14 +19,14 @@ Models: Hugging Face CLIP / SigLIP checkpoints by hub id or local folder (``Auto
 
 Efficiency: every distinct image is decoded, preprocessed and encoded once (and kept in an LRU
 cache across batches, since one image serves n rollouts in several modes); on a CUDA GPU images
-are decoded there by nvjpeg and preprocessed there (``device_images``, when torchvision is
-installed), otherwise in worker processes with reduced-size JPEG decoding while the main process
-encodes texts; texts
-are ordered by token length, then by their tokens (texts that open alike share a batch), and
-encoded in batches under ``torch.inference_mode``; a CLIP text tower encodes the tokens every
-text of a batch starts with once and runs its last layer on the end-of-text token only
-(``clip_text``: the same numbers for less work); on CUDA the model runs in bfloat16 (float16
-where bf16 is unsupported) with SDPA attention and batches of 256.
+are decoded by nvjpeg and preprocessed there (``device_images``, when torchvision is installed),
+otherwise in worker processes with reduced-size JPEG decoding while the main process encodes
+texts. Texts are tokenized once, ordered by token length, then by their tokens (texts that open
+alike share a batch), and encoded in batches under ``torch.inference_mode``; a CLIP text tower
+encodes the tokens every text of a batch starts with once and runs its last layer on the
+end-of-text token only (``clip_text``: the same numbers for less work). Similarities are computed
+in one operation per call. On CUDA the model runs in bfloat16 (float16 where bf16 is
+unsupported) with SDPA attention and batches of 256.
 
 Example:
     >>> scorer = ClipMatchingScorer(model="openai/clip-vit-base-patch32", text_mode="truncate")
