@@ -389,3 +389,35 @@ def test_a_jsonl_source_on_s3_counts_a_missing_image_like_a_local_one(
         k: v for k, v in local.items() if k not in ("sources", "images_dir")
     }
     assert (remote["images"], remote["images_missing_file"]) == (3, 1)
+
+
+def test_collect_coco_reads_and_writes_urls_like_local_paths(
+    s3: Any,
+    coco_on_s3: dict[str, Any],
+    coco_tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(STAGING_ENV, str(tmp_path / "staging"))
+    source = coco_on_s3["sources"][0]
+    url = f"s3://{BUCKET}/runs/collected"
+    remote = _cli(
+        "collect", "coco", "--images", source["images_dir"], "--captions", source["captions"],
+        "--instances", source["instances"], "--out", url,
+    )  # fmt: skip
+    local = _cli(
+        "collect", "coco", "--images", str(coco_tiny / "train2017"),
+        "--captions", str(coco_tiny / "annotations" / "captions_train2017.json"),
+        "--instances", str(coco_tiny / "annotations" / "instances_train2017.json"),
+        "--out", str(tmp_path / "local"),
+    )  # fmt: skip
+    assert remote["run_dir"] == url
+    assert remote["sources"] == {"captions": source["captions"], "instances": source["instances"]}
+    assert remote["images"] == local["images"] == 50
+    reader = StagedRunDir(url, staging=tmp_path / "reader")
+    reader.pull()
+    on_s3 = [(r.image_id, r.captions, len(r.objects)) for r in reader.read_records()]
+    on_disk = [
+        (r.image_id, r.captions, len(r.objects)) for r in RunDir(tmp_path / "local").read_records()
+    ]
+    assert on_s3 == on_disk

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vlit.collect import CocoCollector, JsonlCollector
+from vlit.collect import CocoCollector, CollectResult, JsonlCollector
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
 from vlit.images import is_url
@@ -91,29 +91,9 @@ def collect_into(
     seen: set[str] = set()
     duplicates = 0
     source_summaries = []
-    for given in section.sources:
-        source, urls = _with_local_inputs(given)
-        collector: CocoCollector | JsonlCollector
-        if isinstance(source, CocoSource):
-            collector = CocoCollector(
-                images_dir=source.images_dir,
-                captions=source.captions,
-                instances=source.instances,
-                vqa_questions=source.vqa_questions,
-                vqa_annotations=source.vqa_annotations,
-                coco_text=source.coco_text,
-                attributes=source.attributes,
-                check_images=source.check_images,
-            )
-        else:
-            collector = JsonlCollector(
-                jsonl_file=source.jsonl_file,
-                images_dir=source.images_dir,
-                check_images=source.check_images,
-            )
-        result = collector.collect(on_progress=progress)
-        files = {role: urls.get(file, file) for role, file in result.summary["sources"].items()}
-        source_summaries.append({"kind": source.kind, **result.summary, "sources": files})
+    for source in section.sources:
+        result = collect_source(source, progress=progress)
+        source_summaries.append({"kind": source.kind, **result.summary})
         for record in result.records:
             if record.image_id in seen:
                 duplicates += 1
@@ -128,6 +108,36 @@ def collect_into(
     }
     run.save_summary("collect", summary)
     return summary
+
+
+def collect_source(
+    given: CocoSource | JsonlSource, *, progress: ProgressCallback | None = None
+) -> CollectResult:
+    """Collect one source; annotation files on URLs are fetched first, and the summary names
+    them by their URLs."""
+    source, urls = _with_local_inputs(given)
+    collector: CocoCollector | JsonlCollector
+    if isinstance(source, CocoSource):
+        collector = CocoCollector(
+            images_dir=source.images_dir,
+            captions=source.captions,
+            instances=source.instances,
+            vqa_questions=source.vqa_questions,
+            vqa_annotations=source.vqa_annotations,
+            coco_text=source.coco_text,
+            attributes=source.attributes,
+            check_images=source.check_images,
+        )
+    else:
+        collector = JsonlCollector(
+            jsonl_file=source.jsonl_file,
+            images_dir=source.images_dir,
+            check_images=source.check_images,
+        )
+    result = collector.collect(on_progress=progress)
+    files = {role: urls.get(file, file) for role, file in result.summary["sources"].items()}
+    result.summary["sources"] = files
+    return result
 
 
 def _with_local_inputs(

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import TaskID
 
+from vlit.chain import collect_source
 from vlit.cli.common import emit_summary, progress_bar
 from vlit.clue import region_clue, visual_clue
-from vlit.collect import CocoCollector, CollectResult, JsonlCollector
-from vlit.collect._io import ProgressCallback
+from vlit.collect import CollectResult
 from vlit.errors import ConfigError
+from vlit.recipe import CocoSource, JsonlSource
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord
+from vlit.storage import open_run_dir
 
 collect_app = typer.Typer(
     help="Collect image records from annotation files into a run directory.",
@@ -31,34 +32,41 @@ _SHOWN_SKIPS = 5
 
 @collect_app.command("coco")
 def collect_coco(
-    images: Annotated[Path, typer.Option("--images", help="Folder holding the image files.")],
-    captions: Annotated[Path, typer.Option("--captions", help="COCO captions JSON.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory to write records/ into.")],
+    images: Annotated[
+        str, typer.Option("--images", help="Folder holding the image files (or an s3:// URL).")
+    ],
+    captions: Annotated[str, typer.Option("--captions", help="COCO captions JSON.")],
+    out: Annotated[
+        str, typer.Option("--out", help="Run directory to write records/ into (or a URL).")
+    ],
     instances: Annotated[
-        Path | None, typer.Option("--instances", help="COCO instances JSON.")
+        str | None, typer.Option("--instances", help="COCO instances JSON.")
     ] = None,
     vqa_questions: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--vqa-questions", help="VQA v2 questions JSON (with --vqa-annotations)."),
     ] = None,
     vqa_annotations: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--vqa-annotations", help="VQA v2 annotations JSON (with --vqa-questions)."),
     ] = None,
     coco_text: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--coco-text", help="COCO-Text JSON: COCO_Text.json or the results format."),
     ] = None,
     attributes: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--attributes", help="Attributes JSON: COCO Attributes, simple or VG style."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
 ) -> None:
-    """Join COCO captions, instances, VQA v2, COCO-Text and attributes per image id."""
-    collector = CocoCollector(
+    """Join COCO captions, instances, VQA v2, COCO-Text and attributes per image id.
+
+    Every file and folder may be a local path or an fsspec URL (s3://, gs://)."""
+    source = CocoSource(
+        kind="coco",
         images_dir=images,
         captions=captions,
         instances=instances,
@@ -67,23 +75,25 @@ def collect_coco(
         coco_text=coco_text,
         attributes=attributes,
     )
-    _finish(_with_progress(collector.collect), out, "collect coco", as_json)
+    _finish(_with_progress(source), out, "collect coco", as_json)
 
 
 @collect_app.command("jsonl")
 def collect_jsonl(
-    file: Annotated[Path, typer.Argument(help="JSONL file, one image per line.")],
+    file: Annotated[str, typer.Argument(help="JSONL file, one image per line (or a URL).")],
     images: Annotated[
-        Path, typer.Option("--images", help="Folder the file names are relative to.")
+        str, typer.Option("--images", help="Folder the file names are relative to (or a URL).")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Run directory to write records/ into.")],
+    out: Annotated[
+        str, typer.Option("--out", help="Run directory to write records/ into (or a URL).")
+    ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
 ) -> None:
     """Collect your own images described one JSON object per line (docs/collect_jsonl.md)."""
-    collector = JsonlCollector(jsonl_file=file, images_dir=images)
-    _finish(_with_progress(collector.collect), out, "collect jsonl", as_json)
+    source = JsonlSource(kind="jsonl", jsonl_file=file, images_dir=images)
+    _finish(_with_progress(source), out, "collect jsonl", as_json)
 
 
 def clue_command(
@@ -113,7 +123,7 @@ def register(app: typer.Typer) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _with_progress(collect: Callable[[ProgressCallback], CollectResult]) -> CollectResult:
+def _with_progress(source: CocoSource | JsonlSource) -> CollectResult:
     with progress_bar() as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -122,14 +132,14 @@ def _with_progress(collect: Callable[[ProgressCallback], CollectResult]) -> Coll
                 tasks[step] = progress.add_task(step, total=total)
             progress.update(tasks[step], completed=done, total=total)
 
-        return collect(report)
+        return collect_source(source, progress=report)
 
 
-def _finish(result: CollectResult, out: Path, title: str, as_json: bool) -> None:
-    run = RunDir(out)
-    run.write_records(result.records)
-    summary = {"run_dir": str(run.root), **result.summary}
-    run.save_summary("collect", summary)
+def _finish(result: CollectResult, out: str, title: str, as_json: bool) -> None:
+    with open_run_dir(out) as run:
+        run.write_records(result.records)
+        summary = {"run_dir": run.location, **result.summary}
+        run.save_summary("collect", summary)
     if as_json:
         emit_summary(title, summary, as_json=True)
     else:
