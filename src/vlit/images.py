@@ -60,6 +60,11 @@ def join_url(root: str, reference: str) -> str:
     return root.rstrip("/") + "/" + reference.replace("\\", "/")
 
 
+def image_location(root: str, reference: str) -> str:
+    """An image named relative to its root: a local path, or a URL when ``root`` is one."""
+    return join_url(root, reference) if is_url(root) else str(Path(root) / reference)
+
+
 def read_remote_bytes(url: str) -> bytes:
     """The bytes of an object at ``url`` through fsspec; every failure is an ``OSError``."""
     try:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from vlit.images import is_url, join_url
+from vlit.images import image_location
 
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
@@ -85,9 +85,7 @@ class ImageRecord:
     @property
     def location(self) -> str:
         """The image as a local path, or as a URL when ``image_root`` is one (``s3://...``)."""
-        if is_url(self.image_root):
-            return join_url(self.image_root, self.file_name)
-        return str(self.path)
+        return image_location(self.image_root, self.file_name)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,9 +177,7 @@ class Sample:
         """The image as a local path, or as a URL when ``image_root`` is one (``s3://...``)."""
         if self.image is None:
             return None
-        if is_url(self.image_root):
-            return join_url(self.image_root, self.image)
-        return str(Path(self.image_root) / self.image)
+        return image_location(self.image_root, self.image)
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,7 @@ from vlit.collect._io import PROGRESS_EVERY, ProgressCallback, read_image_size
 from vlit.errors import InputFileError
 from vlit.images import is_url, read_remote_bytes
 from vlit.schema import ImageRecord
+from vlit.storage import filesystem
 
 
 @dataclass
@@ -32,8 +33,6 @@ def image_folder(images_dir: str | os.PathLike[str]) -> str:
 def check_image_folder(folder: str) -> None:
     """`InputFileError` unless ``folder`` exists (on object storage: holds some object)."""
     if is_url(folder):
-        from vlit.storage import filesystem
-
         storage, path = filesystem(folder)
         if not storage.isdir(path):
             raise InputFileError(

@@ -52,12 +52,11 @@ def nvjpeg_unavailable_reason(device: str) -> str | None:
         return f"the model runs on {device}, not on a CUDA GPU"
     try:
         import torch
-        import torchvision.io
+        import torchvision.io  # noqa: F401 - loads its image ops (fails on a torch mismatch)
     except (ImportError, RuntimeError, OSError) as error:
         return f"torchvision is not usable ({type(error).__name__}: {error})"
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    del torchvision
     return None
 
 
