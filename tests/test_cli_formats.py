@@ -219,7 +219,7 @@ def test_export_stage_choice(
     with pytest.raises(SystemExit) as raised:
         main(["export", str(run), "--format", "jsonl", "--out", "x.jsonl", "--stage", "dropped"])
     assert raised.value.code == 2
-    assert "no 'dropped' shards found" in capsys.readouterr().err
+    assert "no committed 'dropped' stage" in capsys.readouterr().err
 
 
 def test_mimicit_export_then_import_through_cli(

@@ -139,21 +139,23 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
         "run.json",
         "recipe.resolved.yaml",
         "journal.sqlite",
-        "records/shard-00000.parquet",
-        "samples/shard-00000.parquet",
-        "scores/shard-00000.parquet",
-        "kept/shard-00000.parquet",
-        "dropped/shard-00000.parquet",
         "indicators.json",
         "report.html",
     ):
         assert name in stored, name
+    stages = ("records", "samples", "scores", "kept", "dropped")
+    assert {f"{stage}/_manifest.json" for stage in stages} <= stored
     regions = [s for s in RunDir(tmp_path / "local").read_samples("scores") if s.mode == "region"]
     assert len(regions) == 22
     assert {s.image_root for s in regions} == {str(tmp_path / "local" / "images")}
 
     fresh = StagedRunDir(RUN_URL, staging=tmp_path / "reader")
     assert fresh.pull() == len(stored)
+    for stage in stages:  # every shard a manifest lists is in the bucket, and no other shard
+        manifest = fresh.manifest(stage)
+        assert manifest is not None
+        listed = {f"{stage}/{shard['file']}" for shard in manifest.shards}
+        assert listed == {name for name in stored if name.startswith(f"{stage}/shard-")}
     assert _outcome(fresh) == _outcome(RunDir(tmp_path / "local"))
     assert all(isinstance(s.scores["md"], float) for s in fresh.read_samples("scores"))
     for sample in fresh.read_samples("scores"):  # what another host reads: the bucket's copy
@@ -197,15 +199,15 @@ def test_a_failing_stage_still_pushes_the_work_done(
     sent = len(scripted_server.requests)
     assert sent == 20
     stored = _bucket_files(s3, url)
-    assert {"journal.sqlite", "samples/shard-00000.parquet", "run.json"} <= stored
-    assert "scores/shard-00000.parquet" not in stored
+    assert {"journal.sqlite", "samples/_manifest.json", "run.json"} <= stored
+    assert not any(name.startswith("scores/") for name in stored)
 
     monkeypatch.undo()
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-2"))
     again = run_recipe(_recipe(url, coco_on_s3, scripted_server.url))
     assert len(scripted_server.requests) == sent  # the pushed journal answered every request
     assert again["generate"]["from_journal"] == 20
-    assert "scores/shard-00000.parquet" in _bucket_files(s3, url)
+    assert "scores/_manifest.json" in _bucket_files(s3, url)
 
 
 def test_push_uploads_only_what_changed_and_deletes_what_was_deleted(

@@ -1,7 +1,8 @@
 """`run_recipe`: the whole chain collect -> generate -> score -> filter -> report.
 
 Each stage reads and writes the run directory, so a rerun resumes: collection is cheap, generation
-and the judge answer from the journal, and the later stages recompute from files. A later stage
+and the judge answer from the journal, and a stage whose output is current (made from the
+current inputs with the recipe's settings, see `vlit.rundir`) is not run again. A later stage
 runs when its section is in the recipe; ``LATER_STAGES`` is the one place that lists them.
 
 Example:
@@ -52,7 +53,7 @@ def run_recipe(recipe: Recipe, *, progress: ProgressCallback | None = None) -> d
     backend = None
     if settings.llm_modes:
         backend = build_backend(recipe.llm.to_config(concurrency=recipe.generate.concurrency))
-    with open_run_dir(recipe.run_dir) as run:
+    with open_run_dir(recipe.run_dir, writer="vlit run") as run:
         write_resolved_recipe(
             recipe, run.root, generator=backend.describe() if backend is not None else None
         )
@@ -100,7 +101,7 @@ def collect_into(
                 continue
             seen.add(record.image_id)
             records.append(record)
-    run.write_records(records)
+    run.write_records(records, settings=section.model_dump(mode="json"))
     summary = {
         "images": len(records),
         "duplicate_image_ids_across_sources": duplicates,
@@ -157,7 +158,7 @@ def _with_local_inputs(
 
 def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
     """`vlit score` with the recipe's ``score`` section."""
-    from vlit.quality.pipeline import ScoreOptions, score_run
+    from vlit.quality.pipeline import ScoreOptions, score_run, score_settings
 
     section = recipe.score
     assert section is not None
@@ -178,12 +179,13 @@ def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) 
         runner=recipe.runner.kind,
         ray_address=recipe.runner.address,
     )
-    return score_run(run, options, on_batch=_counter(progress, "score"))
+    done = _up_to_date(run, ("scores",), score_settings(options), "score")
+    return done or score_run(run, options, on_batch=_counter(progress, "score"))
 
 
 def filter_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
     """`vlit filter` with the recipe's ``filter`` section."""
-    from vlit.quality.pipeline import FilterOptions, filter_run
+    from vlit.quality.pipeline import FilterOptions, filter_run, filter_settings
 
     section = recipe.filter
     assert section is not None
@@ -198,7 +200,8 @@ def filter_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None)
         min_scores=dict(section.thresholds),
         max_scores=dict(section.maxima),
     )
-    return filter_run(run, options)
+    done = _up_to_date(run, ("kept", "dropped"), filter_settings(options), "filter")
+    return done or filter_run(run, options)
 
 
 def report_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) -> dict[str, Any]:
@@ -233,6 +236,17 @@ LATER_STAGES: dict[str, StageRunner] = {
     "report": report_stage,
 }
 """The stages after generate, in run order: recipe section name -> runner."""
+
+
+def _up_to_date(
+    run: RunDir, stages: tuple[str, ...], settings: dict[str, Any], name: str
+) -> dict[str, Any] | None:
+    """The saved summary of stage ``name`` when its output ``stages`` are committed, current and
+    made with ``settings`` (`vlit run` refreshes only what is stale); None otherwise."""
+    if not all(run.is_up_to_date(stage, settings) for stage in stages):
+        return None
+    previous = run.load_meta().get("summaries", {}).get(name)
+    return {**previous, "up_to_date": True} if isinstance(previous, dict) else None
 
 
 def _counter(progress: ProgressCallback | None, step: str) -> Callable[[int], None] | None:

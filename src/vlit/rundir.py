@@ -1,42 +1,125 @@
-"""The run directory: Parquet shards per stage, summaries, completion markers.
+"""The run directory: stages committed by a manifest, their lineage, and run summaries.
 
 Layout (see DESIGN.md)::
 
     RUN/
       run.json              # vlit version, creation time, per-stage summaries
       recipe.resolved.yaml  # the exact configuration of `vlit run`
-      records/              # ImageRecord shards  (shard-00000.parquet, ...)
+      records/              # ImageRecord shards + _manifest.json
       samples/              # generated or imported samples
       scores/               # samples with their scores filled in
       kept/  dropped/       # filter output; dropped rows carry `drop_reason`
       images/               # images vlit made (region copies with a drawn box, demo photos)
       journal.sqlite        # every LLM request and answer
-      completions/          # one marker per finished shard and stage
+
+**A stage is committed or absent.** A stage is written by a `StageWriter`: its shards get new
+names (``shard-<write token>-00000.parquet``), and the stage changes only when its manifest
+(``_manifest.json``: shards, row counts, schema version, the command and settings that made it,
+the ids of the stages it was made from) is written, last and atomically. Readers read only what
+a manifest lists, so a write killed midway leaves the previous version (or no stage) in place;
+shards no manifest lists are deleted by the next commit. No folder is ever renamed, so this
+holds on object storage too. Plain Parquet readers (pyarrow, pandas, duckdb) reading a committed
+stage folder see exactly its shards (they skip files starting with ``_``).
+
+**Lineage.** A stage's id is a digest of its content. Each manifest records the ids of the
+stages it was made from; `RunDir.check_current` refuses a stage whose inputs have changed since,
+naming both stages and the command that refreshes it.
 
 Example:
     >>> run = RunDir("runs/demo")
-    >>> run.write_records(records)          # doctest: +SKIP
-    >>> list(run.read_samples("samples"))   # doctest: +SKIP
+    >>> run.write_samples("scores", scored, inputs=("samples",), settings={...})  # doctest: +SKIP
+    >>> list(run.read_samples("scores"))     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import secrets
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from vlit import __version__
-from vlit.errors import InputFileError
+from vlit.errors import InputFileError, VlitError
 from vlit.fileio import read_parquet_shard, write_parquet_atomic, write_text_atomic
+from vlit.runlock import RunLock
 from vlit.schema import RECORD_SCHEMA, SAMPLE_SCHEMA, ImageRecord, Sample
 
-SAMPLE_STAGES = ("samples", "scores", "kept", "dropped")
+SAMPLE_STAGES = ("samples", "scores", "kept", "dropped", "selected")
 DEFAULT_SHARD_SIZE = 5000
+MANIFEST_NAME = "_manifest.json"
+MANIFEST_FORMAT = "vlit.stage/1"
+#: Bumped when the columns of records or samples change incompatibly.
+SCHEMA_VERSION = 1
+
+#: The command that (re)writes each stage, for messages about missing or stale stages.
+REFRESH_COMMAND = {
+    "records": "vlit collect",
+    "samples": "vlit generate (or vlit import)",
+    "scores": "vlit score",
+    "kept": "vlit filter",
+    "dropped": "vlit filter",
+    "selected": "vlit select",
+}
+
+
+class StaleStageError(InputFileError):
+    """A stage was made from an older version of a stage it depends on."""
+
+
+@dataclass(frozen=True)
+class StageManifest:
+    """What a committed stage holds and how it was made (``RUN/<stage>/_manifest.json``)."""
+
+    stage: str
+    id: str
+    rows: int
+    shards: list[dict[str, Any]]
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    command: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+    vlit_version: str = __version__
+
+    def to_json(self) -> str:
+        data = {"format": MANIFEST_FORMAT, **self.__dict__}
+        return json.dumps(data, indent=1, sort_keys=True, default=str)
+
+    @classmethod
+    def from_file(cls, path: Path, stage: str) -> StageManifest:
+        fix = f"run `{REFRESH_COMMAND.get(stage, 'the stage')}` again to rewrite the stage"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:
+            raise InputFileError(
+                f"cannot read the stage manifest ({type(error).__name__})", file=str(path), fix=fix
+            ) from error
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise InputFileError("not a vlit stage manifest", file=str(path), fix=fix)
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise InputFileError(
+                f"stage written with schema version {data.get('schema_version')}, this vlit "
+                f"reads version {SCHEMA_VERSION}",
+                file=str(path),
+                fix=fix,
+            )
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{key: value for key, value in data.items() if key in known})
+        except TypeError as error:
+            raise InputFileError(
+                f"damaged stage manifest ({error})", file=str(path), fix=fix
+            ) from error
 
 
 class RunDir:
@@ -58,6 +141,10 @@ class RunDir:
         """Nothing to do: a local run directory is its own home (see `vlit.storage`)."""
         return 0
 
+    def lock(self, command: str) -> RunLock:
+        """The writer's lock of this run (see `vlit.runlock`); use it as a context manager."""
+        return RunLock(self.root, command=command, location=self.location)
+
     # -- paths -------------------------------------------------------------------------------
     @property
     def journal_path(self) -> Path:
@@ -73,15 +160,54 @@ class RunDir:
         staged run, where other hosts can read them)."""
         return str(self.images_dir.absolute())
 
-    @property
-    def completions_dir(self) -> Path:
-        return self.root / "completions"
-
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
+    # -- committed stages ----------------------------------------------------------------------
+    def manifest(self, stage: str) -> StageManifest | None:
+        """The stage's manifest, or None when the stage was never committed."""
+        path = self.stage_dir(stage) / MANIFEST_NAME
+        if not path.exists():
+            return None
+        return StageManifest.from_file(path, stage)
+
     def has_stage(self, stage: str) -> bool:
-        return any(self.stage_dir(stage).glob("shard-*.parquet"))
+        return self.manifest(stage) is not None
+
+    def check_current(self, stage: str) -> StageManifest:
+        """The stage's manifest, after checking that it and every stage it was made from were
+        made from the current versions of their inputs; `StaleStageError` otherwise."""
+        manifest = self._require(stage)
+        pending, seen = [manifest], {stage}
+        while pending:
+            made = pending.pop()
+            for name, used in made.inputs.items():
+                current = self.manifest(name)
+                if current is None or current.id != used.get("id"):
+                    now = "is gone" if current is None else "has been rewritten since"
+                    raise StaleStageError(
+                        f"'{made.stage}' is stale: it was made from '{name}', which {now}",
+                        file=self.location_of(made.stage),
+                        fix=f"run `{REFRESH_COMMAND.get(made.stage, 'the stage')}` to refresh "
+                        f"'{made.stage}' (or `vlit run RECIPE`, which refreshes what is stale)",
+                    )
+                if name not in seen:
+                    seen.add(name)
+                    pending.append(current)
+        return manifest
+
+    def is_up_to_date(self, stage: str, settings: dict[str, Any]) -> bool:
+        """True when the stage is committed, complete, current, and made with ``settings``."""
+        manifest = self.manifest(stage)
+        if manifest is None or not manifest.complete:
+            return False
+        if manifest.settings != _plain(settings):
+            return False
+        try:
+            self.check_current(stage)
+        except StaleStageError:
+            return False
+        return True
 
     def latest_sample_stage(self) -> str:
         """The most processed stage with samples: ``scores`` if scored, else ``samples``."""
@@ -94,76 +220,140 @@ class RunDir:
             fix="run `vlit generate` or `vlit import` into it first",
         )
 
-    # -- shards ------------------------------------------------------------------------------
-    def write_records(
-        self, records: Iterable[ImageRecord], *, shard_size: int = DEFAULT_SHARD_SIZE
-    ) -> int:
-        return self._write_stage(
-            "records", (r.to_row() for r in records), RECORD_SCHEMA, shard_size
+    def _require(self, stage: str) -> StageManifest:
+        manifest = self.manifest(stage)
+        if manifest is not None:
+            return manifest
+        leftovers = list(self.stage_dir(stage).glob("shard-*.parquet"))
+        problem = (
+            f"'{stage}' holds {len(leftovers)} shard file(s) but no manifest: a write that did "
+            "not finish, or a run directory made by an older vlit"
+            if leftovers
+            else f"no committed '{stage}' stage"
+        )
+        raise InputFileError(
+            problem,
+            file=self.location_of(stage),
+            fix=f"run `{REFRESH_COMMAND.get(stage, 'the stage that writes it')}` first",
         )
 
-    def read_records(self) -> Iterator[ImageRecord]:
-        for row in self._read_stage("records"):
-            yield ImageRecord.from_row(row)
+    # -- writing -------------------------------------------------------------------------------
+    def writer(
+        self,
+        stage: str,
+        *,
+        schema: pa.Schema = SAMPLE_SCHEMA,
+        inputs: Sequence[str] = (),
+        settings: dict[str, Any] | None = None,
+        command: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ) -> StageWriter:
+        """A writer of a new version of ``stage`` made from the current ``inputs`` stages.
+
+        It holds the run's lock (`vlit.runlock`) until it commits or aborts.
+        """
+        command = command if command is not None else _command_line()
+        lock = self.lock(command)
+        lock.acquire()
+        try:
+            used = {}
+            for name in inputs:
+                manifest = self._require(name)
+                used[name] = {"id": manifest.id, "rows": manifest.rows}
+        except BaseException:
+            lock.release()
+            raise
+        return StageWriter(
+            self,
+            stage,
+            schema=schema,
+            inputs=used,
+            settings=settings or {},
+            command=command,
+            shard_size=shard_size,
+            lock=lock,
+        )
+
+    def write_records(
+        self,
+        records: Iterable[ImageRecord],
+        *,
+        settings: dict[str, Any] | None = None,
+        command: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ) -> int:
+        writer = self.writer(
+            "records",
+            schema=RECORD_SCHEMA,
+            settings=settings,
+            command=command,
+            shard_size=shard_size,
+        )
+        with writer:
+            writer.add_rows(record.to_row() for record in records)
+        return writer.rows
 
     def write_samples(
-        self, stage: str, samples: Iterable[Sample], *, shard_size: int = DEFAULT_SHARD_SIZE
+        self,
+        stage: str,
+        samples: Iterable[Sample],
+        *,
+        inputs: Sequence[str] = (),
+        settings: dict[str, Any] | None = None,
+        command: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> int:
-        return self._write_stage(stage, (s.to_row() for s in samples), SAMPLE_SCHEMA, shard_size)
+        writer = self.writer(
+            stage, inputs=inputs, settings=settings, command=command, shard_size=shard_size
+        )
+        with writer:
+            writer.add_rows(sample.to_row() for sample in samples)
+        return writer.rows
+
+    # -- reading -------------------------------------------------------------------------------
+    def read_records(self) -> Iterator[ImageRecord]:
+        for rows in self.read_shards("records"):
+            for row in rows:
+                yield ImageRecord.from_row(row)
 
     def read_samples(self, stage: str = "samples") -> Iterator[Sample]:
-        for row in self._read_stage(stage):
-            yield Sample.from_row(row)
+        for rows in self.read_shards(stage):
+            for row in rows:
+                yield Sample.from_row(row)
 
-    def write_shard(self, stage: str, index: int, samples: list[Sample]) -> Path:
-        """Write one sample shard atomically (used by stages that resume shard by shard)."""
-        directory = self.stage_dir(stage)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"shard-{index:05d}.parquet"
-        table = pa.Table.from_pylist([s.to_row() for s in samples], schema=SAMPLE_SCHEMA)
-        write_parquet_atomic(table, path)
-        return path
+    def read_sample_shards(self, stage: str) -> Iterator[list[Sample]]:
+        """The stage's samples one shard at a time (memory bounded by the shard size)."""
+        for rows in self.read_shards(stage):
+            yield [Sample.from_row(row) for row in rows]
 
-    def _write_stage(
-        self, stage: str, rows: Iterable[dict[str, Any]], schema: pa.Schema, shard_size: int
-    ) -> int:
-        directory = self.stage_dir(stage)
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("shard-*.parquet"):
-            old.unlink()
-        count, index, batch = 0, 0, []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= shard_size:
-                write_parquet_atomic(
-                    pa.Table.from_pylist(batch, schema=schema), _shard(directory, index)
+    def read_shards(self, stage: str) -> Iterator[list[dict[str, Any]]]:
+        """The rows of each shard the stage's manifest lists, after `check_current`."""
+        manifest = self.check_current(stage)
+        for shard in manifest.shards:
+            path = self.stage_dir(stage) / shard["file"]
+            fix = f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`"
+            if not path.exists():
+                raise InputFileError(
+                    "a shard the stage's manifest lists is missing", file=str(path), fix=fix
                 )
-                count, index, batch = count + len(batch), index + 1, []
-        if batch or index == 0:  # an empty stage still gets one (empty) shard
-            write_parquet_atomic(
-                pa.Table.from_pylist(batch, schema=schema), _shard(directory, index)
-            )
-            count += len(batch)
-        return count
-
-    def _read_stage(self, stage: str) -> Iterator[dict[str, Any]]:
-        shards = sorted(self.stage_dir(stage).glob("shard-*.parquet"))
-        if not shards:
-            raise InputFileError(
-                f"no '{stage}' shards found",
-                file=self.location_of(stage),
-                fix=f"check the run directory, or run the stage that writes '{stage}' first",
-            )
-        for shard in shards:
-            fix = "delete the damaged shard and rerun the stage that wrote it"
-            yield from read_parquet_shard(shard, fix=fix).to_pylist()
+            yield read_parquet_shard(path, fix=fix).to_pylist()
 
     # -- metadata ----------------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:
+        """``run.json``; a damaged one is an `InputFileError` naming it."""
         path = self.root / "run.json"
         if not path.exists():
             return {}
-        return json.loads(path.read_text(encoding="utf-8"))
+        fix = f"move {path} aside (it holds only summaries; the stages stay usable)"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:
+            raise InputFileError(
+                f"cannot read the run's metadata ({type(error).__name__})", file=str(path), fix=fix
+            ) from error
+        if not isinstance(meta, dict) or not isinstance(meta.get("summaries", {}), dict):
+            raise InputFileError("run.json is not a vlit run summary", file=str(path), fix=fix)
+        return meta
 
     def save_summary(self, stage: str, summary: dict[str, Any]) -> None:
         """Record a stage's counts in ``run.json`` (read by reports and by `vlit status`)."""
@@ -173,13 +363,137 @@ class RunDir:
         meta.setdefault("summaries", {})[stage] = summary
         write_text_atomic(self.root / "run.json", json.dumps(meta, indent=2, sort_keys=True))
 
-    def mark_complete(self, stage: str, shard: int) -> None:
-        self.completions_dir.mkdir(parents=True, exist_ok=True)
-        (self.completions_dir / f"{stage}-{shard:05d}").touch()
 
-    def is_complete(self, stage: str, shard: int) -> bool:
-        return (self.completions_dir / f"{stage}-{shard:05d}").exists()
+class StageWriter:
+    """Writes one new version of a stage: shards under new names, then the manifest.
+
+    Use as a context manager: it commits when the block ends normally, and deletes its own
+    shards when the block raises (the previous version of the stage stays as it was).
+    `add_rows` cuts shards of ``shard_size`` rows; `write_shard` writes one shard as given (a
+    stage that maps input shards to output shards one to one).
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        stage: str,
+        *,
+        schema: pa.Schema,
+        inputs: dict[str, dict[str, Any]],
+        settings: dict[str, Any],
+        command: str,
+        shard_size: int,
+        lock: RunLock,
+    ) -> None:
+        self.run = run
+        self._lock = lock
+        self.stage = stage
+        self.schema = schema
+        self.inputs = inputs
+        self.settings = _plain(settings)
+        self.command = command
+        self.shard_size = shard_size
+        self.complete = True
+        self.rows = 0
+        self.token = secrets.token_hex(4)
+        self.directory = run.stage_dir(stage)
+        self._shards: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+        self.manifest: StageManifest | None = None
+
+    def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._pending.append(row)
+            if len(self._pending) >= self.shard_size:
+                self._flush()
+
+    def write_shard(self, rows: list[dict[str, Any]]) -> None:
+        self._flush()
+        self._write(rows)
+
+    def commit(self) -> StageManifest:
+        """Write the manifest (the stage now exists) and delete shards it does not list."""
+        self._flush()
+        if not self._shards:  # an empty stage still has one (empty) shard for plain readers
+            self._write([])
+        digest = hashlib.blake2b(digest_size=12)
+        for shard in self._shards:
+            digest.update(f"{shard['rows']}:{shard['digest']};".encode())
+        manifest = StageManifest(
+            stage=self.stage,
+            id=digest.hexdigest(),
+            rows=self.rows,
+            shards=self._shards,
+            inputs=self.inputs,
+            command=self.command,
+            settings=self.settings,
+            complete=self.complete,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        write_text_atomic(self.directory / MANIFEST_NAME, manifest.to_json())
+        listed = {shard["file"] for shard in self._shards}
+        for path in self.directory.glob("shard-*.parquet"):
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
+        self.manifest = manifest
+        self._lock.release()
+        return manifest
+
+    def abort(self) -> None:
+        """Delete the shards this writer wrote; the committed version is untouched."""
+        for shard in self._shards:
+            (self.directory / shard["file"]).unlink(missing_ok=True)
+        self._shards, self._pending = [], []
+        self._lock.release()
+
+    def _flush(self) -> None:
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._write(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        name = f"shard-{self.token}-{len(self._shards):05d}.parquet"
+        path = self.directory / name
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=self.schema), path)
+        self._shards.append({"file": name, "rows": len(rows), "digest": _file_digest(path)})
+        self.rows += len(rows)
+
+    def __enter__(self) -> StageWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
 
 
-def _shard(directory: Path, index: int) -> Path:
-    return directory / f"shard-{index:05d}.parquet"
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as JSON would give them back (tuples as lists, paths as strings)."""
+    try:
+        text = json.dumps(settings, sort_keys=True, default=_json_default)
+        plain: dict[str, Any] = json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise VlitError(f"stage settings are not JSON-serialisable ({error})") from error
+    return plain
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def _command_line() -> str:
+    """The command being run, by name only (``vlit score``): its options may hold secrets such
+    as header values, and the settings are recorded apart."""
+    name = next((word for word in sys.argv[1:] if not word.startswith("-")), "")
+    return f"vlit {name}".strip()

@@ -25,7 +25,8 @@ from typing import Any
 from vlit.errors import ConfigError, InputFileError, VlitError
 from vlit.fileio import write_text_atomic
 from vlit.images import is_url
-from vlit.rundir import RunDir
+from vlit.rundir import MANIFEST_NAME, RunDir
+from vlit.runlock import LOCK_NAME
 
 #: The environment variable naming the folder of staged runs and fetched inputs.
 STAGING_ENV = "VLIT_STAGING_DIR"
@@ -219,8 +220,10 @@ class StagedRunDir(RunDir):
         manifest = self._load_manifest()
         local_files = {
             path.relative_to(self.root).as_posix(): path
-            for path in sorted(self.root.rglob("*"))
-            if path.is_file() and not path.name.endswith((".tmp", ".part"))
+            for path in sorted(self.root.rglob("*"), key=_manifests_last)
+            if path.is_file()
+            and not path.name.endswith((".tmp", ".part"))
+            and not path.name.startswith(LOCK_NAME)
         }
         uploaded: list[str] = []
         for relative, path in local_files.items():
@@ -271,6 +274,12 @@ class StagedRunDir(RunDir):
         write_text_atomic(self._manifest_path, text)
 
 
+def _manifests_last(path: Path) -> tuple[bool, str]:
+    """Upload order: a stage's manifest after its shards, so a reader of the bucket never sees
+    a manifest that lists shards not there yet."""
+    return path.name == MANIFEST_NAME, path.as_posix()
+
+
 def _local_state(path: Path) -> list[int]:
     status = path.stat()
     return [status.st_size, status.st_mtime_ns]
@@ -278,24 +287,43 @@ def _local_state(path: Path) -> list[int]:
 
 @contextlib.contextmanager
 def open_run_dir(
-    location: str | os.PathLike[str], *, staging: str | os.PathLike[str] | None = None
+    location: str | os.PathLike[str],
+    *,
+    writer: str | None = None,
+    must_exist: bool = False,
+    staging: str | os.PathLike[str] | None = None,
 ) -> Iterator[RunDir]:
     """The run directory at ``location``: a local `RunDir`, or a pulled `StagedRunDir` for a URL.
 
-    A staged run is pushed when the block ends, also when it ends with an error (so the journal
-    and the shards written so far are not lost); a failed push then adds a note to that error.
+    ``writer`` names the command when it writes the run: it holds the run's lock
+    (`vlit.runlock`) for the whole block, so a second writer fails at once. A staged run is
+    pushed when the block ends, also when it ends with an error (so the journal and the
+    shards written so far are not lost); a failed push then adds a note to that error.
+    ``must_exist``: a local folder that is not there is an error (commands that read a run).
     """
-    if not is_url(os.fspath(location)):
-        yield RunDir(location)
-        return
-    run = StagedRunDir(os.fspath(location), staging=staging)
-    run.pull()
-    try:
-        yield run
-    except BaseException as error:
+    with contextlib.ExitStack() as stack:
+        if not is_url(os.fspath(location)):
+            run = RunDir(location)
+            if must_exist and not run.root.is_dir():
+                raise InputFileError(
+                    "run directory not found",
+                    file=str(run.root),
+                    fix="pass a directory made by `vlit collect`, `vlit import` or `vlit run`",
+                )
+            if writer is not None:
+                stack.enter_context(run.lock(writer))
+            yield run
+            return
+        staged = StagedRunDir(os.fspath(location), staging=staging)
+        if writer is not None:
+            stack.enter_context(staged.lock(writer))
+        staged.pull()
         try:
-            run.push()
-        except VlitError as failed:
-            error.add_note(f"the work done was not pushed to {run.url}: {failed}")
-        raise
-    run.push()
+            yield staged
+        except BaseException as error:
+            try:
+                staged.push()
+            except VlitError as failed:
+                error.add_note(f"the work done was not pushed to {staged.url}: {failed}")
+            raise
+        staged.push()

@@ -136,8 +136,8 @@ def _with_progress(source: CocoSource | JsonlSource) -> CollectResult:
 
 
 def _finish(result: CollectResult, out: str, title: str, as_json: bool) -> None:
-    with open_run_dir(out) as run:
-        run.write_records(result.records)
+    with open_run_dir(out, writer="vlit collect") as run:
+        run.write_records(result.records, settings={"sources": result.summary.get("sources")})
         summary = {"run_dir": run.location, **result.summary}
         run.save_summary("collect", summary)
     if as_json:

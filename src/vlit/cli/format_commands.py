@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ from vlit.formats import (
 from vlit.formats.jsonl import sample_to_json
 from vlit.images import is_url
 from vlit.rundir import SAMPLE_STAGES, RunDir
+from vlit.runlock import RunLockedError
 from vlit.storage import open_run_dir
 
 _LATER_STAGES = ("scores", "kept", "dropped")
@@ -84,7 +86,9 @@ def import_command(
     samples = importer.samples(file)
     first = list(itertools.islice(samples, 1))  # file-level errors surface before writing
     written = run.write_samples(
-        "samples", track(itertools.chain(first, samples), f"importing {file.name} ({name})")
+        "samples",
+        track(itertools.chain(first, samples), f"importing {file.name} ({name})"),
+        settings={"format": name, "file": str(file.resolve()), "images": str(images)},
     )
     summary: dict[str, Any] = {
         "format": name,
@@ -150,7 +154,8 @@ def export_command(
         where = run.location if is_url(run_path) else str(run.root.resolve())
         summary = {"format": name, "stage": chosen, "run": where, **counts}
         summary["out"] = str(out.resolve())
-        run.save_summary("export", summary)
+        with contextlib.suppress(RunLockedError), run.lock("vlit export"):
+            run.save_summary("export", summary)  # a note for later; skipped while a writer runs
     emit_summary("vlit export", summary, as_json=as_json)
 
 

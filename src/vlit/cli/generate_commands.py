@@ -84,7 +84,8 @@ def generate_command(
     )
     settings = section.to_settings()
     backend = build_backend(llm.to_config(concurrency=concurrency)) if settings.llm_modes else None
-    with open_run_dir(run) as run_dir, recipe_progress() as progress:
+    opened = open_run_dir(run, writer="vlit generate", must_exist=True)
+    with opened as run_dir, recipe_progress() as progress:
         summary = generate_run(
             run_dir,
             settings=settings,

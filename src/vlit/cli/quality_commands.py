@@ -115,7 +115,8 @@ def score_command(
         grounding=not no_grounding,
         lint=not no_lint,
     )
-    with open_run_dir(run) as run_dir, progress_bar() as progress:
+    opened = open_run_dir(run, writer="vlit score", must_exist=True)
+    with opened as run_dir, progress_bar() as progress:
         task = progress.add_task("scoring", total=None)
         summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
     emit_summary("vlit score", summary, as_json=as_json)
@@ -190,6 +191,6 @@ def filter_command(
         min_scores=_pairs(min_score or [], "--min-score"),
         max_scores=_pairs(max_score or [], "--max-score"),
     )
-    with open_run_dir(run) as run_dir:
+    with open_run_dir(run, writer="vlit filter", must_exist=True) as run_dir:
         summary = filter_run(run_dir, options)
     emit_summary("vlit filter", summary, as_json=as_json)

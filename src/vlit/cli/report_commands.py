@@ -131,12 +131,9 @@ def report_command(
     names: set[str] = set()
     with contextlib.ExitStack() as staged:  # runs on URLs are pushed (indicators.json) at the end
         for given in runs:
-            if is_url(given):
-                path = staged.enter_context(open_run_dir(given)).root
-                base = given.rstrip("/").rsplit("/", 1)[-1]
-            else:
-                path = Path(given)
-                base = path.name
+            opened = open_run_dir(given, writer="vlit report", must_exist=True)
+            path = staged.enter_context(opened).root
+            base = given.rstrip("/").rsplit("/", 1)[-1] if is_url(given) else Path(given).name
             name = base if base not in names else given
             names.add(name)
             session = None
@@ -221,7 +218,8 @@ def select_command(
             raise ConfigError(f"{out} already has samples", fix="choose a new --out")
         if loaded.records:
             target.write_records(loaded.records.values())
-    target.write_samples(stage, result.selected)
+    inputs = (loaded.stage,) if out is None else ()
+    target.write_samples(stage, result.selected, inputs=inputs, command="vlit select")
     target.save_summary("select", {**result.summary, "source": str(run)})
     settings = _settings(eps, 5, 10_000, 5000, seed)
     embedding_model = None if embedder == "none" else load_embedder(embedder)

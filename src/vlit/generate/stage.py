@@ -1,9 +1,11 @@
 """The generate stage over a run directory: ``RUN/records/`` -> ``RUN/samples/``.
 
-One samples shard per records shard, written atomically once all of its requests are answered.
-Every answer is committed to ``RUN/journal.sqlite`` as it arrives, so a rerun (after a crash, a
-SIGKILL or a spent budget) sends only the requests that have no answer yet and rebuilds the same
-samples, in the same order, with the same bytes.
+One samples shard per records shard, written once all of its requests are answered; the stage
+is committed (its manifest written) when every shard is, so a killed run leaves the previous
+samples, or none, and never a part of them. Every answer is committed to
+``RUN/journal.sqlite`` as it arrives, so a rerun (after a crash, a SIGKILL or a spent budget)
+sends only the requests that have no answer yet and rebuilds the same samples, in the same
+order, with the same bytes.
 
 Example:
     >>> settings = GenerationSettings(modes={"conversation": 1.0}, n=5)
@@ -17,11 +19,9 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from vlit.errors import ConfigError, InputFileError
-from vlit.fileio import read_parquet_shard
+from vlit.errors import ConfigError
 from vlit.generate.generator import (
     ConversationGenerator,
     GenerationSettings,
@@ -55,7 +55,7 @@ def generate_run(
     ``backend`` may be ``None`` only when no LLM mode is asked for (adaptation alone).
     The summary is also saved in ``run.json`` under ``generate``.
     """
-    shards = _record_shards(run)
+    records_stage = run.check_current("records")
     if settings.llm_modes and backend is None:
         raise ConfigError(
             f"modes {', '.join(settings.llm_modes)} need an LLM",
@@ -67,6 +67,12 @@ def generate_run(
         images_root=run.images_location,
         generator_info=backend.describe() if backend is not None else {},
     )
+    settings_record = {
+        "generation": settings,
+        "model": backend.describe() if backend is not None else None,
+        "max_requests": max_requests,
+        "max_cost": max_cost,
+    }
     journal = LlmJournal(run.journal_path) if backend is not None else None
     counts = _Counts()
     usage = SessionUsage()
@@ -83,19 +89,24 @@ def generate_run(
             if backend is not None
             else None
         )
-        for index, shard in enumerate(shards):
-            records = _read_records(shard)
-            step = f"generating (shard {index + 1}/{len(shards)})"
-            samples, requests = _generate_shard(generator, session, records, step, progress)
-            run.write_shard(SAMPLES_STAGE, index, samples)
-            counts.add(records, samples, requests)
-        if session is not None:
-            usage = session.usage()
+        writer = run.writer(
+            SAMPLES_STAGE, inputs=("records",), settings=settings_record, command="vlit generate"
+        )
+        with writer:
+            shard_count = len(records_stage.shards)
+            for index, rows in enumerate(run.read_shards("records")):
+                records = [ImageRecord.from_row(row) for row in rows]
+                step = f"generating (shard {index + 1}/{shard_count})"
+                samples, requests = _generate_shard(generator, session, records, step, progress)
+                writer.write_shard([sample.to_row() for sample in samples])
+                counts.add(records, samples, requests)
+            if session is not None:
+                usage = session.usage()
+            writer.complete = usage.stopped is None
         journal_totals = journal.totals() if journal is not None else None
     finally:
         if journal is not None:
             journal.close()
-    _remove_stale_shards(run, len(shards))
     summary: dict[str, Any] = {
         "images": counts.images,
         "modes": list(settings.modes),
@@ -181,26 +192,3 @@ class _Counts:
                 self.truncated += bool(sample.provenance.get("truncated"))
             else:
                 self.failed[str(sample.failure_reason)] += 1
-
-
-def _record_shards(run: RunDir) -> list[Path]:
-    shards = sorted(run.stage_dir("records").glob("shard-*.parquet"))
-    if not shards:
-        raise InputFileError(
-            "no image records in this run directory",
-            file=str(run.stage_dir("records")),
-            fix="run `vlit collect` into it first (or `vlit run` with a collect section)",
-        )
-    return shards
-
-
-def _read_records(shard: Path) -> list[ImageRecord]:
-    table = read_parquet_shard(shard, fix="delete the damaged shard and rerun `vlit collect`")
-    return [ImageRecord.from_row(row) for row in table.to_pylist()]
-
-
-def _remove_stale_shards(run: RunDir, count: int) -> None:
-    """Shards left from an earlier run that had more record shards than this one."""
-    for shard in run.stage_dir(SAMPLES_STAGE).glob("shard-*.parquet"):
-        if int(shard.stem.split("-")[1]) >= count:
-            shard.unlink()

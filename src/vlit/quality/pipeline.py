@@ -1,6 +1,6 @@
 """Score and filter a run directory: the library side of `vlit score` and `vlit filter`.
 
-``score_run`` reads the latest samples (``RunDir.latest_sample_stage()``), runs the chosen
+``score_run`` reads ``RUN/samples`` (after checking it is current), runs the chosen
 per-sample stages (lint, grounding against ``RUN/records``, matching degree, correctness judge)
 through the local runner, then the dataset-wide lint (length outliers, duplicates), and writes
 ``RUN/scores/``. A scorer that cannot run (no model weights, no records) does not stop the
@@ -89,11 +89,20 @@ def _records(run: RunDir) -> dict[str, ImageRecord]:
     return {record.image_id: record for record in run.read_records()}
 
 
+def score_settings(options: ScoreOptions) -> dict[str, Any]:
+    """What decides the scores (the stage manifest records it; `vlit run` compares it)."""
+    ignored = {"runner", "ray_address", "decode_workers", "clip_batch_size", "clip_decode"}
+    settings = {k: v for k, v in options.__dict__.items() if k not in ignored}
+    if options.llm is not None:
+        settings["llm"] = {"base_url": options.llm.base_url, "model": options.llm.model}
+    return settings
+
+
 def score_run(
     run: RunDir, options: ScoreOptions, *, on_batch: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Score the run's latest samples into ``RUN/scores``; return the summary."""
-    source = run.latest_sample_stage()
+    """Score the run's samples into ``RUN/scores``; return the summary."""
+    source = "samples"
     samples = list(run.read_samples(source))
     records = _records(run)
     summary: dict[str, Any] = {"input_stage": source, "samples": len(samples)}
@@ -175,7 +184,10 @@ def score_run(
             summary["correctness"]["llm"] = judge.session.summary()
     if options.runner == "ray":
         summary["runner"] = {"kind": "ray", "address": options.ray_address or "local"}
-    summary["written"] = run.write_samples("scores", scored)
+    inputs = ("samples", "records") if records else ("samples",)
+    summary["written"] = run.write_samples(
+        "scores", scored, inputs=inputs, settings=score_settings(options), command="vlit score"
+    )
     summary["output"] = str(run.stage_dir("scores"))
     run.save_summary("score", summary)
     return summary
@@ -275,19 +287,35 @@ def build_filters(options: FilterOptions, samples: list[Sample]) -> list[SampleF
     return filters
 
 
+def filter_settings(options: FilterOptions) -> dict[str, Any]:
+    """What decides the split (the stage manifests record it; `vlit run` compares it)."""
+    return dict(options.__dict__)
+
+
 def filter_run(run: RunDir, options: FilterOptions) -> dict[str, Any]:
-    """Split ``RUN/scores`` into ``RUN/kept`` and ``RUN/dropped``; return the summary."""
+    """Split ``RUN/scores`` into ``RUN/kept`` and ``RUN/dropped``; return the summary.
+
+    ``dropped`` is committed after ``kept`` and lists it as an input, so a filter killed
+    between the two leaves a ``dropped`` that readers refuse as stale.
+    """
     source = "scores" if run.has_stage("scores") else run.latest_sample_stage()
     samples = list(run.read_samples(source))
     filters = build_filters(options, samples)
     chain = FilterChain(filters)
     kept, dropped = chain.split(samples)
     reasons = Counter(str(s.drop_reason).split(":")[0] for s in dropped)
+    settings = filter_settings(options)
+    written_kept = run.write_samples(
+        "kept", kept, inputs=(source,), settings=settings, command="vlit filter"
+    )
+    written_dropped = run.write_samples(
+        "dropped", dropped, inputs=(source, "kept"), settings=settings, command="vlit filter"
+    )
     summary: dict[str, Any] = {
         "input_stage": source,
         "total": len(samples),
-        "kept": run.write_samples("kept", kept),
-        "dropped": run.write_samples("dropped", dropped),
+        "kept": written_kept,
+        "dropped": written_dropped,
         "dropped_by_reason": dict(sorted(reasons.items())),
         "filters": chain.summary(),
         "thresholds": {
