@@ -13,6 +13,7 @@ from vlit.quality.filtering import (
     MinScoreFilter,
     QuantileThreshold,
     RequireCorrectFilter,
+    ScoreValues,
 )
 from vlit.quality.pipeline import FilterOptions, build_filters
 from vlit.schema import Sample, Turn
@@ -71,7 +72,7 @@ def test_quantile_threshold_uses_the_runs_own_scores() -> None:
     failed.failure_reason = "x"
     samples.append(failed)  # failed samples do not shift the quantile
     assert QuantileThreshold(0.3).resolve(samples, "md") == pytest.approx(3.7)
-    filters = build_filters(FilterOptions(min_md_quantile=0.3), samples)
+    filters = build_filters(FilterOptions(min_md_quantile=0.3), ScoreValues.of_samples(samples))
     kept, _ = FilterChain(filters).split(samples)
     assert [s.sample_id for s in kept] == ["4", "5", "6", "7", "8", "9", "10"]
     with pytest.raises(ConfigError, match="outside"):

@@ -326,8 +326,17 @@ class RunDir:
         for rows in self.read_shards(stage):
             yield [Sample.from_row(row) for row in rows]
 
+    def read_columns(self, stage: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
+        """Only ``columns`` of the stage, one shard at a time (column name -> values)."""
+        for table in self._tables(stage, columns):
+            yield table.to_pydict()
+
     def read_shards(self, stage: str) -> Iterator[list[dict[str, Any]]]:
         """The rows of each shard the stage's manifest lists, after `check_current`."""
+        for table in self._tables(stage, None):
+            yield table.to_pylist()
+
+    def _tables(self, stage: str, columns: list[str] | None) -> Iterator[pa.Table]:
         manifest = self.check_current(stage)
         for shard in manifest.shards:
             path = self.stage_dir(stage) / shard["file"]
@@ -336,7 +345,7 @@ class RunDir:
                 raise InputFileError(
                     "a shard the stage's manifest lists is missing", file=str(path), fix=fix
                 )
-            yield read_parquet_shard(path, fix=fix).to_pylist()
+            yield read_parquet_shard(path, fix=fix, columns=columns)
 
     # -- metadata ----------------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:

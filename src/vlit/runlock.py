@@ -28,6 +28,8 @@ from vlit.errors import VlitError
 
 LOCK_NAME = ".vlit.lock"
 _log = logging.getLogger("vlit")
+#: How many times this process holds each lock (path -> count): the file goes with the last.
+_held_here: dict[Path, int] = {}
 
 
 class RunLockedError(VlitError):
@@ -50,6 +52,11 @@ class RunLock:
         self._held = False
 
     def acquire(self) -> None:
+        key = self.path.absolute()
+        if _held_here.get(key):
+            _held_here[key] += 1
+            self._held = True
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mine = _holder(self.command)
         for _ in range(3):
@@ -57,8 +64,6 @@ class RunLock:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_holder(self.path)
-                if holder is not None and holder.get("pid") == os.getpid():
-                    return  # this process holds it already (a command that writes stages)
                 if holder is not None and not _is_dead(holder):
                     raise RunLockedError(
                         f"another command is writing this run: {_describe(holder)}",
@@ -72,6 +77,7 @@ class RunLock:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 json.dump(mine, handle)
             self._held = True
+            _held_here[key] = 1
             return
         raise RunLockedError(
             "the run's lock keeps changing hands",
@@ -83,6 +89,11 @@ class RunLock:
         if not self._held:
             return
         self._held = False
+        key = self.path.absolute()
+        _held_here[key] -= 1
+        if _held_here[key] > 0:
+            return
+        del _held_here[key]
         holder = _read_holder(self.path)
         if holder is not None and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from vlit.errors import ConfigError
 from vlit.schema import Sample
@@ -61,20 +61,23 @@ class DuplicateFinder:
         self.num_perm = num_perm
         self.seed = seed
 
-    def find(self, samples: Sequence[Sample]) -> dict[int, list[str]]:
-        """Flags per sample index (only duplicates appear)."""
+    def find(self, samples: Iterable[Sample]) -> dict[int, list[str]]:
+        """Flags per sample index (only duplicates appear). ``samples`` is read once, in order:
+        what is kept per sample is its text digest, image identity and MinHash signature."""
         from datasketch import MinHash, MinHashLSH
 
         flags: dict[int, list[str]] = {}
-        first_by_hash: dict[str, int] = {}
+        first_by_hash: dict[bytes, int] = {}
+        identities: list[str | None] = []
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         signatures: dict[int, MinHash] = {}
         for index, sample in enumerate(samples):
+            identities.append(image_identity(sample))
             text = normalised_conversation(sample)
-            digest = hashlib.sha1(text.encode()).hexdigest()
+            digest = hashlib.sha1(text.encode()).digest()
             if digest in first_by_hash:
                 original = first_by_hash[digest]
-                flags[index] = ["duplicate_exact", *self._same_image(samples, index, original)]
+                flags[index] = ["duplicate_exact", *_same_image(identities, index, original)]
                 continue
             first_by_hash[digest] = index
             signature = MinHash(num_perm=self.num_perm, seed=self.seed)
@@ -83,14 +86,16 @@ class DuplicateFinder:
             close = [c for c in candidates if signatures[c].jaccard(signature) >= self.threshold]
             if close:
                 original = min(close)
-                flags[index] = ["duplicate_near", *self._same_image(samples, index, original)]
+                flags[index] = ["duplicate_near", *_same_image(identities, index, original)]
             lsh.insert(str(index), signature)
             signatures[index] = signature
         return flags
 
-    @staticmethod
-    def _same_image(samples: Sequence[Sample], index: int, original: int) -> list[str]:
-        identity = image_identity(samples[index])
-        if identity is not None and identity == image_identity(samples[original]):
-            return ["duplicate_same_image"]
-        return []
+
+def _same_image(identities: list[str | None], index: int, original: int) -> list[str]:
+    identity = identities[index]
+    return (
+        ["duplicate_same_image"]
+        if identity is not None and identity == identities[original]
+        else []
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -77,14 +77,44 @@ class QuantileThreshold:
                 fix="pass a share such as 0.1 for the lowest tenth",
             )
 
-    def resolve(self, samples: Sequence[Sample], score: str) -> float:
-        values = [s.scores[score] for s in samples if s.ok and score in s.scores]
+    def resolve(self, samples: Iterable[Sample], score: str) -> float:
+        """The quantile of ``score`` over the samples generated correctly."""
+        return self.of_values(
+            [s.scores[score] for s in samples if s.ok and score in s.scores], score
+        )
+
+    def of_values(self, values: Sequence[float], score: str) -> float:
         if not values:
             raise ConfigError(
                 f"no sample has a '{score}' score, so its quantile is undefined",
                 fix="run `vlit score` with the scorer that writes it, or drop this option",
             )
         return float(np.quantile(np.asarray(values), self.quantile))
+
+
+@dataclass
+class ScoreValues:
+    """What thresholds are resolved on, gathered in one pass over a stage: the values of the
+    ``kept_scores`` over the samples generated correctly, and the names of every score present.
+    """
+
+    kept_scores: tuple[str, ...] = ("md",)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    present: set[str] = field(default_factory=set)
+
+    def add(self, scores: dict[str, float], *, ok: bool) -> None:
+        self.present.update(scores)
+        if ok:
+            for name in self.kept_scores:
+                if name in scores:
+                    self.values.setdefault(name, []).append(scores[name])
+
+    @classmethod
+    def of_samples(cls, samples: Iterable[Sample]) -> ScoreValues:
+        gathered = cls()
+        for sample in samples:
+            gathered.add(sample.scores, ok=sample.ok)
+        return gathered
 
 
 class MinScoreFilter(SampleFilter):

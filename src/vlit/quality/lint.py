@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -224,22 +224,36 @@ class DatasetLinter:
 
     def apply(self, samples: Sequence[Sample]) -> Counter[str]:
         """Flag ``samples`` in place; return the number of samples per flag."""
-        found: dict[int, Counter[str]] = {}
-        for index, flag in self._length_outliers(samples):
-            found.setdefault(index, Counter())[flag] += 1
-        for index, duplicate_flags in self.finder.find(samples).items():
-            found.setdefault(index, Counter()).update(duplicate_flags)
-        for index, flags in found.items():
-            record_flags(samples[index], flags)
-            self.counts.update({f: 1 for f in flags})
+        for index, flags in self.find(samples).items():
+            self.flag(samples[index], flags)
         for sample in samples:
             sample.scores.setdefault("lint_flags", 0.0)
         return self.counts
 
-    def _length_outliers(self, samples: Sequence[Sample]) -> Iterator[tuple[int, str]]:
-        lengths = np.array(
-            [math.log1p(sum(len(t.split()) for t in s.assistant_turns())) for s in samples]
-        )
+    def find(self, samples: Iterable[Sample]) -> dict[int, Counter[str]]:
+        """The flags of each sample index, reading ``samples`` once (a stream of any size: per
+        sample, its answer length and what `DuplicateFinder` keeps)."""
+        lengths: list[float] = []
+
+        def measured() -> Iterator[Sample]:
+            for sample in samples:
+                lengths.append(math.log1p(sum(len(t.split()) for t in sample.assistant_turns())))
+                yield sample
+
+        duplicates = self.finder.find(measured())
+        found: dict[int, Counter[str]] = {}
+        for index, flag in self._length_outliers(np.array(lengths)):
+            found.setdefault(index, Counter())[flag] += 1
+        for index, duplicate_flags in duplicates.items():
+            found.setdefault(index, Counter()).update(duplicate_flags)
+        return found
+
+    def flag(self, sample: Sample, flags: Counter[str]) -> None:
+        """Record ``flags`` (from `find`) on ``sample`` and count them."""
+        record_flags(sample, flags)
+        self.counts.update({f: 1 for f in flags})
+
+    def _length_outliers(self, lengths: np.ndarray) -> Iterator[tuple[int, str]]:
         if len(lengths) < 5:
             return
         median = float(np.median(lengths))

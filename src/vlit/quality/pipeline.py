@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import numpy as np
 
 from vlit.errors import ConfigError, ModelUnavailableError
 from vlit.llm.config import LlmConfig, build_backend
@@ -36,6 +34,7 @@ from vlit.quality.filtering import (
     QuantileThreshold,
     RequireCorrectFilter,
     SampleFilter,
+    ScoreValues,
 )
 from vlit.quality.grounding import AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
@@ -101,11 +100,17 @@ def score_settings(options: ScoreOptions) -> dict[str, Any]:
 def score_run(
     run: RunDir, options: ScoreOptions, *, on_batch: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Score the run's samples into ``RUN/scores``; return the summary."""
+    """Score the run's samples into ``RUN/scores``; return the summary.
+
+    The local runner streams: samples are read, scored and written shard by shard. What stays
+    in memory is the records (one per image, for grounding and the judge) and what the dataset
+    lint keeps per sample (answer length, text digest, MinHash signature), gathered in a first
+    pass over the samples.
+    """
     source = "samples"
-    samples = list(run.read_samples(source))
+    manifest = run.check_current(source)
     records = _records(run)
-    summary: dict[str, Any] = {"input_stage": source, "samples": len(samples)}
+    summary: dict[str, Any] = {"input_stage": source, "samples": manifest.rows}
     stages: list[Stage] = []
     linter = SampleLinter() if options.lint else None
     if linter is not None:
@@ -117,14 +122,15 @@ def score_run(
     elif options.grounding:
         summary["grounding"] = {"status": "not_run: this run has no records/ to check against"}
     matcher = None
+    md_unavailable: str | None = None
     if options.clip is not None:
         matcher = _matcher(options)
         try:
             matcher.setup()
             stages.append(matcher)
         except ModelUnavailableError as error:
-            _mark_md_unavailable(samples, options, str(error))
-            summary["md"] = {"status": "not_computed", "reason": str(error)}
+            md_unavailable = str(error)
+            summary["md"] = {"status": "not_computed", "reason": md_unavailable}
             matcher = None
     judge = None
     if options.judge:
@@ -142,55 +148,85 @@ def score_run(
             concurrency=options.llm.concurrency,
         )
         stages.append(judge)
-    try:
-        if options.runner == "ray":
-            from vlit.runners.ray_journal import JournalClient
-            from vlit.runners.ray_runner import run_stages_ray
+    dataset_linter = DatasetLinter(duplicate_threshold=options.duplicate_threshold)
+    dataset_flags = (
+        dataset_linter.find(s for s in run.read_samples(source) if s.ok) if options.lint else {}
+    )
 
-            remote = [_for_ray(stage, options, run) for stage in stages]
-            try:
-                scored = run_stages_ray(remote, samples, address=options.ray_address)
-            finally:
-                for used in remote:
-                    if isinstance(used, CorrectnessJudge) and isinstance(
-                        used.journal, JournalClient
-                    ):
-                        used.journal.stop_server()
-            for stage, used in zip(stages, remote, strict=True):
-                if used is not stage:  # the workers' counts were summed into the copy they used
-                    stage.counts.update(used.counts)  # type: ignore[attr-defined]
-        else:
-            scored = list(run_stages(stages, samples, on_batch=on_batch))
-    finally:
-        if matcher is not None:
-            matcher.close()
-    if options.lint:
-        dataset_linter = DatasetLinter(duplicate_threshold=options.duplicate_threshold)
-        dataset_linter.apply([s for s in scored if s.ok])
-        assert linter is not None
+    def inputs() -> Iterator[Sample]:
+        for sample in run.read_samples(source):
+            if md_unavailable is not None:
+                _mark_md_unavailable(sample, options, md_unavailable)
+            yield sample
+
+    means = _Means("ground_hallucination_rate", "md", "correct")
+    inputs_used = ("samples", "records") if records else ("samples",)
+    writer = run.writer(
+        "scores", inputs=inputs_used, settings=score_settings(options), command="vlit score"
+    )
+    with writer:
+        try:
+            ok_index = 0
+            for sample in _scored(stages, inputs(), options, run, on_batch):
+                if options.lint and sample.ok:
+                    if ok_index in dataset_flags:
+                        dataset_linter.flag(sample, dataset_flags[ok_index])
+                    sample.scores.setdefault("lint_flags", 0.0)
+                    ok_index += 1
+                means.add(sample)
+                writer.add_rows([sample.to_row()])
+        finally:
+            if matcher is not None:
+                matcher.close()
+    if linter is not None:
         summary["lint"] = {"samples_flagged": _merge(linter.counts, dataset_linter.counts)}
     if grounding is not None:
-        summary["grounding"] = dict(grounding.counts) | _means(scored, "ground_hallucination_rate")
+        summary["grounding"] = dict(grounding.counts) | means.of("ground_hallucination_rate")
     if matcher is not None:
         summary["md"] = (
             {"status": "computed"}
             | {k: v for k, v in matcher.provenance().items() if k != "prefix"}
             | dict(matcher.counts)
-            | _means(scored, "md")
+            | means.of("md")
         )
     if judge is not None:
-        summary["correctness"] = dict(judge.counts) | _means(scored, "correct")
+        summary["correctness"] = dict(judge.counts) | means.of("correct")
         if judge.session is not None:
             summary["correctness"]["llm"] = judge.session.summary()
     if options.runner == "ray":
         summary["runner"] = {"kind": "ray", "address": options.ray_address or "local"}
-    inputs = ("samples", "records") if records else ("samples",)
-    summary["written"] = run.write_samples(
-        "scores", scored, inputs=inputs, settings=score_settings(options), command="vlit score"
-    )
+    summary["written"] = writer.rows
     summary["output"] = str(run.stage_dir("scores"))
     run.save_summary("score", summary)
     return summary
+
+
+def _scored(
+    stages: list[Stage],
+    samples: Iterator[Sample],
+    options: ScoreOptions,
+    run: RunDir,
+    on_batch: Callable[[int], None] | None,
+) -> Iterator[Sample]:
+    """``samples`` through ``stages``: streamed by the local runner; on Ray, the samples go to
+    the cluster in one dataset and come back in order."""
+    if options.runner != "ray":
+        yield from run_stages(stages, samples, on_batch=on_batch)
+        return
+    from vlit.runners.ray_journal import JournalClient
+    from vlit.runners.ray_runner import run_stages_ray
+
+    remote = [_for_ray(stage, options, run) for stage in stages]
+    try:
+        scored = run_stages_ray(remote, list(samples), address=options.ray_address)
+    finally:
+        for used in remote:
+            if isinstance(used, CorrectnessJudge) and isinstance(used.journal, JournalClient):
+                used.journal.stop_server()
+    for stage, used in zip(stages, remote, strict=True):
+        if used is not stage:  # the workers' counts were summed into the copy they used
+            stage.counts.update(used.counts)  # type: ignore[attr-defined]
+    yield from scored
 
 
 def _matcher(options: ScoreOptions) -> ClipMatchingScorer:
@@ -220,16 +256,15 @@ def _for_ray(stage: Stage, options: ScoreOptions, run: RunDir) -> Stage:
     return stage
 
 
-def _mark_md_unavailable(samples: list[Sample], options: ScoreOptions, reason: str) -> None:
-    for sample in samples:
-        sample.scores.pop("md", None)
-        sample.scores.pop("md_min", None)
-        sample.provenance.setdefault("quality", {})["md"] = {
-            "status": "not_computed: model_unavailable",
-            "model": options.clip,
-            "text_mode": options.clip_mode,
-            "detail": reason,
-        }
+def _mark_md_unavailable(sample: Sample, options: ScoreOptions, reason: str) -> None:
+    sample.scores.pop("md", None)
+    sample.scores.pop("md_min", None)
+    sample.provenance.setdefault("quality", {})["md"] = {
+        "status": "not_computed: model_unavailable",
+        "model": options.clip,
+        "text_mode": options.clip_mode,
+        "detail": reason,
+    }
 
 
 def _merge(*counters: Counter[str]) -> dict[str, int]:
@@ -239,15 +274,29 @@ def _merge(*counters: Counter[str]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def _means(samples: list[Sample], score: str) -> dict[str, float]:
-    values = [s.scores[score] for s in samples if score in s.scores]
-    if not values:
-        return {}
-    return {f"mean_{score}": round(float(np.mean(values)), 4), f"scored_{score}": len(values)}
+class _Means:
+    """Running means of some scores over a stream of samples."""
+
+    def __init__(self, *scores: str) -> None:
+        self.totals = dict.fromkeys(scores, 0.0)
+        self.counts = dict.fromkeys(scores, 0)
+
+    def add(self, sample: Sample) -> None:
+        for score in self.totals:
+            if score in sample.scores:
+                self.totals[score] += sample.scores[score]
+                self.counts[score] += 1
+
+    def of(self, score: str) -> dict[str, float]:
+        count = self.counts[score]
+        if not count:
+            return {}
+        mean = round(self.totals[score] / count, 4)
+        return {f"mean_{score}": mean, f"scored_{score}": count}
 
 
-def build_filters(options: FilterOptions, samples: list[Sample]) -> list[SampleFilter]:
-    """The filter chain for ``options``; quantile thresholds are resolved on ``samples``."""
+def build_filters(options: FilterOptions, scores: ScoreValues) -> list[SampleFilter]:
+    """The filter chain for ``options``; quantile thresholds are resolved on ``scores``."""
     filters: list[SampleFilter] = [FailedGenerationFilter()]
     if options.min_md is not None and options.min_md_quantile is not None:
         raise ConfigError(
@@ -256,16 +305,18 @@ def build_filters(options: FilterOptions, samples: list[Sample]) -> list[SampleF
         )
     minimum = options.min_md
     if options.min_md_quantile is not None:
-        minimum = QuantileThreshold(options.min_md_quantile).resolve(samples, "md")
+        minimum = QuantileThreshold(options.min_md_quantile).of_values(
+            scores.values.get("md", []), "md"
+        )
     if minimum is not None:
-        if not any("md" in s.scores for s in samples):
+        if "md" not in scores.present:
             raise ConfigError(
                 "no sample has a matching degree, so --min-md cannot filter",
                 fix="run `vlit score RUN --clip MODEL` first",
             )
         filters.append(MinScoreFilter(score="md", minimum=minimum))
     if options.require_correct:
-        if not any("correct" in s.scores for s in samples):
+        if "correct" not in scores.present:
             raise ConfigError(
                 "no sample was judged, so --require-correct cannot filter",
                 fix="run `vlit score RUN --judge --llm-base-url URL --llm-model NAME` first",
@@ -295,27 +346,37 @@ def filter_settings(options: FilterOptions) -> dict[str, Any]:
 def filter_run(run: RunDir, options: FilterOptions) -> dict[str, Any]:
     """Split ``RUN/scores`` into ``RUN/kept`` and ``RUN/dropped``; return the summary.
 
-    ``dropped`` is committed after ``kept`` and lists it as an input, so a filter killed
-    between the two leaves a ``dropped`` that readers refuse as stale.
+    Two streaming passes: the first reads only the score columns (for quantile thresholds),
+    the second splits shard by shard. ``dropped`` is committed after ``kept`` and lists it as
+    an input, so a filter killed between the two leaves a ``dropped`` that readers refuse.
     """
     source = "scores" if run.has_stage("scores") else run.latest_sample_stage()
-    samples = list(run.read_samples(source))
-    filters = build_filters(options, samples)
+    gathered = ScoreValues()
+    for columns in run.read_columns(source, ["scores", "failure_reason"]):
+        for scores, failure in zip(columns["scores"], columns["failure_reason"], strict=True):
+            gathered.add(dict(scores or ()), ok=failure is None)
+    filters = build_filters(options, gathered)
     chain = FilterChain(filters)
-    kept, dropped = chain.split(samples)
-    reasons = Counter(str(s.drop_reason).split(":")[0] for s in dropped)
     settings = filter_settings(options)
-    written_kept = run.write_samples(
-        "kept", kept, inputs=(source,), settings=settings, command="vlit filter"
-    )
-    written_dropped = run.write_samples(
-        "dropped", dropped, inputs=(source, "kept"), settings=settings, command="vlit filter"
-    )
+    reasons: Counter[str] = Counter()
+    total = 0
+    kept = run.writer("kept", inputs=(source,), settings=settings, command="vlit filter")
+    dropped = run.writer("dropped", inputs=(source,), settings=settings, command="vlit filter")
+    with dropped:
+        with kept:
+            for shard in run.read_sample_shards(source):
+                kept_now, dropped_now = chain.split(shard)
+                kept.add_rows(sample.to_row() for sample in kept_now)
+                dropped.add_rows(sample.to_row() for sample in dropped_now)
+                reasons.update(str(s.drop_reason).split(":")[0] for s in dropped_now)
+                total += len(shard)
+        assert kept.manifest is not None
+        dropped.inputs["kept"] = {"id": kept.manifest.id, "rows": kept.manifest.rows}
     summary: dict[str, Any] = {
         "input_stage": source,
-        "total": len(samples),
-        "kept": written_kept,
-        "dropped": written_dropped,
+        "total": total,
+        "kept": kept.rows,
+        "dropped": dropped.rows,
         "dropped_by_reason": dict(sorted(reasons.items())),
         "filters": chain.summary(),
         "thresholds": {

@@ -1,0 +1,112 @@
+"""Score -> filter -> export over a run directory at growing sizes: time and peak memory.
+
+Builds a LLaVA-style run of N varied conversations about the 50 real COCO images in
+``../shared/data/coco_tiny`` (questions and answers recombined from the COCO captions, the VQA v2
+questions and the LLaVA slice's captions, so no two samples are the same text by construction),
+then runs each stage as its own `vlit` process and reports its wall time and peak RSS. With
+``--compare SRC`` the same stages also run on another checkout's ``src`` (for example the commit
+before a change), interleaved, so both columns come from the same session.
+
+    .venv/bin/python benchmarks/bench_run_dir.py --sizes 10000 40000
+    .venv/bin/python benchmarks/bench_run_dir.py --sizes 20000 --compare /tmp/old/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+STAGES = {
+    "score": ["score", "RUN", "--json"],
+    "filter": ["filter", "RUN", "--drop-lint", "duplicate_exact,empty_turn", "--json"],
+    "export": ["export", "RUN", "--format", "llava", "--out", "RUN/export.json", "--json"],
+}
+
+_BUILD = """
+import json, random, sys
+from pathlib import Path
+from vlit.collect import CocoCollector
+from vlit.rundir import RunDir
+from vlit.schema import Sample, Turn
+
+root, size, data = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+coco = data / "coco_tiny"
+records = CocoCollector(
+    images_dir=str(coco / "train2017"),
+    captions=str(coco / "annotations" / "captions_train2017.json"),
+    instances=str(coco / "annotations" / "instances_train2017.json"),
+).collect().records
+captions = [a["caption"].strip() for a in json.loads(
+    (coco / "annotations" / "captions_train2017.json").read_text())["annotations"]]
+for item in json.loads((data / "formats/llava/llava_pretrain_slice_2k.json").read_text()):
+    captions.append(item["conversations"][1]["value"].strip())
+questions = [q["question"] for q in json.loads(
+    next((data / "formats/vqa_v2").glob("*questions*.json")).read_text())["questions"]]
+rng = random.Random(0)
+
+def samples():
+    for index in range(size):
+        record = records[index % len(records)]
+        turns = []
+        for _ in range(rng.randint(1, 3)):
+            turns.append(Turn("user", rng.choice(questions)))
+            turns.append(Turn("assistant", " ".join(rng.sample(captions, 2))))
+        yield Sample(sample_id=f"s{index}", turns=turns, image_id=record.image_id,
+                     image=record.file_name, image_root=record.image_root, mode="conversation")
+
+run = RunDir(root)
+run.write_records(records)
+run.write_samples("samples", samples())
+"""
+
+
+def run_stage(argv: list[str], run: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one `vlit` process."""
+    command = [sys.executable, "-m", "vlit", *[a.replace("RUN", str(run)) for a in argv]]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        error = process.stderr.read().decode() if process.stderr else ""
+        raise SystemExit(f"{' '.join(command)} failed: {error[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
+    parser.add_argument("--compare", type=Path, help="another checkout's src folder")
+    args = parser.parse_args()
+    versions = {"this": str(REPO / "src")}
+    if args.compare is not None:
+        versions["compare"] = str(args.compare.resolve())
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in args.sizes:
+            for name, src in versions.items():
+                env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
+                run = Path(scratch) / f"{name}-{size}"
+                build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA)]
+                subprocess.run(build, env=env, check=True)
+                for stage, argv in STAGES.items():
+                    seconds, peak = run_stage(argv, run, env)
+                    rows.append((name, size, stage, seconds, size / seconds, peak))
+    print(
+        f"{'code':<8} {'samples':>8} {'stage':<7} {'seconds':>8} {'samples/s':>10} {'peak MB':>8}"
+    )
+    for name, size, stage, seconds, rate, peak in rows:
+        print(f"{name:<8} {size:>8} {stage:<7} {seconds:>8.1f} {rate:>10.0f} {peak:>8.0f}")
+    print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
