@@ -1,18 +1,142 @@
-"""Parsing JSON input with one-line errors, shared by collectors and format readers.
+"""Parsing JSON and YAML input with one-line errors, shared by collectors and format readers.
+
+Every reader of JSON, JSONL and YAML goes through `loads_json` / `loads_yaml`: a byte order
+mark is accepted, anything else that is not UTF-8 is refused, and nesting beyond
+``VLIT_MAX_JSON_DEPTH`` (see `vlit.limits`) is refused before the recursive parser sees it.
 
 Example::
 
-    document = parse_json_bytes(path.read_bytes(), file=path, what="COCO captions")
+    document = loads_json(path.read_bytes(), file=path, what="COCO captions")
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import yaml
+
 from vlit.errors import InputFileError
+from vlit.limits import JSON_DEPTH_VARIABLE, max_json_depth
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode_utf8(
+    raw: bytes, *, file: str | os.PathLike[str], what: str, record: str | int | None = None
+) -> str:
+    """``raw`` as text: strict UTF-8, a leading byte order mark dropped; else `InputFileError`
+    naming the file, the record, the line and the byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        where = f"byte {error.start}" if record is not None else f"line {line}, byte {error.start}"
+        raise InputFileError(
+            f"not UTF-8 text ({where}: {error.reason})",
+            file=str(file),
+            record=record,
+            fix=f"re-export the {what} file as UTF-8",
+        ) from error
+
+
+def nesting_depth(data: bytes | str, *, quoted: bool = True) -> int:
+    """How deep ``[`` and ``{`` nest in a JSON (or flow YAML) text, strings left out.
+
+    Runs at C speed (a regex and numpy), so it can guard the recursive parsers: a file nested
+    100,000 deep is refused before it reaches them. ``quoted=False`` counts brackets inside
+    strings too (YAML, whose strings need not be quoted).
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") == 0:
+        return 0
+    if quoted:
+        raw = _STRING.sub(b"", raw)
+    brackets = np.frombuffer(raw.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def check_depth(
+    data: bytes | str,
+    *,
+    file: str | os.PathLike[str],
+    what: str,
+    record: str | int | None = None,
+    quoted: bool = True,
+) -> None:
+    """`InputFileError` when ``data`` nests deeper than ``VLIT_MAX_JSON_DEPTH``."""
+    limit = max_json_depth()
+    if isinstance(data, str):
+        openers = data.count("[") + data.count("{")
+    else:
+        openers = data.count(b"[") + data.count(b"{")
+    if openers <= limit:  # cannot nest deeper than it opens
+        return
+    depth = nesting_depth(data, quoted=quoted)
+    if depth > limit:
+        raise InputFileError(
+            f"nested {depth} levels deep, more than the limit of {limit}",
+            file=str(file),
+            record=record,
+            fix=f"flatten the {what} data, or raise the limit with {JSON_DEPTH_VARIABLE}",
+        )
+
+
+def loads_json(
+    data: bytes | str,
+    *,
+    file: str | os.PathLike[str],
+    what: str,
+    record: str | int | None = None,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """Parse one JSON document (a whole file, or one JSONL line with ``record`` naming it).
+
+    Accepts a UTF-8 byte order mark; refuses, as `InputFileError` naming file, record and fix:
+    text that is not UTF-8, nesting deeper than ``VLIT_MAX_JSON_DEPTH``, syntax errors and
+    integers over Python's digit limit. Lone UTF-16 surrogates (``"\\ud800"``), which no UTF-8
+    file can hold, become U+FFFD.
+    """
+    fix = f"re-download or re-export the {what} file (check it with `python -m json.tool FILE`)"
+    text = (
+        decode_utf8(data, file=file, what=what, record=record)
+        if isinstance(data, bytes)
+        else data.removeprefix(codecs.BOM_UTF8.decode("utf-8"))
+    )
+    check_depth(text, file=file, what=what, record=record)
+    try:
+        document = json.loads(text, object_pairs_hook=object_pairs_hook)
+    except json.JSONDecodeError as error:
+        problem = f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+        if error.pos >= len(error.doc.rstrip()):
+            problem += "; the file ends early, it looks truncated"
+        raise InputFileError(problem, file=str(file), record=record, fix=fix) from error
+    except ValueError as error:  # an integer longer than sys.get_int_max_str_digits()
+        problem = (
+            "a number has more digits than Python reads (4300)"
+            if "digits" in str(error)
+            else f"not usable JSON ({' '.join(str(error).split())})"
+        )
+        raise InputFileError(problem, file=str(file), record=record, fix=fix) from error
+    except RecursionError as error:
+        raise InputFileError(
+            "nested too deeply to parse",
+            file=str(file),
+            record=record,
+            fix=f"flatten the {what} data, or lower {JSON_DEPTH_VARIABLE}",
+        ) from error
+    if _SURROGATE_ESCAPE.search(text) or _LONE_SURROGATE.search(text):
+        document = _replace_lone_surrogates(document)
+    return document
 
 
 def parse_json_bytes(
@@ -24,24 +148,57 @@ def parse_json_bytes(
 ) -> Any:
     """Parse a whole JSON document, or raise `InputFileError` naming ``file``, the position
     and the fix; ``what`` names the file's role in the fix ("COCO captions", "dataset")."""
+    return loads_json(raw, file=file, what=what, object_pairs_hook=object_pairs_hook)
+
+
+def loads_yaml(data: bytes | str, *, file: str | os.PathLike[str], what: str) -> Any:
+    """Parse a YAML document (``yaml.safe_load``) with the guards of `loads_json`; a syntax
+    error is one line with its line and column."""
+    text = (
+        decode_utf8(data, file=file, what=what)
+        if isinstance(data, bytes)
+        else data.removeprefix(codecs.BOM_UTF8.decode("utf-8"))
+    )
+    check_depth(text, file=file, what=what, quoted=False)
     try:
-        return json.loads(raw, object_pairs_hook=object_pairs_hook)
-    except json.JSONDecodeError as error:
-        problem = f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
-        if error.pos >= len(error.doc.rstrip()) or error.pos >= len(raw):
-            problem += "; the file ends early, it looks truncated"
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
         raise InputFileError(
-            problem,
+            f"not valid YAML ({yaml_error_line(error)})",
             file=str(file),
-            fix=f"re-download or re-export the {what} file "
-            "(check it with `python -m json.tool FILE`)",
+            fix=f"correct the YAML syntax of the {what}",
         ) from error
-    except UnicodeDecodeError as error:
+    except (RecursionError, ValueError) as error:
         raise InputFileError(
-            f"not UTF-8 text (byte {error.start}: {error.reason})",
+            f"not usable YAML ({type(error).__name__})",
             file=str(file),
-            fix=f"re-export the {what} file as UTF-8 JSON",
+            fix=f"simplify the {what}, or raise the limit with {JSON_DEPTH_VARIABLE}",
         ) from error
+
+
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what went wrong and where, without the quoted snippet."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        parts = [error.context or "", error.problem or ""]
+        mark = error.problem_mark or error.context_mark
+        text = " ".join(part.strip() for part in parts if part and part.strip())
+        if mark is not None:
+            text += f" at line {mark.line + 1}, column {mark.column + 1}"
+        return text
+    return " ".join(str(error).split())
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _replace_lone_surrogates(key): _replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def json_type_name(value: Any, *, integers_apart: bool = False) -> str:

@@ -52,6 +52,7 @@ from vlit.generate.generator import GenerationSettings
 from vlit.generate.prompts import LLM_MODES
 from vlit.generate.regions import RegionRule
 from vlit.images import is_url
+from vlit.jsonio import loads_yaml
 from vlit.llm.config import LlmConfig
 
 ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
@@ -287,15 +288,14 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and check a recipe; relative paths in it become relative to its folder."""
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = file.read_bytes()
     except OSError as error:
         raise InputFileError(
-            f"cannot read the recipe ({error})", file=str(file), fix="check the path"
+            f"cannot read the recipe ({error.strerror or error})",
+            file=str(file),
+            fix="check the path",
         ) from error
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"the recipe is not valid YAML ({error})", file=str(file), fix="correct its syntax"
-        ) from error
+    data = loads_yaml(raw, file=file, what="recipe")
     if not isinstance(data, dict):
         raise ConfigError(
             "the recipe must be a YAML mapping", file=str(file), fix="start with `run_dir: ...`"

@@ -1,7 +1,9 @@
 """The `vlit` command. Thin: parse options, call the library, print counts.
 
 Every command module registers its commands on the one Typer app below, explicitly.
-Errors that vlit raises on purpose (`VlitError`) print as one line and exit with status 2;
+Errors that vlit raises on purpose (`VlitError`), and what readers of hostile input can raise
+(`vlit.cli.edge.INPUT_ERRORS`: OS errors, Unicode errors, recursion, decompression bombs, ...),
+print as one line and exit with status 2; anything else prints one line and exits 1.
 `vlit --debug ...` shows the traceback instead.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 from typer.exceptions import TyperException
 
 from vlit import __version__
@@ -23,6 +26,7 @@ from vlit.cli import (
     report_commands,
 )
 from vlit.cli.common import console
+from vlit.cli.edge import INPUT_ERRORS, describe_error, one_line
 from vlit.errors import VlitError
 
 app = typer.Typer(
@@ -68,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `vlit` script."""
     try:
         app(args=argv, standalone_mode=False)
-    except VlitError as error:
+    except (VlitError, *INPUT_ERRORS) as error:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        _print_error(describe_error(error))
         sys.exit(2)
     except typer.Exit as done:
         if done.exit_code:
@@ -84,3 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         if show is not None:
             show()
         sys.exit(getattr(error, "exit_code", 2))
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - the last guard: one line, never a traceback
+        if _state["debug"]:
+            raise
+        _print_error(
+            f"unexpected {type(error).__name__}: {one_line(str(error))}. "
+            "Fix: rerun with `vlit --debug ...` and report the traceback"
+        )
+        sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)

@@ -19,14 +19,16 @@ from rich.table import Table
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
-stdout = Console()
+# Markup off: file names, ids and messages come from users' data, and "[/x]" in them must
+# print as it is (rich would read it as a closing tag and fail).
+console = Console(stderr=True, markup=False)
+stdout = Console(markup=False)
 
 
 def progress_bar() -> Progress:
     """A rich progress bar on stderr (stdout stays clean for --json)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -40,7 +40,7 @@ def demo_command(
         indicators.add_row(title, *cells)
     stdout.print(indicators)
     root = out.resolve()
-    console.print(f"\nOutput in [bold]{root}[/bold]:")
+    console.print(f"\nOutput in {root}:")
     console.print(f"  kept samples   {root / 'kept'}   (vlit cat {out} --stage kept)")
     console.print(f"  dropped        {root / 'dropped'}   (each with its drop_reason)")
     console.print(f"  indicators     {root / 'indicators.json'}")

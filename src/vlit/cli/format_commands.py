@@ -102,7 +102,7 @@ def import_command(
     if stale:
         summary["stale_stages"] = stale
         console.print(
-            f"[yellow]note:[/yellow] {', '.join(stale)} in {out} came from the samples "
+            f"note: {', '.join(stale)} in {out} came from the samples "
             "replaced now; rerun those stages",
             highlight=False,
         )

@@ -149,9 +149,7 @@ def report_command(
                 name=name,
                 on_step=_announcer(name),
             )
-            console.print(
-                f"[bold]{name}[/bold]: {len(view.samples)} samples from {view.report['stage']}/"
-            )
+            console.print(f"{name}: {len(view.samples)} samples from {view.report['stage']}/")
             views.append(view)
     if html is not None:
         write_html(views, html)

@@ -27,7 +27,6 @@ Fields vlit does not read are ignored and listed, with how many lines had them, 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -51,6 +50,7 @@ from vlit.collect.common import (
 )
 from vlit.collect.vqa import majority_answer
 from vlit.errors import InputFileError
+from vlit.jsonio import loads_json
 from vlit.schema import ImageRecord, ObjectAnnotation, OcrText, VqaPair
 
 #: Every counter of a JSONL collection summary, always present.
@@ -147,6 +147,8 @@ class JsonlCollector:
                     on_progress(step, counts["lines"], None)
         if on_progress is not None:
             on_progress(step, counts["lines"], counts["lines"])
+        if not records:
+            self._raise_nothing_usable(counts["lines"], skipped)
         record_list = list(records.values())
         if self.check_images:
             check_image_files(record_list, counts, on_progress)
@@ -163,17 +165,30 @@ class JsonlCollector:
         summary["unknown_fields"] = dict(sorted(unknown_fields.items()))
         return CollectResult(records=record_list, summary=summary)
 
+    def _raise_nothing_usable(self, lines: int, skipped: list[dict[str, Any]]) -> None:
+        """Stop: a file without one usable line is a wrong file, not an empty dataset."""
+        fix = "write one JSON object per line, as docs/collect_jsonl.md shows"
+        if lines == 0:
+            raise InputFileError("the JSONL file has no line", file=str(self.jsonl_file), fix=fix)
+        with self.jsonl_file.open("rb") as handle:
+            start = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if start.startswith(b"[") and "nested" not in skipped[0]["reason"]:
+            problem = "the file is a JSON array, not JSON lines (one object per line)"
+        else:
+            first = skipped[0]
+            problem = (
+                f"no usable line: all {lines} lines were skipped "
+                f"(line {first['line']}: {first['reason']})"
+            )
+        raise InputFileError(problem, file=str(self.jsonl_file), fix=fix)
+
     def _parse_line(
         self, raw: bytes, number: int, counts: Counter[str], unknown_fields: Counter[str]
     ) -> ImageRecord:
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise _SkipLine("lines_invalid_json", f"not UTF-8 text ({error.reason})") from error
-        except json.JSONDecodeError as error:
-            raise _SkipLine(
-                "lines_invalid_json", f"not valid JSON (column {error.colno}: {error.msg})"
-            ) from error
+            data = loads_json(raw, file=self.jsonl_file, what="JSONL", record=f"line {number}")
+        except InputFileError as error:
+            raise _SkipLine("lines_invalid_json", error.problem) from error
         check = FieldChecker(self.jsonl_file, what="JSONL")
         line = f"line {number}"
         try:

@@ -43,6 +43,8 @@ import numpy as np
 
 from vlit.errors import ConfigError, InputFileError
 from vlit.evaluate.icc import IccEstimate, intraclass_correlation
+from vlit.jsonio import decode_utf8, loads_json
+from vlit.limits import FIELD_BYTES_VARIABLE, max_field_bytes
 
 OVERALL = "Overall"
 MEAN_OF_DIMENSIONS = "Mean of dimensions"
@@ -228,19 +230,28 @@ def load_benchmark_results(paths: Sequence[str | Path]) -> list[ResultRow]:
 
 
 def _csv_results(path: Path) -> list[ResultRow]:
+    text = decode_utf8(_read_bytes(path, "results file"), file=path, what="results CSV")
+    limit = max_field_bytes()
+    previous = csv.field_size_limit(limit)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise InputFileError("results file not found", file=str(path)) from error
-    reader = csv.DictReader(io.StringIO(text))
-    required = {"dataset", "model", "dimension", "accuracy"}
-    if not required <= set(reader.fieldnames or []):
+        reader = csv.DictReader(io.StringIO(text))
+        required = {"dataset", "model", "dimension", "accuracy"}
+        if not required <= set(reader.fieldnames or []):
+            raise InputFileError(
+                f"CSV header must have columns {', '.join(sorted(required))}",
+                file=str(path),
+                fix="write a header line: dataset,model,dimension,accuracy",
+            )
+        return [_result_row(row, path, line) for line, row in enumerate(reader, start=2)]
+    except csv.Error as error:
         raise InputFileError(
-            f"CSV header must have columns {', '.join(sorted(required))}",
+            f"not a readable CSV ({error}; fields are limited to {limit} bytes)",
             file=str(path),
-            fix="write a header line: dataset,model,dimension,accuracy",
-        )
-    return [_result_row(row, path, line) for line, row in enumerate(reader, start=2)]
+            record=f"line {reader.line_num}",
+            fix=f"repair that line (or raise {FIELD_BYTES_VARIABLE} for a longer field)",
+        ) from error
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _json_results(path: Path) -> list[ResultRow]:
@@ -266,17 +277,30 @@ def _bench_file_rows(data: dict[str, Any], path: Path) -> list[ResultRow]:
             file=str(path),
             fix='rerun `vlit bench ... --dataset NAME` or add "dataset": NAME to the file',
         )
-    rows = [
-        ResultRow(str(dataset), str(model), str(name), float(entry["accuracy"]))
-        for name, entry in data["dimensions"].items()
-    ]
-    rows.append(ResultRow(str(dataset), str(model), OVERALL, float(data["overall"]["accuracy"])))
+    try:
+        rows = [
+            ResultRow(str(dataset), str(model), str(name), float(entry["accuracy"]))
+            for name, entry in data["dimensions"].items()
+        ]
+        overall = float(data["overall"]["accuracy"])
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise InputFileError(
+            f"this `vlit bench` output is damaged ({type(error).__name__}: {error})",
+            file=str(path),
+            fix="rerun `vlit bench` to write it again",
+        ) from error
+    rows.append(ResultRow(str(dataset), str(model), OVERALL, overall))
     return rows
 
 
 def _result_row(row: Any, path: Path, record: int) -> ResultRow:
     if not isinstance(row, dict):
-        raise InputFileError("result row is not an object", file=str(path), record=record)
+        raise InputFileError(
+            "result row is not an object",
+            file=str(path),
+            record=record,
+            fix="write each row as an object with dataset, model, dimension and accuracy",
+        )
     missing = [k for k in ("dataset", "model", "dimension", "accuracy") if row.get(k) in (None, "")]
     if missing:
         raise InputFileError(
@@ -289,18 +313,27 @@ def _result_row(row: Any, path: Path, record: int) -> ResultRow:
         accuracy = float(row["accuracy"])
     except (TypeError, ValueError) as error:
         raise InputFileError(
-            f"accuracy '{row['accuracy']}' is not a number", file=str(path), record=record
+            f"accuracy '{row['accuracy']}' is not a number",
+            file=str(path),
+            record=record,
+            fix="write the accuracy as a number (percent)",
         ) from error
     return ResultRow(str(row["dataset"]), str(row["model"]), str(row["dimension"]), accuracy)
 
 
 def _read_json(path: Path) -> Any:
+    return loads_json(_read_bytes(path, "file"), file=path, what="JSON")
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise InputFileError("file not found", file=str(path)) from error
-    except json.JSONDecodeError as error:
-        raise InputFileError(f"not valid JSON ({error})", file=str(path)) from error
+        return path.read_bytes()
+    except OSError as error:
+        raise InputFileError(
+            f"cannot read the {what} ({error.strerror or type(error).__name__})",
+            file=str(path),
+            fix="check the path",
+        ) from error
 
 
 # -- the study -------------------------------------------------------------------------------

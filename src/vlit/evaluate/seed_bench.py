@@ -14,13 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlit.errors import InputFileError
+from vlit.jsonio import loads_json
+from vlit.limits import FIELD_BYTES_VARIABLE, max_field_bytes
 
 CHOICE_LETTERS: tuple[str, str, str, str] = ("A", "B", "C", "D")
 
@@ -81,15 +82,14 @@ def load_questions(path: str | Path) -> QuestionSet:
     """Read a SEED-Bench question file; see the module docstring for the format."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
+        raw = path.read_bytes()
+    except OSError as error:
         raise InputFileError(
-            "question file not found", file=str(path), fix="pass the SEED-Bench JSON"
+            f"cannot read the question file ({error.strerror or error})",
+            file=str(path),
+            fix="pass the SEED-Bench JSON",
         ) from error
-    except json.JSONDecodeError as error:
-        raise InputFileError(
-            f"not valid JSON ({error})", file=str(path), fix="pass the SEED-Bench JSON file"
-        ) from error
+    data = loads_json(raw, file=path, what="SEED-Bench questions")
     if isinstance(data, dict) and isinstance(data.get("questions"), list):
         raw_questions = data["questions"]
         names = _dimension_names(data.get("question_type"))
@@ -136,6 +136,13 @@ def _parse_question(
     missing = [key for key in required if not isinstance(raw.get(key), str) or not raw[key]]
     if missing:
         return None, f"malformed: missing or empty {', '.join(missing)}"
+    limit = max_field_bytes()
+    too_long = [key for key in required if len(raw[key].encode("utf-8", "replace")) > limit]
+    if too_long:
+        return None, (
+            f"malformed: {', '.join(too_long)} longer than {limit} bytes "
+            f"(raise {FIELD_BYTES_VARIABLE} to allow it)"
+        )
     answer = raw["answer"].strip().upper()
     if answer not in CHOICE_LETTERS:
         return None, f"malformed: answer '{raw['answer']}' is not one of A, B, C, D"

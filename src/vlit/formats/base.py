@@ -32,7 +32,7 @@ from vlit.images import (
     reference_problem,
     resolve_image_path,
 )
-from vlit.jsonio import json_type_name, parse_json_bytes
+from vlit.jsonio import json_type_name, loads_json, parse_json_bytes
 from vlit.schema import Sample
 
 SOURCE_FORMAT = "source_format"
@@ -240,18 +240,18 @@ def iter_json_records(path: Path, *, what: str, fix_type: str) -> Iterator[tuple
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     check_input_file(path)
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as handle:
+    with path.open("rb") as handle:
         index = 0
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield index, json.loads(line)
-            except json.JSONDecodeError as error:
+                yield index, loads_json(line, file=path, what="dataset", record=index)
+            except InputFileError as error:
                 yield (
                     index,
                     RecordError(
-                        f"line {number} is not valid JSON (column {error.colno}: {error.msg})",
+                        f"line {number}: {error.problem}",
                         file=str(path),
                         record=index,
                         fix="repair or delete that line",

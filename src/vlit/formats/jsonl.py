@@ -3,7 +3,9 @@
 A line is ``{"sample_id", "turns": [{"role", "text"}], "image_id", "image", "image_root",
 "mode", "provenance": {...}, "scores": {...}, "labels", "failure_reason", "drop_reason",
 "extra": {...}}``. Reading streams line by line; a line that does not parse, or lacks
-``sample_id``/``turns``, is kept as a failed sample (with the line) and counted.
+``sample_id``/``turns``, is kept as a failed sample (with the line) and counted. A line's own
+``image_root`` is not trusted: images are looked up under ``--images`` (default: the file's
+folder).
 
 Example:
     >>> JsonlWriter().write(samples, Path("samples.jsonl"))                 # doctest: +SKIP
@@ -77,7 +79,9 @@ class JsonlReader:
         self.counts: Counter[str] = Counter()
 
     def read(self, path: Path, context: ImportContext) -> Iterator[Sample]:
-        override = context.given_image_root()
+        # The image root comes from the user (--images, else the file's folder), never from
+        # the line: a line's "image_root": "/etc" would otherwise pull any readable file in.
+        root = context.image_root(path.parent)
         samples = parse_json_records(
             path,
             source_format=self.name,
@@ -87,8 +91,8 @@ class JsonlReader:
             id_key="sample_id",
         )
         for _index, sample, parsed in samples:
-            if parsed and override is not None:
-                sample.image_root = override
+            if parsed:
+                sample.image_root = root
             yield sample
 
 

@@ -112,7 +112,8 @@ def _image_bytes(sample: Sample, counts: WriteCounts) -> bytes | None:
 class ParquetReader:
     """Reads vlit's Parquet samples, streaming, unpacking embedded images into files.
 
-    With ``--images``, samples whose image was not embedded take that folder as image root.
+    Samples whose image was not embedded take ``--images`` (default: the file's folder) as image
+    root; a row's own ``image_root`` is not trusted.
     """
 
     name: ClassVar[str] = "parquet"
@@ -138,16 +139,16 @@ class ParquetReader:
                 file=str(path),
                 fix="export it with `vlit export --format parquet`, or pass the right --format",
             )
-        override = context.given_image_root()
+        root = context.image_root(path.parent)  # never a row's own image_root (see JsonlReader)
         workdir = context.workdir.resolve()
         index = 0
         for batch in parquet.iter_batches(batch_size=self.batch_size):
             for row in batch.to_pylist():
-                yield self._sample(row, index, path, workdir, override)
+                yield self._sample(row, index, path, workdir, root)
                 index += 1
 
     def _sample(
-        self, row: dict[str, Any], index: int, path: Path, workdir: Path, override: str | None
+        self, row: dict[str, Any], index: int, path: Path, workdir: Path, root: str
     ) -> Sample:
         image = row.get("image") or {}
         row = {**row, "image": image.get("path")}
@@ -169,8 +170,8 @@ class ParquetReader:
         if data is not None and sample.image is not None:
             sample.image_root = str(workdir)
             self._unpack(data, sample, workdir)
-        elif override is not None:
-            sample.image_root = override
+        else:
+            sample.image_root = root
         return sample
 
     def _unpack(self, data: bytes, sample: Sample, workdir: Path) -> None:

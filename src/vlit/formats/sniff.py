@@ -43,7 +43,7 @@ def sniff_format(path: Path, choices: tuple[str, ...]) -> str:
     if suffix == ".parquet":
         return "parquet"
     with path.open("rb") as handle:
-        head = handle.read(_HEAD_BYTES).decode("utf-8", errors="replace")
+        head = handle.read(_HEAD_BYTES).decode("utf-8-sig", errors="replace")
     found: str | None = None
     if suffix in _JSON_LINES_SUFFIXES:
         first_line = next((line for line in head.splitlines() if line.strip()), "")
@@ -69,7 +69,7 @@ def sniff_format(path: Path, choices: tuple[str, ...]) -> str:
 def _parse_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad syntax, huge integers, deep nesting
         return None
 
 
@@ -79,9 +79,9 @@ def _first_element(text: str, path: Path) -> Any:
     start = len(text) - len(text[1:].lstrip())
     try:
         return decoder.raw_decode(text, start)[0]
-    except json.JSONDecodeError:
-        full = path.read_text(encoding="utf-8", errors="replace").lstrip()
+    except (ValueError, RecursionError):
+        full = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()
         try:
             return decoder.raw_decode(full, len(full) - len(full[1:].lstrip()))[0]
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None

@@ -22,9 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vlit.errors import InputFileError
+from vlit.jsonio import loads_yaml
 from vlit.llm.base import Message
 from vlit.schema import Turn
 
@@ -200,18 +199,13 @@ def _read_yaml(name: str, directory: str | Path | None) -> dict[str, Any]:
             text = resources.files("vlit").joinpath("data", "prompts", name).read_text("utf-8")
         else:
             text = (Path(directory) / name).read_text(encoding="utf-8")
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise InputFileError(
             f"cannot read prompt file ({error})",
             file=where,
             fix=f"put a {name} in the prompts folder (copy the one shipped in vlit/data/prompts)",
         ) from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InputFileError(
-            f"not valid YAML ({error})", file=where, fix="correct the YAML syntax"
-        ) from error
+    data = loads_yaml(text, file=where, what="prompt file")
     if not isinstance(data, dict):
         raise InputFileError("expected a YAML mapping at the top", file=where, fix="see vlit's own")
     return data
