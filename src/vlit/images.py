@@ -18,17 +18,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import io
 import os
 import posixpath
 import re
 import struct
+import warnings
+from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
+from typing import IO
 
 from PIL import Image
 
 from vlit.errors import RecordError
+from vlit.limits import IMAGE_PIXELS_VARIABLE, max_image_pixels
 
 #: File name suffixes taken for images when a folder is indexed.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -154,6 +160,36 @@ def _real_root(root: str) -> str:
     return os.path.realpath(root)
 
 
+class ImageTooLargeError(OSError):
+    """An image has more pixels than ``VLIT_MAX_IMAGE_PIXELS`` allows (a decompression bomb,
+    or a real image too large to decode safely)."""
+
+
+@contextlib.contextmanager
+def open_image(source: str | os.PathLike[str] | IO[bytes]) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` with vlit's pixel limit (`vlit.limits.max_image_pixels`), checked on
+    the header before any pixel is decoded: over it, `ImageTooLargeError` (an ``OSError``, so
+    callers that record unreadable images record this one too)."""
+    limit = max_image_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # PIL's own bomb check must not fire below vlit's
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(
+            f"image too large to decode ({_describe(error)}; limit {IMAGE_PIXELS_VARIABLE}={limit})"
+        ) from error
+    with image:
+        if image.width * image.height > limit:
+            raise ImageTooLargeError(
+                f"image too large to decode: {image.width}x{image.height} pixels, over the "
+                f"limit of {limit} ({IMAGE_PIXELS_VARIABLE})"
+            )
+        yield image
+
+
 def check_image(path: str | os.PathLike[str]) -> str | None:
     """``None`` if the file looks like a decodable image, else the reason it does not.
 
@@ -162,7 +198,7 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     when that marker is not near the end (data appended after it) is the image fully decoded.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image_format = image.format
             image.verify()
     except FileNotFoundError:
@@ -171,7 +207,7 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
         return f"cannot decode image ({_describe(error)})"
     if image_format == "JPEG" and not _jpeg_ends_cleanly(Path(path)):
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()
         except _DECODE_ERRORS as error:
             return f"JPEG data is truncated or damaged ({_describe(error)})"
@@ -202,7 +238,7 @@ def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Ima
     """
     try:
         source = path if not is_url(os.fspath(path)) else io.BytesIO(read_remote_bytes(str(path)))
-        with Image.open(source) as opened:
+        with open_image(source) as opened:
             if max_side is not None and opened.format == "JPEG":
                 opened.draft("RGB", (max_side, max_side))
             image = opened.convert("RGB")
@@ -241,6 +277,29 @@ def safe_file_name(name: str) -> str:
     """``name`` usable as one file name: path separators and odd characters become ``_``."""
     cleaned = _UNSAFE_NAME.sub("_", name).lstrip(".")
     return cleaned or "_"
+
+
+#: How much of an id is kept, readable, in a file name made from it.
+_STEM_CHARS = 80
+
+
+def id_file_stem(identifier: str) -> str:
+    """A file name stem for ``identifier`` that no other identifier gets.
+
+    An id that is already a safe, short file name is its own stem (``391895``); any other
+    id gets its readable slug plus ``~`` and a hash of the exact id, so ``cam/1`` and ``cam_1``
+    (one slug) stay apart: ``cam_1~3f0c1e9a2b`` and ``cam_1``. ``~`` never occurs in a plain
+    stem, so a plain stem never equals a hashed one.
+
+    Example:
+        >>> id_file_stem("391895"), id_file_stem("cam/1") != id_file_stem("cam_1")
+        ('391895', True)
+    """
+    slug = safe_file_name(identifier)
+    if slug == identifier and len(slug) <= _STEM_CHARS:
+        return slug
+    digest = hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=5)
+    return f"{slug[:_STEM_CHARS]}~{digest.hexdigest()}"
 
 
 class ImageFolderIndex:

@@ -142,7 +142,11 @@ class RunDir:
         return 0
 
     def lock(self, command: str) -> RunLock:
-        """The writer's lock of this run (see `vlit.runlock`); use it as a context manager."""
+        """The writer's lock of this run (see `vlit.runlock`); use it as a context manager.
+
+        A damaged ``run.json`` is refused here, before the command does its work (every
+        writer records its summary there at the end)."""
+        self.load_meta()
         return RunLock(self.root, command=command, location=self.location)
 
     # -- paths -------------------------------------------------------------------------------
@@ -312,19 +316,38 @@ class RunDir:
 
     # -- reading -------------------------------------------------------------------------------
     def read_records(self) -> Iterator[ImageRecord]:
-        for rows in self.read_shards("records"):
-            for row in rows:
-                yield ImageRecord.from_row(row)
+        """The records; a row that cannot be decoded is a record with that problem noted."""
+        for path, table in self._checked_tables("records", _RECORD_COLUMNS):
+            for index, row in enumerate(table.to_pylist()):
+                yield _record_from_row(row, path, index)
 
     def read_samples(self, stage: str = "samples") -> Iterator[Sample]:
-        for rows in self.read_shards(stage):
-            for row in rows:
-                yield Sample.from_row(row)
+        """The stage's samples; a row that cannot be decoded is a failed sample saying why."""
+        for samples in self.read_sample_shards(stage):
+            yield from samples
 
     def read_sample_shards(self, stage: str) -> Iterator[list[Sample]]:
         """The stage's samples one shard at a time (memory bounded by the shard size)."""
-        for rows in self.read_shards(stage):
-            yield [Sample.from_row(row) for row in rows]
+        for path, table in self._checked_tables(stage, _SAMPLE_COLUMNS):
+            yield [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
+
+    def _checked_tables(
+        self, stage: str, required: tuple[str, ...]
+    ) -> Iterator[tuple[Path, pa.Table]]:
+        """(path, table) of each shard; a shard without the ``required`` columns is an
+        `InputFileError` naming it."""
+        manifest = self.check_current(stage)
+        for table, shard in zip(self._tables(stage, None), manifest.shards, strict=False):
+            path = self.stage_dir(stage) / shard["file"]
+            missing = [name for name in required if name not in table.column_names]
+            if missing:
+                raise InputFileError(
+                    f"the shard lacks the column(s) {', '.join(missing)}: it is not a vlit "
+                    f"{stage} shard",
+                    file=str(path),
+                    fix=f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`",
+                )
+            yield path, table
 
     def read_columns(self, stage: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
         """Only ``columns`` of the stage, one shard at a time (column name -> values)."""
@@ -475,6 +498,36 @@ class StageWriter:
             self.commit()
         else:
             self.abort()
+
+
+_RECORD_COLUMNS = ("image_id", "file_name")
+_SAMPLE_COLUMNS = ("sample_id", "turns")
+
+
+def _sample_from_row(row: dict[str, Any], path: Path, index: int) -> Sample:
+    try:
+        return Sample.from_row(row)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        sample_id = row.get("sample_id")
+        return Sample(
+            sample_id=str(sample_id) if sample_id is not None else f"{path.stem}-{index}",
+            failure_reason=f"stored row {index} of {path.name} cannot be decoded "
+            f"({type(error).__name__}: {error})",
+        )
+
+
+def _record_from_row(row: dict[str, Any], path: Path, index: int) -> ImageRecord:
+    try:
+        return ImageRecord.from_row(row)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        image_id, file_name = row.get("image_id"), row.get("file_name")
+        return ImageRecord(
+            image_id=str(image_id) if image_id is not None else f"{path.stem}-{index}",
+            file_name=str(file_name or ""),
+            problems=[
+                f"undecodable_row: row {index} of {path.name} ({type(error).__name__}: {error})"
+            ],
+        )
 
 
 def _file_digest(path: Path) -> str:

@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from vlit.errors import InputFileError
 from vlit.images import image_location
+from vlit.jsonio import loads_json
 
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
@@ -204,28 +206,48 @@ class Sample:
         scores = row.get("scores") or {}
         if not isinstance(scores, dict):  # Arrow map columns come back as (key, value) pairs
             scores = dict(scores)
-        provenance = row.get("provenance") or {}
-        extra = row.get("extra") or {}
-        return cls(
+        problems: list[str] = []
+        provenance = _stored_object(row, "provenance", problems)
+        extra = _stored_object(row, "extra", problems)
+        sample = cls(
             sample_id=str(row["sample_id"]),
             turns=[Turn(role=t["role"], text=t["text"]) for t in row.get("turns") or []],
             image_id=None if row.get("image_id") is None else str(row["image_id"]),
             image=row.get("image"),
             image_root=row.get("image_root") or "",
             mode=row.get("mode") or "",
-            provenance=json.loads(provenance) if isinstance(provenance, str) else provenance,
+            provenance=provenance,
             scores={str(k): float(v) for k, v in scores.items()},
             labels=list(row.get("labels") or []),
             failure_reason=row.get("failure_reason"),
             drop_reason=row.get("drop_reason"),
-            extra=json.loads(extra) if isinstance(extra, str) else extra,
+            extra=extra,
         )
+        if problems:  # one damaged row is one failed sample, not a failed stage
+            sample.failure_reason = "; ".join(filter(None, [sample.failure_reason, *problems]))
+        return sample
 
     def user_turns(self) -> list[str]:
         return [t.text for t in self.turns if t.role == "user"]
 
     def assistant_turns(self) -> list[str]:
         return [t.text for t in self.turns if t.role == "assistant"]
+
+
+def _stored_object(row: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    """The JSON object stored in ``row[key]`` (text or already a dict); ``{}`` with a problem
+    noted when it is not one."""
+    value = row.get(key) or {}
+    if isinstance(value, str):
+        try:
+            value = loads_json(value, file=key, what=key)
+        except InputFileError as error:
+            problems.append(f"stored {key} cannot be decoded ({error.problem})")
+            return {}
+    if not isinstance(value, dict):
+        problems.append(f"stored {key} is not a JSON object")
+        return {}
+    return value
 
 
 _BOX = pa.list_(pa.float64())

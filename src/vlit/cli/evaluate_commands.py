@@ -44,9 +44,10 @@ def bench(
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate a vision-language model on SEED-Bench style multiple-choice questions."""
-    from vlit.evaluate.bench import run_bench
+    from vlit.evaluate.bench import check_bench_paths, run_bench
     from vlit.evaluate.models import load_vision_language_model
 
+    check_bench_paths(questions, images=images, out=out)  # before the slow model load
     console.print(f"loading {model} ...")
     vlm = load_vision_language_model(model, device=device, dtype=dtype)
     with progress_bar() as progress:

@@ -154,8 +154,10 @@ def export_command(
         where = run.location if is_url(run_path) else str(run.root.resolve())
         summary = {"format": name, "stage": chosen, "run": where, **counts}
         summary["out"] = str(out.resolve())
-        with contextlib.suppress(RunLockedError), run.lock("vlit export"):
-            run.save_summary("export", summary)  # a note for later; skipped while a writer runs
+        # A note for later; skipped while a writer runs, or when run.json is damaged (the
+        # file is written; the writers refuse that run.json and say how to repair it).
+        with contextlib.suppress(RunLockedError, InputFileError), run.lock("vlit export"):
+            run.save_summary("export", summary)
     emit_summary("vlit export", summary, as_json=as_json)
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from vlit.errors import InputFileError
-from vlit.images import reference_problem
+from vlit.images import open_image, reference_problem
 from vlit.jsonio import json_type_name, parse_json_bytes
 
 #: Called by collectors as work goes on: (step description, items done, items in total or None).
@@ -222,7 +222,7 @@ def read_image_size(path: str | os.PathLike[str] | IO[bytes]) -> tuple[int, int]
     Raises ``OSError`` when the file cannot be read as an image.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return int(image.width), int(image.height)
     except UnidentifiedImageError as error:
         raise OSError(f"not an image file PIL can read ({error})") from error

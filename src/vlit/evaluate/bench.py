@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from vlit.errors import ConfigError
+from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.evaluate.models import VisionLanguageModel
 from vlit.evaluate.seed_bench import (
     CHOICE_LETTERS,
@@ -37,6 +37,7 @@ from vlit.evaluate.seed_bench import (
     accuracy_table,
     load_questions,
 )
+from vlit.images import ImageTooLargeError, open_image, resolve_image_path
 
 if TYPE_CHECKING:
     import torch
@@ -256,6 +257,29 @@ class BenchResult:
         }
 
 
+def check_bench_paths(
+    questions: str | Path, *, images: str | Path, out: str | Path | None = None
+) -> None:
+    """Refuse, before a model is loaded, paths a bench cannot use: a question file that is
+    not a file, an image folder that is not a folder, an ``out`` that is a folder."""
+    if not Path(questions).is_file():
+        raise InputFileError(
+            "question file not found (or not a file)",
+            file=str(questions),
+            fix="pass the SEED-Bench JSON",
+        )
+    if not Path(images).is_dir():
+        raise InputFileError(
+            "image folder not found (or not a folder)",
+            file=str(images),
+            fix="pass --images, the folder the questions' data_id paths are relative to",
+        )
+    if out is not None and Path(out).is_dir():
+        raise InputFileError(
+            "--out is a folder", file=str(out), fix="pass a file path for the results JSON"
+        )
+
+
 def run_bench(
     questions: str | Path,
     *,
@@ -280,6 +304,7 @@ def run_bench(
         )
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1", fix="pass --batch-size 1 or more")
+    check_bench_paths(questions, images=images)
     question_set = load_questions(questions)
     skipped = Counter(question_set.skipped_reasons())
     image_root = Path(images)
@@ -292,7 +317,7 @@ def run_bench(
         chunk = pending[start : start + batch_size]
         items: list[tuple[BenchQuestion, Image.Image]] = []
         for question in chunk:
-            image, reason = _open_image(image_root / question.data_id)
+            image, reason = _open_image(image_root, question.data_id)
             if image is None:
                 skipped[reason] += 1
             else:
@@ -325,6 +350,13 @@ def run_bench(
                 )
         if on_progress is not None:
             on_progress(len(chunk))
+    if not outcomes:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.most_common(3))
+        raise InputFileError(
+            f"no question could be evaluated ({reasons or 'the file has no question'})",
+            file=str(questions),
+            fix="check --images (data_id paths are relative to it) and the question file",
+        )
     correct = sum(o.correct for o in outcomes)
     dimensions = accuracy_table(outcomes, question_set.dimension_names)
     overall: dict[str, float | int] = {
@@ -350,13 +382,19 @@ def run_bench(
     )
 
 
-def _open_image(path: Path) -> tuple[Image.Image | None, str]:
+def _open_image(root: Path, reference: str) -> tuple[Image.Image | None, str]:
+    try:
+        path = resolve_image_path(root, reference)  # data_id comes from the question file
+    except RecordError:
+        return None, "image path escapes the image folder"
     if not path.is_file():
         return None, "image not found"
     try:
-        with Image.open(path) as handle:
+        with open_image(path) as handle:
             return handle.convert("RGB"), ""
-    except (UnidentifiedImageError, OSError):
+    except ImageTooLargeError:
+        return None, "image too large"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None, "image unreadable"
 
 

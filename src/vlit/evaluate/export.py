@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vlit.errors import ConfigError, RecordError
+from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.evaluate.tuning import check_turns, read_training_samples
 from vlit.fileio import write_text_atomic
+from vlit.jsonio import loads_json
 from vlit.schema import Sample
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -105,7 +106,17 @@ class LlamaFactoryWriter:
         data = out / f"{dataset_name}.json"
         _write_json(data, records)
         info_path = out / "dataset_info.json"
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        info = (
+            loads_json(info_path.read_bytes(), file=info_path, what="dataset_info.json")
+            if info_path.is_file()
+            else {}
+        )
+        if not isinstance(info, dict):
+            raise InputFileError(
+                "dataset_info.json is not an object of dataset name -> settings",
+                file=str(info_path),
+                fix="repair it, or export into another --out folder",
+            )
         info[dataset_name] = {
             "file_name": data.name,
             "formatting": "sharegpt",

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.evaluate.models import VisionLanguageModel, load_for_training
+from vlit.images import open_image
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
 
@@ -579,9 +580,9 @@ def _open(path: Path | None) -> Image.Image | None:
     if path is None or not path.is_file():
         return None
     try:
-        with Image.open(path) as handle:
+        with open_image(path) as handle:
             return handle.convert("RGB")
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
 
 

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from vlit.errors import InputFileError, RecordError
 from vlit.fileio import atomic_output, write_bytes_atomic
@@ -54,7 +53,7 @@ from vlit.formats.base import (
     require_type,
     same_format,
 )
-from vlit.images import guess_image_suffix, safe_file_name
+from vlit.images import guess_image_suffix, id_file_stem, open_image
 from vlit.schema import Sample, Turn
 
 INSTRUCTION_IDS = "instruction_ids"
@@ -160,7 +159,7 @@ class MimicItReader:
         files = [image_files.get(image_id) for image_id in image_ids]
         image = files[0] if files else None
         if image_ids and image is None:
-            image = safe_file_name(image_ids[0]) + ".jpg"  # not in the images file: missing
+            image = id_file_stem(image_ids[0]) + ".jpg"  # not in the images file: missing
         return Sample(
             sample_id=members[0],
             turns=turns,
@@ -200,7 +199,7 @@ class MimicItReader:
             except (binascii.Error, ValueError):
                 self.counts["images_not_base64"] += 1
                 continue
-            name = safe_file_name(image_id) + guess_image_suffix(data)
+            name = id_file_stem(image_id) + guess_image_suffix(data)
             target = context.workdir / name
             if not (target.exists() and target.stat().st_size == len(data)):
                 write_bytes_atomic(target, data)
@@ -460,7 +459,7 @@ def _jpeg_bytes(root: str, reference: str, image_id: str, counts: WriteCounts) -
     if data.startswith(b"\xff\xd8\xff"):
         return data
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=_JPEG_QUALITY)
     except (OSError, ValueError, SyntaxError) as error:

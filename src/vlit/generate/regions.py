@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageStat
 
 from vlit.fileio import atomic_output
 from vlit.generate.seeding import seeded_random
-from vlit.images import load_image, safe_file_name
+from vlit.images import id_file_stem, load_image
 from vlit.schema import ImageRecord
 
 #: Colours the box may take (name, RGB); the one farthest from the local pixels wins.
@@ -72,7 +72,7 @@ def choose_regions(record: ImageRecord, *, rule: RegionRule, seed: int) -> list[
 
 def region_image_name(image_id: str, object_index: int) -> str:
     """The copy's path relative to ``RUN/images``, e.g. ``regions/391895-obj3.jpg``."""
-    return f"{REGIONS_FOLDER}/{safe_file_name(image_id)}-obj{object_index}.jpg"
+    return f"{REGIONS_FOLDER}/{id_file_stem(image_id)}-obj{object_index}.jpg"
 
 
 def box_line_width(width: int, height: int) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -144,6 +145,14 @@ class Journal(Protocol):
     async def arecord(self, entry: JournalEntry) -> None: ...
 
 
+def _cannot_write(path: Path, error: sqlite3.DatabaseError) -> bool:
+    """True when the journal is fine but read-only (file, folder, or file system)."""
+    text = str(error).lower()
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return True
+    return path.exists() and not os.access(path, os.W_OK)
+
+
 class LlmJournal:
     """The SQLite journal of one run directory (``RunDir.journal_path``).
 
@@ -165,6 +174,15 @@ class LlmJournal:
             database.execute("PRAGMA busy_timeout=10000")
             database.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
+            if _cannot_write(self.path, error):
+                # Never advise moving it away here: its answers are paid for and would be
+                # asked (and paid) for again.
+                raise InputFileError(
+                    f"the LLM journal cannot be written ({error})",
+                    file=str(self.path),
+                    fix=f"make it and its folder writable (chmod u+w {self.path} "
+                    f"{self.path.parent}); keep the file, it holds answers already paid for",
+                ) from None
             raise InputFileError(
                 f"not a usable vlit LLM journal ({error})",
                 file=str(self.path),
