@@ -143,12 +143,12 @@ def test_invalid_utf8_line_is_skipped(tmp_path: Path, photos: Path) -> None:
     result = JsonlCollector(jsonl_file=path, images_dir=photos).collect()
     assert [r.image_id for r in result.records] == ["2"]
     assert result.summary["skipped_lines"] == [
-        {"line": 1, "reason": "not UTF-8 text (invalid start byte)"}
+        {"line": 1, "reason": "not UTF-8 text (byte 30: invalid start byte)"}
     ]
 
 
 def test_skipped_lines_list_is_capped_but_counts_are_not(tmp_path: Path, photos: Path) -> None:
-    path = _lines(tmp_path, ["{broken"] * 150)
+    path = _lines(tmp_path, ["{broken"] * 150 + [GOOD])
     summary = JsonlCollector(jsonl_file=path, images_dir=photos).collect().summary
     assert summary["lines_invalid_json"] == 150 and len(summary["skipped_lines"]) == 100
 

@@ -58,7 +58,8 @@ def test_jsonl_round_trip_is_lossless(samples: list[Sample], tmp_path: Path) -> 
     first = tmp_path / "a.jsonl"
     counts = JsonlWriter().write(samples, first)
     assert counts.samples == 4 and len(first.read_text().splitlines()) == 4
-    read = list(JsonlReader().read(first, ImportContext(images=None, workdir=tmp_path)))
+    root = Path(samples[0].image_root)  # the image root comes from the user, not the lines
+    read = list(JsonlReader().read(first, ImportContext(images=root, workdir=tmp_path)))
     assert read == samples
     second = tmp_path / "b.jsonl"
     JsonlWriter().write(read, second)
@@ -72,10 +73,11 @@ def test_jsonl_bad_lines_become_failed_samples(samples: list[Sample], tmp_path: 
     lines = path.read_text().splitlines()
     broken = [lines[0], '{"sample_id": "x", "turns": "not a list"}', lines[1][:40], lines[1]]
     path.write_text("\n".join(broken) + "\n", encoding="utf-8")
-    read = list(JsonlReader().read(path, ImportContext(images=None, workdir=tmp_path)))
+    root = Path(samples[0].image_root)
+    read = list(JsonlReader().read(path, ImportContext(images=root, workdir=tmp_path)))
     assert [sample.ok for sample in read] == [True, False, False, True]
     assert "`turns` is a string" in (read[1].failure_reason or "")
-    assert "line 3 is not valid JSON" in (read[2].failure_reason or "")
+    assert "line 3: not valid JSON" in (read[2].failure_reason or "")
     assert read[3] == samples[1]
 
 
@@ -109,7 +111,8 @@ def test_parquet_round_trip_unpacks_images(samples: list[Sample], tmp_path: Path
     assert pq.ParquetFile(path).num_row_groups == 2
     workdir = tmp_path / "unpacked"
     reader = ParquetReader(batch_size=2)
-    read = list(reader.read(path, ImportContext(images=None, workdir=workdir)))
+    root = Path(samples[0].image_root)  # for images not embedded; never a row's own root
+    read = list(reader.read(path, ImportContext(images=root, workdir=workdir)))
     assert reader.counts["images_unpacked"] == 2
     for original, again in zip(samples, read, strict=True):
         if original.image is not None and original.image_path.is_file():  # type: ignore[union-attr]

@@ -116,7 +116,10 @@ def loads_json(
     try:
         document = json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as error:
-        problem = f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+        where = f"line {error.lineno}, column {error.colno}"
+        if record is not None and error.lineno == 1:
+            where = f"column {error.colno}"
+        problem = f"not valid JSON at {where} ({error.msg})"
         if error.pos >= len(error.doc.rstrip()):
             problem += "; the file ends early, it looks truncated"
         raise InputFileError(problem, file=str(file), record=record, fix=fix) from error

@@ -295,7 +295,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             file=str(file),
             fix="check the path",
         ) from error
-    data = loads_yaml(raw, file=file, what="recipe")
+    try:
+        data = loads_yaml(raw, file=file, what="recipe")
+    except InputFileError as error:  # a recipe that does not parse is a configuration error
+        raise ConfigError(error.problem, file=error.file, fix=error.fix) from error
     if not isinstance(data, dict):
         raise ConfigError(
             "the recipe must be a YAML mapping", file=str(file), fix="start with `run_dir: ...`"

@@ -92,7 +92,7 @@ class JsonlReader:
         )
         for _index, sample, parsed in samples:
             if parsed:
-                sample.image_root = root
+                sample.image_root = root if sample.image is not None else ""
             yield sample
 
 

@@ -171,7 +171,7 @@ class ParquetReader:
             sample.image_root = str(workdir)
             self._unpack(data, sample, workdir)
         else:
-            sample.image_root = root
+            sample.image_root = root if sample.image is not None else ""
         return sample
 
     def _unpack(self, data: bytes, sample: Sample, workdir: Path) -> None:
