@@ -206,6 +206,7 @@ def select_command(
 ) -> None:
     """Pick N samples: quality first, near-duplicates out, tasks evened out; show indicators
     before and after."""
+    (RunDir(run) if out is None else RunDir(out)).load_meta()  # damaged run.json: stop now
     loaded = load_run(run)
     result = select_to_budget(loaded.samples, size=size, dedup_threshold=dedup_threshold, seed=seed)
     if out is None:

@@ -94,7 +94,26 @@ class DatasetImporter:
         self._listings: dict[str, dict[str, int]] = {}
 
     def samples(self, path: Path) -> Iterator[Sample]:
-        """The samples of ``path``, checked and counted as they stream by."""
+        """The samples of ``path``, checked and counted as they stream by.
+
+        A file without one readable record ends the stream with `InputFileError` (so a run's
+        writer keeps its previous samples): an empty or all-invalid file is a wrong file.
+        """
+        yield from self._all_samples(path)
+        if self.counts.samples == self.counts.records_invalid:
+            what = (
+                "no record"
+                if self.counts.samples == 0
+                else f"no usable record: all {self.counts.samples} are invalid "
+                f"(first: {self.counts.examples[0] if self.counts.examples else '?'})"
+            )
+            raise InputFileError(
+                f"the file has {what}",
+                file=str(path),
+                fix=f"check that it is a {self.reader.name} file (--format), and repair it",
+            )
+
+    def _all_samples(self, path: Path) -> Iterator[Sample]:
         stream = self._checked_start(self.reader.read(path, self.context), path)
         if not self.verify_images:
             for sample in stream:
