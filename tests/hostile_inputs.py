@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,18 @@ def leaking_samples_jsonl(secret: Path) -> bytes:
         }
         lines.append(json.dumps(line))
     return ("\n".join(lines) + "\n").encode()
+
+
+def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header;
+    no pixel data follows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def copy_images(source: Path, target: Path, count: int = 2) -> list[str]:

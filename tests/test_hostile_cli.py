@@ -25,6 +25,7 @@ from hostile_inputs import (
     MARKUP,
     RUN_JSON_DAMAGE,
     UNUSABLE_JSONL,
+    bomb_png,
     copy_images,
     damage_manifest,
     damage_run_json,
@@ -246,6 +247,26 @@ def test_a_record_never_chooses_its_own_image_root(vlit, world: Path, tmp_path: 
     export = tmp_path / "export.parquet"
     vlit("export", out, "--format", "parquet", "--out", export, "--include-failed", "--json").ok()
     assert outputs_hold_secret(tmp_path) == []
+
+
+def test_an_image_over_the_pixel_limit_is_one_unreadable_image(
+    vlit, world: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(world / "images", images)
+    (images / "bomb.png").write_bytes(bomb_png())
+    good = sorted(p.name for p in images.glob("*.jpg"))[0]
+    lines = [{"image_id": "bomb", "file_name": "bomb.png"}, {"image_id": "ok", "file_name": good}]
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n", "utf-8")
+    args = ["collect", "jsonl", jsonl, "--images", images, "--out", tmp_path / "c", "--json"]
+    summary = vlit(*args).ok()
+    assert summary["images"] == 2 and summary["images_unreadable"] == 1
+    llava = tmp_path / "l.json"
+    llava.write_text(json.dumps([llava_record("bomb.png"), llava_record(good, record_id="r2")]))
+    args = ["import", llava, "--images", images, "--out", tmp_path / "i", "--verify-images"]
+    summary = vlit(*args, "--json").ok()
+    assert summary["images_unreadable"] == 1 and summary["images_verified"] == 1
 
 
 # -- user text is text ------------------------------------------------------------------------

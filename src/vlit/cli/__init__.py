@@ -27,7 +27,6 @@ from vlit.cli import (
 )
 from vlit.cli.common import console
 from vlit.cli.edge import INPUT_ERRORS, describe_error, one_line
-from vlit.errors import VlitError
 
 app = typer.Typer(
     name="vlit",
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `vlit` script."""
     try:
         app(args=argv, standalone_mode=False)
-    except (VlitError, *INPUT_ERRORS) as error:
+    except INPUT_ERRORS as error:
         if _state["debug"]:
             raise
         _print_error(describe_error(error))

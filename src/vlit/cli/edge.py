@@ -12,15 +12,17 @@ Example:
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import yaml
 from PIL import Image
 
-from vlit.errors import VlitError
+from vlit.errors import ConfigError, VlitError
 from vlit.limits import IMAGE_PIXELS_VARIABLE, JSON_DEPTH_VARIABLE
 
 #: Errors that mean "this input (or output path) cannot be used": exit status 2.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    VlitError,
     OSError,
     ValueError,  # UnicodeError, json and Arrow's errors, integers over the digit limit
     RecursionError,
@@ -39,6 +41,25 @@ _OS_FIXES = {
     FileNotFoundError: "check the path",
     FileExistsError: "remove it or choose another path",
 }
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output file path that is a folder or lies under a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(
+            f"{option} {path} is a folder", file=str(path), fix=f"pass a file path to {option}"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{option} {path} lies under {parent}, which is a file",
+                    file=str(path),
+                    fix=f"pass a path in a folder to {option}",
+                )
+            return
 
 
 def one_line(text: str) -> str:

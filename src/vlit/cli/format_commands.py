@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from vlit.cli.common import console, emit_summary, track
+from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError, InputFileError
 from vlit.formats import (
     FORMAT_NAMES,
@@ -136,6 +137,7 @@ def export_command(
 ) -> None:
     """Write a run's samples as a dataset file."""
     name = _format(format_name)
+    check_output_file(out, "--out")
     if not is_url(run_path):
         _existing_run(Path(run_path))
     with open_run_dir(run_path) as run:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from vlit.cli.common import console, emit_summary
+from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError
 from vlit.images import is_url
 from vlit.quality.indicators.embeddings import load_embedder
@@ -123,6 +124,7 @@ def report_command(
         raise ConfigError(
             "--labeller taggpt needs an LLM", fix="pass --llm-base-url URL --llm-model NAME"
         )
+    check_output_file(html, "--html")
     settings = _settings(eps, min_samples, subsample, parse_limit, seed)
     embedding_model = None if embedder == "none" else load_embedder(embedder)
     if labeller == "taggpt" and embedding_model is None:
