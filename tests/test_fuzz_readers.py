@@ -32,7 +32,7 @@ from vlit.recipe import load_recipe
 from vlit.schema import Sample, Turn
 
 FUZZ = settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -317,9 +317,13 @@ class RunDir:
     # -- reading -------------------------------------------------------------------------------
     def read_records(self) -> Iterator[ImageRecord]:
         """The records; a row that cannot be decoded is a record with that problem noted."""
+        for records in self.read_record_shards():
+            yield from records
+
+    def read_record_shards(self) -> Iterator[list[ImageRecord]]:
+        """The records one shard at a time (as `read_records` decodes them)."""
         for path, table in self._checked_tables("records", _RECORD_COLUMNS):
-            for index, row in enumerate(table.to_pylist()):
-                yield _record_from_row(row, path, index)
+            yield [_record_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
 
     def read_samples(self, stage: str = "samples") -> Iterator[Sample]:
         """The stage's samples; a row that cannot be decoded is a failed sample saying why."""

@@ -94,8 +94,7 @@ def generate_run(
         )
         with writer:
             shard_count = len(records_stage.shards)
-            for index, rows in enumerate(run.read_shards("records")):
-                records = [ImageRecord.from_row(row) for row in rows]
+            for index, records in enumerate(run.read_record_shards()):
                 step = f"generating (shard {index + 1}/{shard_count})"
                 samples, requests = _generate_shard(generator, session, records, step, progress)
                 writer.write_shard([sample.to_row() for sample in samples])
