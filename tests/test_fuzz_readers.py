@@ -239,7 +239,7 @@ def test_every_reader_reads_or_refuses_in_one_line(name: str, workdir: Path) -> 
 
 # -- the invariants under the guards ------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\n', max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
     max_leaves=40,
 )
@@ -254,9 +254,9 @@ def depth_of(value: Any) -> int:
 
 
 @FUZZ
-@given(value=json_values)
-def test_nesting_depth_is_the_depth_of_the_parsed_document(value: Any) -> None:
-    text = json.dumps(value)
+@given(value=json_values, ascii_only=st.booleans())
+def test_nesting_depth_is_the_depth_of_the_parsed_document(value: Any, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
     assert nesting_depth(text) == depth_of(value)
     assert loads_json(text.encode(), file="x.json", what="test") == value
 

@@ -24,7 +24,8 @@ import yaml
 from vlit.errors import InputFileError
 from vlit.limits import JSON_DEPTH_VARIABLE, max_json_depth
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_QUOTED = re.compile(rb'"[^"]*"')
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -59,7 +60,14 @@ def nesting_depth(data: bytes | str, *, quoted: bool = True) -> int:
     if raw.count(b"[") + raw.count(b"{") == 0:
         return 0
     if quoted:
-        raw = _STRING.sub(b"", raw)
+        # Keep only quotes and brackets, escapes removed first (pairs of backslashes, then
+        # escaped quotes), and drop adjacent quote pairs: quotes still alternate open/close and
+        # every bracket keeps its place inside or outside a string, but the few strings left
+        # (those holding brackets) are cheap to cut out. All at C speed.
+        if b"\\" in raw:
+            raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+        raw = raw.translate(None, _NOT_STRUCTURE)
+        raw = _QUOTED.sub(b"", raw.replace(b'""', b""))
     brackets = np.frombuffer(raw.translate(None, _NOT_BRACKETS), dtype=np.uint8)
     steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
     return int(np.cumsum(steps).max(initial=0))
@@ -112,7 +120,7 @@ def loads_json(
         if isinstance(data, bytes)
         else data.removeprefix(codecs.BOM_UTF8.decode("utf-8"))
     )
-    check_depth(text, file=file, what=what, record=record)
+    check_depth(data, file=file, what=what, record=record)  # bytes as given: no copy
     try:
         document = json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as error:
@@ -137,7 +145,8 @@ def loads_json(
             record=record,
             fix=f"flatten the {what} data, or lower {JSON_DEPTH_VARIABLE}",
         ) from error
-    if _SURROGATE_ESCAPE.search(text) or _LONE_SURROGATE.search(text):
+    # Strict UTF-8 never yields a surrogate; only an escape ("\\ud800") or a str given can.
+    if _SURROGATE_ESCAPE.search(text) or (isinstance(data, str) and _LONE_SURROGATE.search(text)):
         document = _replace_lone_surrogates(document)
     return document
 
