@@ -57,15 +57,17 @@ def nesting_depth(data: bytes | str, *, quoted: bool = True) -> int:
     strings too (YAML, whose strings need not be quoted).
     """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if raw.count(b"[") + raw.count(b"{") == 0:
-        return 0
     if quoted:
         # Keep only quotes and brackets, escapes removed first (pairs of backslashes, then
         # escaped quotes), and drop adjacent quote pairs: quotes still alternate open/close and
         # every bracket keeps its place inside or outside a string, but the few strings left
         # (those holding brackets) are cheap to cut out. All at C speed.
-        if b"\\" in raw:
-            raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+        # (each replace only when needed: "\\n" escapes are common, these two are rare)
+        escaped_quote = b'\\"' in raw
+        if b"\\\\" in raw:
+            raw = raw.replace(b"\\\\", b"")
+        if escaped_quote:
+            raw = raw.replace(b'\\"', b"")
         raw = raw.translate(None, _NOT_STRUCTURE)
         raw = _QUOTED.sub(b"", raw.replace(b'""', b""))
     brackets = np.frombuffer(raw.translate(None, _NOT_BRACKETS), dtype=np.uint8)
