@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vlit import __version__
 from vlit.errors import InputFileError, VlitError
@@ -447,6 +448,14 @@ class StageWriter:
         self.manifest = manifest
         self._lock.release()
         return manifest
+
+    def adopt(self, name: str) -> None:
+        """Add a shard that another process (a Ray worker) wrote into the stage folder, named
+        ``shard-<this writer's token>-...``; shards are listed in the order adopted."""
+        path = self.directory / name
+        rows = pq.ParquetFile(path).metadata.num_rows
+        self._shards.append({"file": name, "rows": rows, "digest": _file_digest(path)})
+        self.rows += rows
 
     def abort(self) -> None:
         """Delete the shards this writer wrote; the committed version is untouched."""

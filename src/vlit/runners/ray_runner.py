@@ -20,6 +20,7 @@ import pickle
 import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -147,6 +148,70 @@ def run_stages_ray(
     if dataset is None:
         return []
     sink = _count_sink(ray)
+    dataset = _through_stages(ray, dataset, stages, sink)
+    rows: list[dict[str, Any]] = []
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows.extend(batch.to_pylist())
+    _add_counts(ray, sink, stages)
+    return [Sample.from_row(row) for row in rows]
+
+
+def run_stages_ray_on_files(
+    stages: Sequence[Stage],
+    inputs: Sequence[str],
+    *,
+    output_dir: str,
+    prefix: str,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> list[str]:
+    """Run ``stages`` over the samples of the Parquet files ``inputs``; return the names of the
+    files written in ``output_dir`` (``<prefix>-<task>-<write id>-<part>.parquet``), in input
+    order.
+
+    The workers read the input files and write the output files themselves: no sample passes
+    through the driver, which holds the stages' counters only. Every node must see ``inputs``
+    and ``output_dir`` at the same paths (a shared file system).
+    """
+    ray = init_ray(address, num_cpus=num_cpus)
+    if not inputs:
+        return []
+    sink = _count_sink(ray)
+    dataset = ray.data.read_parquet(list(inputs), schema=SAMPLE_SCHEMA)
+    dataset = _through_stages(ray, dataset, stages, sink)
+    dataset.write_parquet(output_dir, filename_provider=_shard_names(prefix))
+    _add_counts(ray, sink, stages)
+    written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
+    return sorted(written, key=lambda name: _task_and_part(name, prefix))
+
+
+def _shard_names(prefix: str) -> Any:
+    """Ray's namer of a write's files: ``<prefix>-<task index>-<write id>`` (tasks follow the
+    input order, which the runner preserves; Ray adds ``-<part>.parquet``)."""
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"{prefix}-{task_index:06d}-{write_uuid}"
+
+    return ShardNames(file_format="parquet")
+
+
+def _task_and_part(name: str, prefix: str) -> tuple[int, int]:
+    """The write task and the part of a file named by `_shard_names`, for ordering."""
+    fields = name.removeprefix(f"{prefix}-").removesuffix(".parquet").split("-")
+    return int(fields[0]), int(fields[-1])
+
+
+def _add_counts(ray: Any, sink: Any, stages: Sequence[Stage]) -> None:
+    """Add what the workers counted to the driver's stage objects; stop the sink."""
+    for position, delta in ray.get(sink.totals_by_stage.remote()).items():
+        stages[position].counts.update(delta)
+    ray.kill(sink)
+
+
+def _through_stages(ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any) -> Any:
+    """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors."""
     for position, stage in enumerate(stages):
         resources = _fit_to_cluster(ray, stage)
         if resources.uses_model:
@@ -167,13 +232,7 @@ def run_stages_ray(
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
             )
-    rows: list[dict[str, Any]] = []
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        rows.extend(batch.to_pylist())
-    for position, delta in ray.get(sink.totals_by_stage.remote()).items():
-        stages[position].counts.update(delta)
-    ray.kill(sink)
-    return [Sample.from_row(row) for row in rows]
+    return dataset
 
 
 def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
