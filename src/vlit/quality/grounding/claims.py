@@ -60,6 +60,7 @@ _KIN = word_set("kin_nouns")
 _YOUNG = word_set("young_animal_nouns")
 _ANIMALS = word_set("animal_categories")
 _NOBODY = word_set("nobody_words")
+_PERSON_PRONOUN_WORDS = word_set("person_pronouns")
 _COLOUR_CATEGORIES = word_set("colour_categories")
 _COLOURS = word_set("colour_words")
 _CONTEXT_EXCLUSIONS: dict[str, frozenset[str]] = {
@@ -134,6 +135,7 @@ class _Candidate:
     category: str
     kind: MentionKind
     nobody: bool = False  # "nobody", "no one": a person word that is itself a negation
+    pronoun: bool = False  # "she", "him": a person by a personal pronoun
 
     @property
     def head(self) -> Token:
@@ -210,6 +212,11 @@ def _candidates(doc: Doc | Span) -> list[_Candidate]:
             found.append(_Candidate(span, "person", "synonym", nobody=True))
             index = end
             continue
+        if token.lower_ in _PERSON_PRONOUN_WORDS and token.dep_ != "poss" and token.tag_ == "PRP":
+            span = token.doc[token.i : token.i + 1]
+            found.append(_Candidate(span, "person", "subtype", pronoun=True))
+            index += 1
+            continue
         step = _match_at(tokens, index, found)
         index += step
     return found
@@ -244,6 +251,8 @@ def _noun_like(first: Token, head: Token) -> bool:
     determiner ("rides a moped"), unless a noun follows it ("an orange shirt")."""
     if head.pos_ in ("NOUN", "PROPN"):
         return True
+    if head.pos_ in ("ADJ", "ADV") and _next_noun(head) is not None:
+        return True  # "the oven door", "the toaster oven": a noun the tagger read otherwise
     if head.pos_ == "PRON":
         return head.lower_ in ("someone", "somebody", "anyone", "anybody", "everyone")
     doc = head.doc
@@ -291,6 +300,20 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     return None
 
 
+def _next_noun(token: Token) -> Token | None:
+    """The word right after ``token`` when the pair reads as a noun compound: a noun, or a
+    vocabulary word the tagger read as an adjective or adverb ("the toaster oven")."""
+    doc = token.doc
+    if token.i + 1 >= len(doc) or token.dep_ == "conj" or token.tag_ == "NNS":
+        return None
+    after = doc[token.i + 1]
+    if after.pos_ in ("NOUN", "PROPN") and after.tag_ != "VBZ":
+        return after
+    if after.pos_ in ("ADJ", "ADV") and lookup_phrase(after.lemma_.lower()) is not None:
+        return after
+    return None
+
+
 def _next_is_colour(token: Token) -> bool:
     doc = token.doc
     return token.i + 1 < len(doc) and doc[token.i + 1].lower_ in _COLOURS
@@ -302,9 +325,11 @@ def _next_is_colour(token: Token) -> bool:
 def compound_rule(candidate: _Candidate) -> str | None:
     """For the first noun of a compound: whether it names an object of its own."""
     head = candidate.head
-    if head.dep_ != "compound" or candidate.nobody:
+    if candidate.nobody or candidate.pronoun:
         return None
-    outer = head.head
+    outer = head.head if head.dep_ == "compound" else _next_noun(head)
+    if outer is None:
+        return None
     lemma = outer.lemma_.lower()
     if lemma in _KEEP_MODIFIER or outer.lower_ in _KEEP_MODIFIER:
         return "compound: counted (part or role)"
@@ -339,6 +364,13 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
                 return f"no claim: '{child.lower_}' clause (hypothetical)"
             if child.dep_ == "mark" and child.lower_ == "if":
                 return "no claim: 'if' clause (hypothetical)"
+        if any(
+            c.dep_ == "advcl"
+            and any(m.dep_ == "mark" and m.lower_ in _CONDITIONAL_MARKS for m in c.children)
+            and not any(m.lower_ == "as" for m in c.children)
+            for c in ancestor.children
+        ):
+            return "no claim: the consequence of an 'if' clause (hypothetical)"
         if ancestor.dep_ == "advcl" and any(
             c.lower_ == "if" or (c.lower_ == "as" and c.nbor(1).lower_ == "if")
             for c in ancestor.children
@@ -349,6 +381,8 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
     such_as = _such_as_index(sent)
     if such_as is not None and head.i > such_as:
         return "no claim: an example after 'such as'"
+    if such_as is not None and head.i == such_as - 2:
+        return "no claim: a kind given by examples ('plants such as ferns')"
     if _past_cause(candidate):
         return "no claim: a past event ('hit by a car')"
     return None
@@ -386,6 +420,8 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     first = _first_conjunct(head)
     if first.head.lower_ == "without" or head.head.lower_ == "without":
         return "absent", "absent: 'without'"
+    if first.head.lower_ == "of" and first.head.head.lower_ in ("empty", "free", "devoid"):
+        return "absent", f"absent: '{first.head.head.lower_} of'"
     verb = _clause_verb(first)
     quantifier = _negative_quantifier(candidate, first)
     if quantifier is not None:
@@ -502,11 +538,10 @@ def _after_contrast(token: Token) -> bool:
 
 def exact_number(head: Token) -> int | None:
     """The exact count a mention claims ("two dogs", "only one sink"), or None."""
-    for child in head.children:
-        if child.dep_ == "amod" and child.lower_ == "single":
-            return 1
-        if child.dep_ != "nummod":
-            continue
+    numbers = [c for c in head.children if c.dep_ == "nummod"] + _number_before(head)
+    if any(c.dep_ == "amod" and c.lower_ == "single" for c in head.children):
+        return 1
+    for child in numbers:
         text = child.lower_.replace(",", "")
         value = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
         if value is None:
@@ -521,3 +556,17 @@ def exact_number(head: Token) -> int | None:
                 return None  # "one dog sits on the mat": one of them, not a total
         return value
     return None
+
+
+def _number_before(head: Token) -> list[Token]:
+    """A number the parser did not attach as the noun's count ("Three vases with ...")."""
+    index = head.i - 1
+    doc = head.doc
+    while index >= 0 and doc[index].dep_ in ("amod", "compound") and doc[index].head == head:
+        index -= 1
+    if index < 0:
+        return []
+    before = doc[index]
+    if before.pos_ == "NUM" and before.dep_ in ("nsubj", "dep", "compound", "quantmod"):
+        return [before]
+    return []
