@@ -258,7 +258,9 @@ class CocoCollector:
     @staticmethod
     def _image_ids(data: dict[str, Any]) -> set[str]:
         """The ids of an annotation file's ``images`` array (already checked by _list_images)."""
-        return {str(item["id"]) for item in data["images"] if isinstance(item, dict) and "id" in item}
+        return {
+            str(item["id"]) for item in data["images"] if isinstance(item, dict) and "id" in item
+        }
 
     def _list_images(
         self,

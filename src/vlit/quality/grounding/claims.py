@@ -281,8 +281,10 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
             return "sense: a colour ('an orange and white cat')"
         if head.dep_ == "amod" or any(c.lower_ in _COLOURS for c in head.conjuncts):
             return "sense: a colour ('an orange and white cat')"
-    if after is not None and after.lower_ == "of" and (
-        head.lower_ in _BEFORE_OF or lemma in _BEFORE_OF
+    if (
+        after is not None
+        and after.lower_ == "of"
+        and (head.lower_ in _BEFORE_OF or lemma in _BEFORE_OF)
     ):
         return "sense: a group or part noun before 'of' ('a couple of boats')"
     context = _CONTEXT_EXCLUSIONS.get(lemma)
@@ -405,8 +407,10 @@ def _past_cause(candidate: _Candidate) -> bool:
         return False
     past = verb.tag_ == "VBD" or (
         verb.tag_ == "VBN"
-        and any(c.dep_ in ("aux", "auxpass") and c.lower_ in ("was", "were", "had", "been")
-                for c in verb.children)  # fmt: skip
+        and any(
+            c.dep_ in ("aux", "auxpass") and c.lower_ in ("was", "were", "had", "been")
+            for c in verb.children
+        )  # fmt: skip
     )
     if not past:
         return False
