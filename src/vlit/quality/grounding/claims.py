@@ -227,8 +227,8 @@ def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
     for length in range(min(MAX_PHRASE_WORDS, len(tokens) - index), 0, -1):
         span_tokens = tokens[index : index + length]
         head = span_tokens[-1]
-        if not _noun_like(span_tokens[0], head):
-            continue
+        if length == 1 and not _noun_like(span_tokens[0], head):
+            continue  # a phrase of several words ("teddy bear") is a noun whatever the tagger says
         words = [t.lower_ for t in span_tokens[:-1]]
         forms = [" ".join([*words, head.lemma_.lower()]), " ".join(t.lower_ for t in span_tokens)]
         doc = head.doc
