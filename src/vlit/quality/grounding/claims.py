@@ -45,6 +45,7 @@ from vlit.quality.grounding.vocabulary import (
     MentionKind,
     lookup_fixed_phrase,
     lookup_phrase,
+    may_start_phrase,
     word_set,
 )
 
@@ -165,6 +166,11 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
     return mentions
 
 
+def is_existence_question(text: str) -> bool:
+    """Whether a question asks if something is in the image ("Is there a cat?")."""
+    return _EXISTENTIAL_QUESTION.search(text) is not None
+
+
 def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
     """What a yes/no answer claims about the objects an existence question asks about."""
     if not _EXISTENTIAL_QUESTION.search(question.text):
@@ -224,6 +230,8 @@ def _candidates(doc: Doc | Span) -> list[_Candidate]:
 
 def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
     """Match the longest phrase starting at ``index``; return how many tokens it used."""
+    if not may_start_phrase(tokens[index].lower_, tokens[index].lemma_.lower()):
+        return 1
     for length in range(min(MAX_PHRASE_WORDS, len(tokens) - index), 0, -1):
         span_tokens = tokens[index : index + length]
         head = span_tokens[-1]

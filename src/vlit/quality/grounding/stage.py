@@ -41,10 +41,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vlit.errors import ModelUnavailableError
-from vlit.quality.grounding.claims import Mention, asked_objects, find_mentions
+from vlit.quality.grounding.claims import (
+    Mention,
+    asked_objects,
+    find_mentions,
+    is_existence_question,
+)
 from vlit.quality.grounding.ocr import ocr_claim_matches, ocr_claims
 from vlit.runners.base import Resources
-from vlit.schema import ImageRecord, Sample
+from vlit.schema import ImageRecord, Sample, Turn
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -185,10 +190,13 @@ class AnnotationGrounding:
                 self.counts[f"not_checked_{reason}"] += 1
                 continue
             todo.append((sample, record))
-        texts = [turn.text for sample, _ in todo for turn in sample.turns]
+        texts = [turn.text for sample, _ in todo for turn in sample.turns if _needs_parse(turn)]
         docs = iter(self.nlp.pipe(texts, batch_size=64))
         for sample, record in todo:
-            parsed = [(turn.role, turn.text, next(docs)) for turn in sample.turns]
+            parsed = [
+                (turn.role, turn.text, next(docs) if _needs_parse(turn) else None)
+                for turn in sample.turns
+            ]
             report = check_sample(parsed, record)
             objects = objects_checkable(record)
             sample.scores.update(report.scores(objects=objects, ocr=bool(record.ocr)))
@@ -208,8 +216,16 @@ class AnnotationGrounding:
         return batch
 
 
-def check_sample(turns: Sequence[tuple[str, str, Doc]], record: ImageRecord) -> GroundingReport:
-    """Compare parsed turns ``(role, text, doc)`` with one record's annotations."""
+def _needs_parse(turn: Turn) -> bool:
+    """Answers are parsed; questions only when they ask whether something is there."""
+    return turn.role != "user" or is_existence_question(turn.text)
+
+
+def check_sample(
+    turns: Sequence[tuple[str, str, Doc | None]], record: ImageRecord
+) -> GroundingReport:
+    """Compare parsed turns ``(role, text, doc)`` with one record's annotations (a question's
+    ``doc`` may be None when it asks no existence question)."""
     report = GroundingReport()
     instances: Counter[str] = Counter(o.category for o in record.objects if not o.iscrowd)
     crowded = {o.category for o in record.objects if o.iscrowd}
@@ -218,6 +234,8 @@ def check_sample(turns: Sequence[tuple[str, str, Doc]], record: ImageRecord) -> 
     for role, text, doc in turns:
         if role == "user":
             previous_question = doc
+            continue
+        if doc is None:
             continue
         mentions = find_mentions(doc)
         if previous_question is not None:

@@ -84,6 +84,8 @@ def _build_lookup() -> dict[str, tuple[str, MentionKind]]:
 
 _LOOKUP = _build_lookup()
 MAX_PHRASE_WORDS = max(len(phrase.split()) for phrase in [*_LOOKUP, *PHRASES])
+# The first word of every entry: a quick "can a phrase start here?" before any lookup.
+FIRST_WORDS = frozenset(phrase.split()[0] for phrase in [*_LOOKUP, *PHRASES])
 
 
 def singular(word: str) -> str:
@@ -99,6 +101,16 @@ def singular(word: str) -> str:
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
         return word[:-1]
     return word
+
+
+def may_start_phrase(lower: str, lemma: str) -> bool:
+    """Whether a word (its lower-case form or lemma) begins some vocabulary entry."""
+    return (
+        lower in FIRST_WORDS
+        or lemma in FIRST_WORDS
+        or singular(lower) in FIRST_WORDS
+        or singular(lemma) in FIRST_WORDS
+    )
 
 
 def _normal(phrase: str) -> tuple[str, str]:
