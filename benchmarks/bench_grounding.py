@@ -36,7 +36,6 @@ def measure(repeat: int, rounds: int, spacy_model: str | None) -> dict[str, obje
     """Run in the subprocess: accuracy and throughput of the vlit found on sys.path."""
     sys.path.insert(0, str(TESTS))
     from grounding_corpus import CHECKS, coco_records, corpus_samples, load_corpus, score
-
     from vlit.quality.grounding import AnnotationGrounding
 
     items = load_corpus()

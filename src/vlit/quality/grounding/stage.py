@@ -163,7 +163,7 @@ class AnnotationGrounding:
     def summary(self) -> dict[str, Any]:
         """The counters, with CHAIR_i (hallucinated / mentioned objects) and CHAIR_s (share of
         checked samples with a hallucinated object), as in Rohrbach et al. (2018)."""
-        counts = dict(self.counts)
+        counts: dict[str, Any] = dict(self.counts)
         checked = self.counts["checked_objects"]
         mentioned = self.counts["objects_mentioned"]
         counts["chair_i"] = self.counts["objects_hallucinated"] / mentioned if mentioned else 0.0
