@@ -199,3 +199,8 @@ def test_property_counts_and_absence_follow_the_annotations(
         assert details["hallucinated"] == ([] if annotated[category] else [category])
         wrong = bool(annotated[category]) and annotated[category] != number
         assert [e["category"] for e in details["count_errors"]] == ([category] if wrong else [])
+
+
+def test_a_modal_of_sight_still_claims(stage: AnnotationGrounding) -> None:
+    assert claims(stage, "A giraffe could be seen in the distance.")["giraffe"][0] == "present"
+    assert claims(stage, "A dog might be hiding under the bench.")["dog"][0] == "none"

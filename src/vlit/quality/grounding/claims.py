@@ -382,7 +382,7 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
     sent = head.sent
     for ancestor in [head, *head.ancestors]:
         for child in ancestor.children:
-            if child.dep_ == "aux" and child.lower_ in _MODALS:
+            if child.dep_ == "aux" and child.lower_ in _MODALS and not _seen(ancestor):
                 return f"no claim: '{child.lower_}' (hypothetical or advice)"
             if child.dep_ == "mark" and child.lower_ in _CONDITIONAL_MARKS:
                 return f"no claim: '{child.lower_}' clause (hypothetical)"
@@ -408,6 +408,11 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
     if _past_cause(candidate):
         return "no claim: a past event ('hit by a car')"
     return None
+
+
+def _seen(verb: Token) -> bool:
+    """ "could be seen", "can be spotted": a modal that describes what is visible."""
+    return verb.tag_ == "VBN" and verb.lemma_.lower() in ("see", "spot", "notice", "observe")
 
 
 def _such_as_index(sent: Span) -> int | None:
