@@ -9,6 +9,7 @@ import typer
 from vlit.cli.common import emit_summary, progress_bar
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
+from vlit.quality.grounding import SPACY_MODEL
 from vlit.quality.lint import LINT_FLAGS
 from vlit.quality.matching import DECODE_MODES, TEXT_MODES
 from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
@@ -76,6 +77,13 @@ def score_command(
     no_grounding: Annotated[
         bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
     ] = False,
+    spacy_model: Annotated[
+        str,
+        typer.Option(
+            "--spacy-model",
+            help="spaCy pipeline for grounding: an installed package's name or a folder.",
+        ),
+    ] = SPACY_MODEL,
     no_lint: Annotated[bool, typer.Option("--no-lint", help="Skip the structural lint.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
@@ -113,6 +121,7 @@ def score_command(
         judge_votes=judge_n,
         llm=llm,
         grounding=not no_grounding,
+        spacy_model=spacy_model,
         lint=not no_lint,
     )
     opened = open_run_dir(run, writer="vlit score", must_exist=True)

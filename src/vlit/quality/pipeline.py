@@ -37,7 +37,7 @@ from vlit.quality.filtering import (
     SampleFilter,
     ScoreValues,
 )
-from vlit.quality.grounding import AnnotationGrounding
+from vlit.quality.grounding import SPACY_MODEL, AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
 from vlit.quality.lint import DatasetLinter, DatasetLintFlags, SampleLinter
 from vlit.quality.matching import ClipMatchingScorer, DecodeMode, TextMode
@@ -61,6 +61,7 @@ class ScoreOptions:
     judge_votes: int = 3
     llm: LlmConfig | None = None
     grounding: bool = True
+    spacy_model: str = SPACY_MODEL  # grounding's parser: a pipeline's name or folder
     lint: bool = True
     duplicate_threshold: float = 0.8
     seed: int = 0
@@ -120,7 +121,7 @@ def score_run(
         stages.append(linter)
     grounding = None
     if options.grounding and records:
-        grounding = AnnotationGrounding(records=records)
+        grounding = AnnotationGrounding(records=records, spacy_model=options.spacy_model)
         stages.append(grounding)
     elif options.grounding:
         summary["grounding"] = {"status": "not_run: this run has no records/ to check against"}
@@ -179,7 +180,7 @@ def score_run(
     if linter is not None and lint_flags is not None:
         summary["lint"] = {"samples_flagged": _merge(linter.counts, lint_flags.counts)}
     if grounding is not None:
-        summary["grounding"] = dict(grounding.counts) | means.of("ground_hallucination_rate")
+        summary["grounding"] = grounding.summary() | means.of("ground_hallucination_rate")
     if matcher is not None:
         summary["md"] = (
             {"status": "computed"}
