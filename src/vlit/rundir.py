@@ -99,12 +99,7 @@ class StageManifest:
     @classmethod
     def from_file(cls, path: Path, stage: str) -> StageManifest:
         fix = f"run `{REFRESH_COMMAND.get(stage, 'the stage')}` again to rewrite the stage"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:
-            raise InputFileError(
-                f"cannot read the stage manifest ({type(error).__name__})", file=str(path), fix=fix
-            ) from error
+        data = _read_json(path, "the stage manifest", fix)
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise InputFileError("not a vlit stage manifest", file=str(path), fix=fix)
         if data.get("schema_version") != SCHEMA_VERSION:
@@ -355,12 +350,7 @@ class RunDir:
         if not path.exists():
             return {}
         fix = f"move {path} aside (it holds only summaries; the stages stay usable)"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:
-            raise InputFileError(
-                f"cannot read the run's metadata ({type(error).__name__})", file=str(path), fix=fix
-            ) from error
+        meta = _read_json(path, "the run's metadata", fix)
         if not isinstance(meta, dict) or not isinstance(meta.get("summaries", {}), dict):
             raise InputFileError("run.json is not a vlit run summary", file=str(path), fix=fix)
         return meta
@@ -484,6 +474,16 @@ class StageWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON value in ``path``; an unreadable file is an `InputFileError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise InputFileError(
+            f"cannot read {what} ({type(error).__name__})", file=str(path), fix=fix
+        ) from error
 
 
 def _file_digest(path: Path) -> str:
