@@ -121,6 +121,15 @@ class LlamaFactoryWriter:
         return [str(data), str(info_path)]
 
 
+#: Why ``--format openflamingo`` writes nothing (checked against open_flamingo 2.0.1's train.py).
+OPENFLAMINGO_EXPORT_REFUSAL = (
+    "open_flamingo's training script cannot train on conversations: train.py steps through a "
+    "LAION image-caption webdataset and an MMC4 interleaved webdataset together (both "
+    "--laion_shards and --mmc4_shards, zipped batch by batch; MMC4 shards also need image-text "
+    "CLIP similarities) and takes the loss on every text token, so the user turns of a "
+    "conversation would be trained as if they were answers"
+)
+
 TRAINING_EXPORT_FORMATS: dict[str, type[LlavaTrainingWriter] | type[LlamaFactoryWriter]] = {
     "llava": LlavaTrainingWriter,
     "llamafactory": LlamaFactoryWriter,
@@ -135,6 +144,12 @@ def export_for_training(
     Samples without an image, whose image file is missing, with a failed generation or a
     malformed conversation are skipped and counted.
     """
+    if format == "openflamingo":
+        raise ConfigError(
+            OPENFLAMINGO_EXPORT_REFUSAL,
+            fix="tune OpenFlamingo with `vlit tune RUN --model OPENFLAMINGO_DIR` (it trains the "
+            "same modules, on the assistant tokens only)",
+        )
     if format not in TRAINING_EXPORT_FORMATS:
         raise ConfigError(
             f"unknown training format '{format}'",
