@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlit.errors import ConfigError, InputFileError, RecordError
+from vlit.errors import ConfigError, InputFileError, RecordError, VlitError
 from vlit.formats.base import RAW_RECORD, FormatReader, FormatWriter, ImportContext
 from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
@@ -94,7 +94,23 @@ class DatasetImporter:
         self._listings: dict[str, dict[str, int]] = {}
 
     def samples(self, path: Path) -> Iterator[Sample]:
-        """The samples of ``path``, checked and counted as they stream by."""
+        """The samples of ``path``, checked and counted as they stream by.
+
+        When every record of the file is invalid, the stream ends with an `InputFileError`
+        (so a run directory never receives a file vlit could not read).
+        """
+        yield from self._checked_samples(path)
+        counts = self.counts
+        if counts.samples and counts.records_invalid == counts.samples:
+            first = counts.examples[0] if counts.examples else "invalid record"
+            raise InputFileError(
+                f"none of its {counts.samples} records can be read as {self.reader.name} data "
+                f"(first: {first})",
+                file=str(path),
+                fix=_format_fix(path, self.reader.name, self.context),
+            )
+
+    def _checked_samples(self, path: Path) -> Iterator[Sample]:
         stream = self._checked_start(self.reader.read(path, self.context), path)
         if not self.verify_images:
             for sample in stream:
@@ -228,6 +244,25 @@ class DatasetImporter:
             counts.duplicate_ids += 1
         else:
             self._seen_ids.add(sample.sample_id)
+
+
+def _format_fix(path: Path, tried: str, context: ImportContext) -> str:
+    """The ``--format`` that reads ``path`` (the first of ours whose first records parse)."""
+    from vlit.formats import FORMATS  # the registry imports this module
+
+    for name, (reader_class, _) in FORMATS.items():
+        if name == tried:
+            continue
+        try:
+            head = list(itertools.islice(reader_class().read(path, context), 5))
+        except (VlitError, OSError, ValueError):
+            continue
+        if any(RAW_RECORD not in sample.extra for sample in head):
+            return f"pass --format {name}"
+    return (
+        f"it is not in any of vlit's formats ({', '.join(FORMATS)}): convert it, pass the right "
+        "--format, or collect annotation files (COCO, VQA) with `vlit collect coco`"
+    )
 
 
 def _verify(path: Path | None) -> str | None:
