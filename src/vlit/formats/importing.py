@@ -34,6 +34,7 @@ from typing import Any
 
 from vlit.errors import ConfigError, InputFileError, RecordError, VlitError
 from vlit.formats.base import RAW_RECORD, FormatReader, FormatWriter, ImportContext
+from vlit.formats.export_images import ExportImages
 from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
 from vlit.images import check_image, is_url, reference_problem, resolve_image_path
@@ -276,10 +277,18 @@ def list_objects(root: str) -> dict[str, int]:
 
 
 def export_samples(
-    samples: Iterable[Sample], path: Path, *, writer: FormatWriter, include_failed: bool = False
+    samples: Iterable[Sample],
+    path: Path,
+    *,
+    writer: FormatWriter,
+    include_failed: bool = False,
+    images: ExportImages | None = None,
 ) -> dict[str, Any]:
     """Write ``samples`` to ``path``; failed samples are left out (and counted) unless
-    ``include_failed``. Returns the counts."""
+    ``include_failed``. ``images`` checks, gathers and rewrites the image references (default:
+    one image root, no missing image; see `vlit.formats.export_images`); when it refuses the
+    export (missing images, unsupported samples) nothing is written. Returns the counts."""
+    images = images if images is not None else ExportImages(format_name=writer.name)
     skipped = Counter[str]()
 
     def wanted() -> Iterator[Sample]:
@@ -288,7 +297,10 @@ def export_samples(
                 skipped["skipped_failed"] += 1
                 continue
             skipped[f"root:{sample.image_root}"] += sample.image is not None
-            yield sample
+            prepared = images.prepare(sample)
+            if prepared is not None:
+                yield prepared
+        images.finish()  # raising here stops the writer before it commits its file
 
     counts = writer.write(wanted(), path)
     summary = asdict(counts)
@@ -296,6 +308,8 @@ def export_samples(
     summary["image_roots"] = sum(
         1 for key, value in skipped.items() if key.startswith("root:") and value
     )
+    summary.update(images.summary())
+    summary["images_missing"] += summary.pop("images_missing_at_export")
     return summary
 
 
