@@ -26,6 +26,7 @@ from consumers import (
 from llm_servers import Response, ScriptedServer
 from vlit.cli import main
 from vlit.collect import CocoCollector
+from vlit.evaluate.export import export_for_training
 from vlit.rundir import RunDir
 
 _ANSWER = '[{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A."}]'
@@ -282,3 +283,14 @@ def test_the_validators_catch_what_the_consumers_fail_on(tmp_path: Path, coco_ti
     problems = llamafactory_problems(path, photo.parent)
     assert any("Invalid message count" in problem for problem in problems)
     assert any("does not match the number of <image> tokens" in problem for problem in problems)
+
+
+def test_tune_export_keeps_every_image(edge_case_run: Path, tmp_path: Path) -> None:
+    llava = export_for_training(edge_case_run, format="llava", out=tmp_path / "l")
+    assert llava_problems(tmp_path / "l" / "llava_train.json", Path(llava.image_folder or "")) == []
+    records = {r["id"]: r for r in json.loads((tmp_path / "l" / "llava_train.json").read_text())}
+    assert records["two-images"]["image"] == ["a.jpg", "c.png"]
+    factory = export_for_training(edge_case_run, format="llamafactory", out=tmp_path / "f")
+    data = tmp_path / "f" / f"{factory.extra['dataset_name']}.json"
+    assert llamafactory_problems(data, Path(factory.image_folder or "")) == []
+    assert sorted(len(record["images"]) for record in json.loads(data.read_text())) == [1] * 4 + [2]

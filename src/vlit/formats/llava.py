@@ -134,7 +134,8 @@ def conversation_turns_to_json(sample: Sample, texts: list[str], *, own: bool) -
 def split_tokens_of(turns: list[Turn], *, has_image: bool) -> tuple[list[Turn], dict[str, Any]]:
     """Turns without ``<image>`` tokens, and ``{"image_token": ...}`` to put them back.
 
-    A record with an image but no token is recorded as such, so none is added on export.
+    A record with an image but no token is recorded as such (`export_texts` then adds the
+    token LLaVA needs).
     """
     texts, token = split_image_tokens([turn.text for turn in turns])
     clean = [Turn(role=turn.role, text=text) for turn, text in zip(turns, texts, strict=True)]
