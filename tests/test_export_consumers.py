@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from consumers import (
@@ -27,6 +29,10 @@ from llm_servers import Response, ScriptedServer
 from vlit.cli import main
 from vlit.collect import CocoCollector
 from vlit.evaluate.export import export_for_training
+from vlit.formats import ImportContext
+from vlit.formats.image_token import IMAGE_TOKEN
+from vlit.formats.llava import LlavaReader, LlavaWriter
+from vlit.formats.sharegpt import ShareGptWriter
 from vlit.rundir import RunDir
 
 _ANSWER = '[{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A."}]'
@@ -294,3 +300,68 @@ def test_tune_export_keeps_every_image(edge_case_run: Path, tmp_path: Path) -> N
     data = tmp_path / "f" / f"{factory.extra['dataset_name']}.json"
     assert llamafactory_problems(data, Path(factory.image_folder or "")) == []
     assert sorted(len(record["images"]) for record in json.loads(data.read_text())) == [1] * 4 + [2]
+
+
+@st.composite
+def _llava_records(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """LLaVA records with 0-3 images and 0-3 tokens placed anywhere in the user turns."""
+    text = st.text(alphabet="abc xyz?!\n猫Ж", max_size=12)
+    records = []
+    for index in range(draw(st.integers(1, 5))):
+        pairs = draw(st.integers(1, 3))
+        turns = [draw(text) for _ in range(2 * pairs)]
+        for _ in range(draw(st.integers(0, 3))):
+            turn = 2 * draw(st.integers(0, pairs - 1))
+            cut = draw(st.integers(0, len(turns[turn])))
+            turns[turn] = turns[turn][:cut] + IMAGE_TOKEN + turns[turn][cut:]
+        images = draw(st.lists(st.sampled_from(["a.jpg", "b.jpg", "c.png"]), max_size=3))
+        record: dict[str, Any] = {"id": f"r{index}"}
+        if images:
+            record["image"] = images if len(images) > 1 or draw(st.booleans()) else images[0]
+        record["conversations"] = [
+            {"from": ("human", "gpt")[position % 2], "value": value}
+            for position, value in enumerate(turns)
+        ]
+        records.append(record)
+    return records
+
+
+@pytest.fixture(scope="module")
+def three_images(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Path:
+    folder = tmp_path_factory.mktemp("three")
+    photos = sorted((coco_tiny / "train2017").glob("*.jpg"))
+    (folder / "a.jpg").write_bytes(photos[0].read_bytes())
+    (folder / "b.jpg").write_bytes(photos[1].read_bytes())
+    Image.open(photos[2]).convert("RGB").resize((32, 24)).save(folder / "c.png")
+    return folder
+
+
+@settings(max_examples=25, deadline=None)
+@given(records=_llava_records())
+def test_every_exported_record_has_one_token_per_image(
+    records: list[dict[str, Any]], three_images: Path
+) -> None:
+    source = three_images / "records.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    context = ImportContext(images=three_images, workdir=three_images / "work")
+    samples = list(LlavaReader().read(source, context))
+    for writer, validate in ((LlavaWriter(), llava_problems), (ShareGptWriter(), None)):
+        out = three_images / f"out-{writer.name}.json"
+        counts = writer.write(samples, out)
+        written = json.loads(out.read_text(encoding="utf-8"))
+        too_many = [
+            r["id"]
+            for r in records
+            if sum(t["value"].count(IMAGE_TOKEN) for t in r["conversations"])
+            > len(
+                r["image"]
+                if isinstance(r.get("image"), list)
+                else [r.get("image")] * ("image" in r)
+            )
+        ]
+        assert counts.image_token_mismatch == len(too_many)
+        assert [r["id"] for r in written] == [r["id"] for r in records if r["id"] not in too_many]
+        if validate is not None:
+            assert validate(out, three_images) == []
+        else:
+            assert llamafactory_problems(out, three_images) == []
