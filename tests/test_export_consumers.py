@@ -365,3 +365,14 @@ def test_every_exported_record_has_one_token_per_image(
             assert validate(out, three_images) == []
         else:
             assert llamafactory_problems(out, three_images) == []
+
+
+def test_an_image_root_that_already_holds_the_images(
+    edge_case_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "edge_images"
+    out = tmp_path / "same.json"
+    summary = _export(capsys, edge_case_run, "llava", out, "--image-root", str(images))
+    assert summary["image_root"] == str(images.resolve()) and summary["images_linked"] == 0
+    assert json.loads(out.read_text())[0]["image"] == "a.jpg"
+    assert llava_problems(out, images) == []

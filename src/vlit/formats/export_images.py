@@ -8,8 +8,8 @@ to different folders, and an image that is not there must not pass unnoticed:
   summary names; a run whose images come from several roots (say the demo photos and the run's
   own ``images/regions/``) needs ``image_root`` (``--image-root DIR``): each image is hard-linked
   (copied across file systems or from object storage) to ``DIR/<folder>/<path>``, one
-  ``<folder>`` per source root, so names stay unique; ``absolute_paths`` writes absolute paths
-  instead;
+  ``<folder>`` per source root, so names stay unique (images already under ``DIR`` stay where
+  they are); ``absolute_paths`` writes absolute paths instead;
 - **formats that embed images** (parquet, mimicit): the bytes go into the export, so the root
   does not matter, but the images must exist;
 - **paper** names images by id only and holds one image per conversation: a multi-image sample
@@ -254,6 +254,8 @@ class ExportImages:
             if self.absolute_paths:
                 return join_url(root, reference) if is_url(root) else str(Path(root) / reference)
             return reference
+        if not is_url(root) and Path(root).resolve() == self.image_root:  # already there
+            return str(self.image_root / reference) if self.absolute_paths else reference
         relative = posixpath.join(self._folder(root), posixpath.normpath(reference))
         target = self.image_root / relative
         self._gather(root, reference, target)
