@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vlit.cli.common import emit_summary, progress_bar
+from vlit.cli.common import emit_summary, progress_bar, stage_rows
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
 from vlit.quality.grounding import SPACY_MODEL
@@ -126,7 +126,7 @@ def score_command(
     )
     opened = open_run_dir(run, writer="vlit score", must_exist=True)
     with opened as run_dir, progress_bar() as progress:
-        task = progress.add_task("scoring", total=None)
+        task = progress.add_task("scoring", total=stage_rows(run_dir, "samples"))
         summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
     emit_summary("vlit score", summary, as_json=as_json)
 

@@ -7,9 +7,11 @@
   "images": [...]}`` with one ``<image>`` per image) plus the ``dataset_info.json`` entry that
   registers it.
 
-Image paths: when all samples share one image folder, paths are written relative to it and the
-folder is reported (pass it as LLaVA's ``--image_folder`` / LLaMA-Factory's ``media_dir``);
-otherwise absolute paths are written, which both frameworks accept as they are.
+Samples with several images keep them all (LLaVA-NeXT's ``image`` list, LLaMA-Factory's
+``images``), with one ``<image>`` token per image. Image paths: when all samples share one image
+folder, paths are written relative to it and the folder is reported (pass it as LLaVA's
+``--image_folder`` / LLaMA-Factory's ``media_dir``); otherwise absolute paths are written, which
+both frameworks accept as they are.
 
 Example:
     >>> export_for_training("runs/demo", format="llava", out="export/")   # doctest: +SKIP
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 from vlit.errors import ConfigError, RecordError
 from vlit.evaluate.tuning import check_turns, read_training_samples
 from vlit.fileio import write_text_atomic
+from vlit.formats.export_images import sample_images
 from vlit.schema import Sample
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -58,7 +61,7 @@ class ExportSummary:
 class TrainingFileWriter(Protocol):
     name: str
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]: ...
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]: ...
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]: ...
 
@@ -72,13 +75,14 @@ class LlavaTrainingWriter:
 
     name = "llava"
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]:
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]:
         conversations = []
         for index, turn in enumerate(sample.turns):
             text = _clean(turn.text)
             if index == 0:
-                text = f"{IMAGE_PLACEHOLDER}\n{text}"
+                text = f"{IMAGE_PLACEHOLDER}\n" * len(images) + text
             conversations.append({"from": "human" if turn.role == "user" else "gpt", "value": text})
+        image: str | list[str] = images[0] if len(images) == 1 else images  # LLaVA-NeXT: a list
         return {"id": sample.sample_id, "image": image, "conversations": conversations}
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]:
@@ -92,14 +96,14 @@ class LlamaFactoryWriter:
 
     name = "llamafactory"
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]:
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]:
         messages = []
         for index, turn in enumerate(sample.turns):
             text = _clean(turn.text)
             if index == 0:
-                text = f"{IMAGE_PLACEHOLDER}{text}"
+                text = IMAGE_PLACEHOLDER * len(images) + text
             messages.append({"role": turn.role, "content": text})
-        return {"messages": messages, "images": [image]}
+        return {"messages": messages, "images": images}
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]:
         data = out / f"{dataset_name}.json"
@@ -170,9 +174,10 @@ def export_for_training(
     records = [
         writer.record(
             sample,
-            str(sample.image)
-            if shared_root is not None
-            else str(Path(str(sample.image_path)).resolve()),
+            [
+                reference if shared_root is not None else str(Path(root, reference).resolve())
+                for root, reference in _images(sample)
+            ],
         )
         for sample in usable
     ]
@@ -197,13 +202,18 @@ def _problem(sample: Sample) -> str:
         return "generation failed"
     if sample.image is None:
         return "no image"
-    if sample.image_path is None or not sample.image_path.is_file():
+    if not all(Path(root, reference).is_file() for root, reference in _images(sample)):
         return "image missing"
     try:
         check_turns(sample)
     except RecordError:
         return "malformed conversation"
     return ""
+
+
+def _images(sample: Sample) -> list[tuple[str, str]]:
+    """(root, reference) of every image of the sample (several survive: LLaVA-NeXT, MIMIC-IT)."""
+    return [(sample.image_root, reference) for reference in sample_images(sample)]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -106,6 +106,8 @@ class WriteCounts:
     images_missing: int = 0
     path_escapes: int = 0
     images_reencoded: int = 0
+    image_token_mismatch: int = 0
+    image_tokens_added: int = 0
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
