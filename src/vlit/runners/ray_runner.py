@@ -178,7 +178,9 @@ def run_stages_ray_on_files(
         return []
     sink = _count_sink(ray)
     dataset = ray.data.read_parquet(list(inputs), schema=SAMPLE_SCHEMA)
-    dataset = _through_stages(ray, dataset, stages, sink)
+    # one CPU stays free for the tasks that read and write the files: a model stage holding
+    # every CPU of a small cluster would leave them waiting forever
+    dataset = _through_stages(ray, dataset, stages, sink, spare_cpus=1.0)
     dataset.write_parquet(output_dir, filename_provider=_shard_names(prefix))
     _add_counts(ray, sink, stages)
     written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
@@ -210,10 +212,13 @@ def _add_counts(ray: Any, sink: Any, stages: Sequence[Stage]) -> None:
     ray.kill(sink)
 
 
-def _through_stages(ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any) -> Any:
-    """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors."""
+def _through_stages(
+    ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any, *, spare_cpus: float = 0.0
+) -> Any:
+    """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors
+    (asking for at most the cluster's CPUs less ``spare_cpus``)."""
     for position, stage in enumerate(stages):
-        resources = _fit_to_cluster(ray, stage)
+        resources = _fit_to_cluster(ray, stage, spare_cpus=spare_cpus)
         if resources.uses_model:
             dataset = dataset.map_batches(
                 _StageTask,
@@ -222,7 +227,7 @@ def _through_stages(ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any) 
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
                 num_gpus=resources.gpus or None,
-                compute=_actor_pool(ray, resources),
+                compute=_actor_pool(ray, resources, spare_cpus=spare_cpus),
             )
         else:
             dataset = dataset.map_batches(
@@ -235,10 +240,11 @@ def _through_stages(ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any) 
     return dataset
 
 
-def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
-    """``stage.resources`` with its CPU request capped at the largest node's CPUs: a request no
-    node can meet would wait forever (a 2-CPU machine and a scorer asking for 1 + 2 decode
-    workers). A GPU request no node can meet is an error."""
+def _fit_to_cluster(ray: Any, stage: Stage, *, spare_cpus: float = 0.0) -> Resources:
+    """``stage.resources`` with its CPU request capped at the largest node's CPUs less
+    ``spare_cpus`` (at most half of them): a request no node can meet would wait forever (a
+    2-CPU machine and a scorer asking for 1 + 2 decode workers). A GPU request no node can meet
+    is an error."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
@@ -249,12 +255,13 @@ def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
             f"cluster has {'that many' if most_gpus else 'a GPU'}",
             fix="add GPU nodes to the cluster, or run the stage on CPU (e.g. --clip-device cpu)",
         )
-    if 0 < most_cpus < wanted.cpus:
-        return dataclasses.replace(wanted, cpus=most_cpus)
+    usable = max(most_cpus - spare_cpus, most_cpus / 2)
+    if 0 < usable < wanted.cpus:
+        return dataclasses.replace(wanted, cpus=usable)
     return wanted
 
 
-def _actor_pool(ray: Any, resources: Resources) -> Any:
+def _actor_pool(ray: Any, resources: Resources, *, spare_cpus: float = 0.0) -> Any:
     """``concurrency`` actors, or for a CPU-only model stage as many as the cluster's CPUs hold.
 
     A GPU stage's ``concurrency`` is exact (one model per GPU share); a CPU model stage such
@@ -262,7 +269,8 @@ def _actor_pool(ray: Any, resources: Resources) -> Any:
     """
     if resources.gpus:
         return ray.data.ActorPoolStrategy(size=resources.concurrency)
-    cpus = int(ray.cluster_resources().get("CPU", 1) // max(resources.cpus, 0.01))
+    usable = ray.cluster_resources().get("CPU", 1) - spare_cpus
+    cpus = int(usable // max(resources.cpus, 0.01))
     return ray.data.ActorPoolStrategy(
         min_size=resources.concurrency, max_size=max(resources.concurrency, cpus)
     )
