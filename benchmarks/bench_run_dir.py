@@ -1,9 +1,11 @@
-"""Score -> filter -> export over a run directory at growing sizes: time and peak memory.
+"""Import -> score -> filter -> export over a run directory at growing sizes: time and peak
+memory.
 
-Builds a LLaVA-style run of N varied conversations about the 50 real COCO images in
+Builds a LLaVA file of N varied conversations about the 50 real COCO images in
 ``../shared/data/coco_tiny`` (questions and answers recombined from the COCO captions, the VQA v2
-questions and the LLaVA slice's captions, so no two samples are the same text by construction),
-then runs each stage as its own `vlit` process and reports its wall time and peak RSS. With
+questions and the LLaVA slice's captions, so no two samples are the same text by construction)
+and a run holding those images' records (for grounding), then runs each stage as its own `vlit`
+process and reports its wall time and peak RSS. With
 ``--compare SRC`` the same stages also run on another checkout's ``src`` (for example the commit
 before a change), interleaved, so both columns come from the same session.
 
@@ -24,26 +26,29 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+IMAGES = DATA / "coco_tiny" / "train2017"
 STAGES = {
+    "import": ["import", "FILE", "--out", "RUN", "--format", "llava", "--images", "IMAGES"],
     "score": ["score", "RUN", "--json"],
     "filter": ["filter", "RUN", "--drop-lint", "duplicate_exact,empty_turn", "--json"],
     "export": ["export", "RUN", "--format", "llava", "--out", "RUN/export.json", "--json"],
 }
 
 _BUILD = """
-import json, random, sys
+import dataclasses, json, random, sys
 from pathlib import Path
 from vlit.collect import CocoCollector
 from vlit.rundir import RunDir
-from vlit.schema import Sample, Turn
 
-root, size, data = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+root, size, data, dataset = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 coco = data / "coco_tiny"
 records = CocoCollector(
     images_dir=str(coco / "train2017"),
     captions=str(coco / "annotations" / "captions_train2017.json"),
     instances=str(coco / "annotations" / "instances_train2017.json"),
 ).collect().records
+# LLaVA names images by file, so the records take the file stems as their ids
+records = [dataclasses.replace(r, image_id=Path(r.file_name).stem) for r in records]
 captions = [a["caption"].strip() for a in json.loads(
     (coco / "annotations" / "captions_train2017.json").read_text())["annotations"]]
 for item in json.loads((data / "formats/llava/llava_pretrain_slice_2k.json").read_text()):
@@ -52,25 +57,31 @@ questions = [q["question"] for q in json.loads(
     next((data / "formats/vqa_v2").glob("*questions*.json")).read_text())["questions"]]
 rng = random.Random(0)
 
-def samples():
+RunDir(root).write_records(records)
+with open(dataset, "w") as handle:
+    handle.write("[")
     for index in range(size):
         record = records[index % len(records)]
         turns = []
-        for _ in range(rng.randint(1, 3)):
-            turns.append(Turn("user", rng.choice(questions)))
-            turns.append(Turn("assistant", " ".join(rng.sample(captions, 2))))
-        yield Sample(sample_id=f"s{index}", turns=turns, image_id=record.image_id,
-                     image=record.file_name, image_root=record.image_root, mode="conversation")
-
-run = RunDir(root)
-run.write_records(records)
-run.write_samples("samples", samples())
+        for turn in range(rng.randint(1, 3)):
+            question = ("<image>\\n" if turn == 0 else "") + rng.choice(questions)
+            turns.append({"from": "human", "value": question})
+            turns.append({"from": "gpt", "value": " ".join(rng.sample(captions, 2))})
+        item = {"id": f"s{index}", "image": record.file_name, "conversations": turns}
+        handle.write(("," if index else "") + json.dumps(item))
+    handle.write("]")
 """
 
 
 def run_stage(argv: list[str], run: Path, env: dict[str, str]) -> tuple[float, float]:
     """Seconds and peak RSS (MB) of one `vlit` process."""
-    command = [sys.executable, "-m", "vlit", *[a.replace("RUN", str(run)) for a in argv]]
+    places = {"RUN": str(run), "FILE": str(run) + ".json", "IMAGES": str(IMAGES)}
+    command = [
+        sys.executable,
+        "-m",
+        "vlit",
+        *[places.get(a, a.replace("RUN", str(run))) for a in argv],
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -95,7 +106,8 @@ def main() -> None:
             for name, src in versions.items():
                 env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
                 run = Path(scratch) / f"{name}-{size}"
-                build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA)]
+                dataset = f"{run}.json"
+                build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA), dataset]
                 subprocess.run(build, env=env, check=True)
                 for stage, argv in STAGES.items():
                     seconds, peak = run_stage(argv, run, env)

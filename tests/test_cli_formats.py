@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from consumers import give_images
 from vlit.cli import main
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, Sample, Turn
@@ -81,7 +82,7 @@ def test_unknown_format_lists_the_valid_ones(llava_slice: Path, tmp_path: Path) 
 
 
 def test_bad_records_are_kept_and_counted(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, coco_tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good_turns = [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello"}]
     records = [
@@ -102,6 +103,7 @@ def test_bad_records_are_kept_and_counted(
     assert samples["good"].ok
 
     # export skips failed samples unless asked, and can write them back verbatim
+    (tmp_path / "a.jpg").write_bytes((coco_tiny / "train2017" / "000000005802.jpg").read_bytes())
     out = tmp_path / "out.json"
     exported = vlit_json(
         capsys, "export", str(tmp_path / "r"), "--format", "llava", "--out", str(out)
@@ -184,7 +186,7 @@ def test_unreadable_images_are_failures(
 
 
 def test_slice_import_export_through_cli_is_lossless(
-    llava_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    llava_slice: Path, coco_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     summary = vlit_json(capsys, "import", str(llava_slice), "--out", str(run))  # auto
@@ -192,8 +194,25 @@ def test_slice_import_export_through_cli_is_lossless(
     assert summary["images_missing"] == 2183 and summary["samples_failed"] == 0
     assert RunDir(run).load_meta()["summaries"]["import"]["samples"] == 2183
     out = tmp_path / "again.json"
-    vlit_json(capsys, "export", str(run), "--format", "llava", "--out", str(out))
+    with pytest.raises(SystemExit) as raised:  # its images are not shipped: not trainable
+        main(["export", str(run), "--format", "llava", "--out", str(out)])
+    assert raised.value.code == 2 and not out.exists()
+    assert "2183 image(s) of this export are missing" in capsys.readouterr().err
+    images = tmp_path / "images"
+    give_images(llava_slice, images, sorted((coco_tiny / "train2017").glob("*.jpg")))
+    vlit_json(
+        capsys,
+        "import",
+        str(llava_slice),
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+        "--overwrite",
+    )
+    exported = vlit_json(capsys, "export", str(run), "--format", "llava", "--out", str(out))
     assert out.read_bytes() == llava_slice.read_bytes()
+    assert exported["image_root"] == str(images.resolve()) and exported["images_missing"] == 0
 
     main(["cat", str(run), "--limit", "3"])
     lines = capsys.readouterr().out.splitlines()

@@ -62,6 +62,8 @@ def test_coco_tiny_holes_match_counts_computed_from_the_raw_json(tiny_result, ti
     by_id = {r.image_id: r for r in tiny_result.records}
     for image_id in listed - with_boxes:
         assert by_id[image_id].objects == []
+    # every image is in the instances file: an empty list means "none there", not "unknown"
+    assert all(r.objects_annotated for r in tiny_result.records)
     crowd = [o for r in tiny_result.records for o in r.objects if o.iscrowd]
     assert {o.annotation_id for o in crowd} == crowd_ids
 
@@ -371,3 +373,11 @@ def test_progress_is_reported_to_the_callback(coco_tiny: Path) -> None:
     _tiny(coco_tiny).collect(lambda step, done, total: steps.append((step, done, total)))
     assert ("reading annotation files", 2, 2) in steps
     assert ("checking image files", 50, 50) in steps
+
+
+def test_without_an_instances_file_objects_are_not_annotated(coco_tiny: Path) -> None:
+    result = CocoCollector(
+        images_dir=coco_tiny / "train2017",
+        captions=coco_tiny / "annotations" / "captions_train2017.json",
+    ).collect()
+    assert not any(r.objects_annotated or r.objects for r in result.records)

@@ -181,3 +181,11 @@ def test_missing_jsonl_file_or_image_folder_is_fatal(tmp_path: Path, photos: Pat
 )
 def test_escapes_root(name: str, escapes: bool) -> None:
     assert escapes_root(name) is escapes
+
+
+def test_an_empty_objects_list_says_none_is_there(tmp_path: Path, photos: Path) -> None:
+    path = _lines(tmp_path, [{"image_id": 1, "file_name": "street/000000522418.jpg",
+                              "objects": []},
+                             {"image_id": 2, "file_name": "street/000000391895.jpg"}])  # fmt: skip
+    first, second = JsonlCollector(jsonl_file=path, images_dir=photos).collect().records
+    assert first.objects_annotated and not second.objects_annotated

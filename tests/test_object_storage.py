@@ -98,9 +98,16 @@ def test_images_in_a_bucket_import_and_score_like_local_files(
         app,
         ["export", str(tmp_path / "remote"), "--format", "parquet", "--out", str(exported)],
     )
+    assert "missing.jpg" in str(result.exception) and not exported.exists()  # found by listing
+    result = CliRunner().invoke(
+        app,
+        ["export", str(tmp_path / "remote"), "--format", "parquet", "--out", str(exported)]
+        + ["--allow-missing"],
+    )
     assert result.exit_code == 0, result.output
     rows = {row["sample_id"]: row for row in pq.read_table(exported).to_pylist()}
     assert rows["s0"]["image"]["bytes"] == (coco_tiny / "train2017" / photos[0]).read_bytes()
+    assert rows["s8"]["image"] is None  # its object is missing: written without it
 
     checkpoint = save_random_clip(tmp_path / "clip", shape="tiny", seed=3)
     from_bucket = _md(tmp_path / "remote", checkpoint, "local")

@@ -211,3 +211,23 @@ def test_score_decoding_on_the_model_device(
     assert summary["md"]["scored"] == 4
     sample = next(s for s in run.read_samples("scores") if s.sample_id == "clean")
     assert sample.provenance["quality"]["md"]["decoder"] == "pil"  # no GPU here: PIL + torch
+
+
+def test_spacy_model_from_a_folder_and_chair_figures(
+    tmp_path: Path, coco_tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlit.quality.grounding import load_spacy
+
+    unpacked = tmp_path / "pipeline"
+    load_spacy().to_disk(unpacked)  # an unpacked pipeline, loaded by path
+    run = make_run(tmp_path, coco_tiny)
+    summary = vlit_json(capsys, "score", str(run.root), "--spacy-model", str(unpacked), "--json")
+    grounding = summary["grounding"]
+    # mentioned: clean {person, motorcycle, bicycle}, hallucinated {person, motorcycle, dog,
+    # cat}, wrong-count {person, motorcycle}; hallucinated: dog, cat in one sample of four
+    assert grounding["chair_i"] == pytest.approx(2 / 9)
+    assert grounding["chair_s"] == pytest.approx(1 / 4)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(run.root), "--spacy-model", str(tmp_path / "no-such-pipeline")])
+    assert exit_info.value.code == 2
+    assert "no-such-pipeline" in capsys.readouterr().err

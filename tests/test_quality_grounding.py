@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from grounding_corpus import coco_records as build_coco_records
 from vlit.quality.grounding import AnnotationGrounding, ocr_claim_matches, ocr_claims
-from vlit.quality.vocabulary import COCO_CATEGORIES, COCO_SYNONYMS, lookup_phrase
-from vlit.schema import ImageRecord, ObjectAnnotation, OcrText, Sample, Turn
+from vlit.quality.grounding.vocabulary import COCO_CATEGORIES, COCO_SYNONYMS, lookup_phrase
+from vlit.schema import ImageRecord, OcrText, Sample, Turn
 
 pytestmark = pytest.mark.model  # loads the real spaCy pipeline
 
@@ -17,31 +17,7 @@ pytestmark = pytest.mark.model  # loads the real spaCy pipeline
 @pytest.fixture(scope="session")
 def coco_records(coco_tiny: Path) -> dict[str, ImageRecord]:
     """ImageRecords built straight from the official instances JSON (no vlit collector)."""
-    data = json.loads((coco_tiny / "annotations" / "instances_train2017.json").read_text())
-    categories = {c["id"]: c for c in data["categories"]}
-    records = {
-        str(image["id"]): ImageRecord(
-            image_id=str(image["id"]),
-            file_name=image["file_name"],
-            image_root=str(coco_tiny / "train2017"),
-            width=image["width"],
-            height=image["height"],
-            source="coco",
-        )
-        for image in data["images"]
-    }
-    for annotation in data["annotations"]:
-        category = categories[annotation["category_id"]]
-        records[str(annotation["image_id"])].objects.append(
-            ObjectAnnotation(
-                category=category["name"],
-                supercategory=category["supercategory"],
-                bbox=annotation["bbox"],
-                iscrowd=bool(annotation["iscrowd"]),
-                annotation_id=annotation["id"],
-            )
-        )
-    return records
+    return build_coco_records(coco_tiny)
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +95,11 @@ def test_counts_with_subtypes_crowds_and_approximations(grounding: AnnotationGro
     scores, details = grounded(
         grounding, sample("384553", ("Describe it.", "Two elephants walk beside one man."))
     )
+    # "one man" beside an action verb is one of them, not a total: no count claim
+    assert scores["ground_count_claims"] == 1 and scores["ground_count_errors"] == 0
+    scores, _ = grounded(
+        grounding, sample("384553", ("Describe it.", "There are two elephants and one man."))
+    )
     assert scores["ground_count_claims"] == 2 and scores["ground_count_errors"] == 0
     scores, details = grounded(
         grounding, sample("384553", ("Describe it.", "Three elephants walk beside two women."))
@@ -192,12 +173,17 @@ def test_ocr_claims_against_ocr_annotations(coco_records: dict[str, ImageRecord]
     assert ocr_claim_matches("STOPP", ["stop"]) is True
 
 
-def test_unannotated_and_failed_samples_are_not_checked(grounding: AnnotationGrounding) -> None:
+def test_unannotated_and_failed_samples_are_not_checked(
+    grounding: AnnotationGrounding, coco_records: dict[str, ImageRecord]
+) -> None:
+    bare = ImageRecord(image_id="bare", file_name="x.jpg")  # no instances file listed it
+    stage = AnnotationGrounding(records={**coco_records, "bare": bare})
+    stage.nlp = grounding.nlp
     unknown = sample("no-such-image", ("Q?", "A dog."), sample_id="a")
-    empty = sample("262284", ("Q?", "A dog."), sample_id="b")  # real image without boxes
+    empty = sample("bare", ("Q?", "A dog."), sample_id="b")
     failed = sample("391895", ("Q?", "A dog."), sample_id="c")
     failed.failure_reason = "unparseable"
-    results = grounding([unknown, empty, failed])
+    results = stage([unknown, empty, failed])
     statuses = [r.provenance["quality"]["grounding"]["status"] for r in results]
     assert statuses == [
         "not_checked: no_record",
@@ -205,3 +191,14 @@ def test_unannotated_and_failed_samples_are_not_checked(grounding: AnnotationGro
         "not_checked: generation_failed",
     ]
     assert all("ground_hallucinated" not in r.scores for r in results)
+
+
+def test_an_image_listed_without_objects_is_checked(grounding: AnnotationGrounding) -> None:
+    # 262284: listed by the instances file with no annotation: nothing of the 80 is there
+    scores, details = grounded(
+        grounding,
+        sample("262284", ("Describe it.", "A cat sits by the toilet; there is no sink.")),
+    )
+    assert details["status"] == "checked"
+    assert details["hallucinated"] == ["cat", "toilet"]
+    assert scores["ground_false_absent"] == 0 and scores["ground_absent_claims"] == 1

@@ -8,6 +8,7 @@ adaptation (no LLM) plus planted hallucinations, so grounding and lint have some
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def adapted_run(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Pa
             if index % 2
             else Turn("assistant", "A giraffe stands beside two elephants."),
         ]
-    run.write_samples("samples", samples)
+    run.write_samples("samples", samples, shard_size=70)  # several shards: order across them
     return root
 
 
@@ -76,6 +77,7 @@ def _score_and_filter(source: Path, target: Path, runner: str) -> dict[str, Any]
     }
     # the stages' counters, summed over the Ray workers on that runner
     outputs["counters"] = {key: summary[key] for key in ("lint", "grounding")}
+    outputs["score_shards"] = [shard["file"] for shard in run.manifest("scores").shards]
     return outputs
 
 
@@ -85,6 +87,11 @@ def test_score_and_filter_are_identical_on_both_runners(
 ) -> None:
     local = _score_and_filter(adapted_run, tmp_path / "local", "local")
     on_ray = _score_and_filter(adapted_run, tmp_path / "ray", "ray")
+    # On Ray the workers wrote the scores' shards themselves (named by write task, not by the
+    # driver's writer), and the manifest lists them.
+    local_names, ray_names = local.pop("score_shards"), on_ray.pop("score_shards")
+    assert all(re.fullmatch(r"shard-\w+-\d{5}\.parquet", name) for name in local_names)
+    assert ray_names and all(re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", n) for n in ray_names)
     assert local == on_ray
     # The comparison is not vacuous: grounding and lint scored every sample and dropped some.
     scores = [dict(row["scores"]) for row in local["scores"]]

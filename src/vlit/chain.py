@@ -174,6 +174,7 @@ def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) 
         judge_votes=judge.votes if judge is not None else 3,
         llm=llm.to_config(concurrency=recipe.generate.concurrency) if llm is not None else None,
         grounding=section.grounding,
+        spacy_model=section.spacy_model,
         lint=section.lint,
         seed=recipe.generate.seed,
         runner=recipe.runner.kind,

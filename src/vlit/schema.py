@@ -79,6 +79,9 @@ class ImageRecord:
     vqa: list[VqaPair] = field(default_factory=list)
     source: str = ""
     problems: list[str] = field(default_factory=list)
+    # An object annotation file (COCO instances) lists this image: no objects means none of
+    # its categories is there, not "unknown".
+    objects_annotated: bool = False
 
     @property
     def path(self) -> Path:
@@ -133,6 +136,7 @@ class ImageRecord:
             ],
             source=row.get("source") or "",
             problems=list(row.get("problems") or []),
+            objects_annotated=bool(row.get("objects_annotated")),
         )
 
 
@@ -296,6 +300,7 @@ RECORD_SCHEMA = pa.schema(
         ),
         ("source", pa.string()),
         ("problems", pa.list_(pa.string())),
+        ("objects_annotated", pa.bool_()),
     ]
 )
 

@@ -33,9 +33,10 @@ app = typer.Typer(
     help="Build, score, filter and analyse vision-language instruction-tuning data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 _state = {"debug": False}
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 
 @app.callback(invoke_without_command=True)
@@ -70,7 +71,9 @@ for _module in (
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `vlit` script."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="vlit", standalone_mode=False)
+    except KeyboardInterrupt:  # outside the command (typer turns one inside into 130)
+        code = INTERRUPTED
     except INPUT_ERRORS as error:
         if _state["debug"]:
             raise
@@ -87,9 +90,6 @@ def main(argv: list[str] | None = None) -> None:
         if show is not None:
             show()
         sys.exit(getattr(error, "exit_code", 2))
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the last guard: one line, never a traceback
         if _state["debug"]:
             raise
@@ -100,5 +100,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+    _exit_with(code)
+
+
 def _print_error(message: str) -> None:
     console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+
+
+def _exit_with(code: object) -> None:
+    """Exit with the status typer returns instead of raising (Ctrl-C, ``typer.Exit(n)``)."""
+    if code == INTERRUPTED:
+        console.print("interrupted (Ctrl-C): the command did not finish", highlight=False)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)

@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vlit.rundir import RunDir
+
 T = TypeVar("T")
 
 # Markup off: file names, ids and messages come from users' data, and "[/x]" in them must
@@ -45,6 +47,12 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             progress.advance(task)
+
+
+def stage_rows(run: RunDir, stage: str) -> int | None:
+    """How many rows a committed stage holds (from its manifest), for a progress bar's total."""
+    manifest = run.manifest(stage)
+    return manifest.rows if manifest is not None else None
 
 
 def emit_summary(title: str, summary: dict[str, Any], *, as_json: bool) -> None:

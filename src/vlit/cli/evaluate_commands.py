@@ -12,6 +12,14 @@ from vlit.cli.common import console, emit_summary, progress_bar
 from vlit.errors import ConfigError
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
+FamilyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--family",
+        help="openflamingo, or auto (default: openflamingo.json in the folder makes an "
+        "OpenFlamingo, anything else is a transformers checkpoint).",
+    ),
+]
 
 
 def bench(
@@ -41,6 +49,7 @@ def bench(
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.")
     ] = None,
+    family: FamilyOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate a vision-language model on SEED-Bench style multiple-choice questions."""
@@ -49,7 +58,7 @@ def bench(
 
     check_bench_paths(questions, images=images, out=out)  # before the slow model load
     console.print(f"loading {model} ...")
-    vlm = load_vision_language_model(model, device=device, dtype=dtype)
+    vlm = load_vision_language_model(model, device=device, dtype=dtype, family=family)
     with progress_bar() as progress:
         task = progress.add_task("bench", total=None)
         result = run_bench(
@@ -77,7 +86,9 @@ def tune(
     out: Annotated[Path, typer.Option("--out", help="Folder for the adapter and processor.")],
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="llava-7b, blip2 or tiny (default: by model type)."),
+        typer.Option(
+            "--preset", help="llava-7b, blip2, openflamingo-3b or tiny (default: by model type)."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the data.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
@@ -94,27 +105,40 @@ def tune(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and shuffling.")] = 0,
     device: Annotated[str | None, typer.Option("--device", help="cuda, cpu, ...")] = None,
+    family: FamilyOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """LoRA fine-tuning of a LLaVA- or BLIP-2-style model on a run's samples."""
-    from vlit.evaluate.models import pick_device
+    """Fine-tuning on a run's samples: LoRA for LLaVA- and BLIP-2-style models, the Flamingo
+    modules for OpenFlamingo."""
+    from vlit.evaluate.models import OPENFLAMINGO, model_family, pick_device
     from vlit.evaluate.tuning import LoraTuner, resolve_preset
 
-    family = _model_type(model)
+    chosen = model_family(model, family)
+    model_type = OPENFLAMINGO if chosen == OPENFLAMINGO else _model_type(model)
     settings = resolve_preset(
         preset,
-        family=family,
+        family=model_type,
         epochs=epochs,
         learning_rate=lr,
         lora_r=lora_r,
         batch_size=batch_size,
     )
+    trained = (
+        ", ".join(settings.fully_trained)
+        if settings.lora_target == "none"
+        else f"LoRA r {settings.lora_r}"
+    )
     console.print(
         f"tuning {model} with preset {settings.name} on {pick_device(device)} "
-        f"(lr {settings.learning_rate}, LoRA r {settings.lora_r})"
+        f"(lr {settings.learning_rate}, {trained})"
     )
     tuner = LoraTuner(
-        preset=settings, max_steps=max_steps, max_samples=max_samples, seed=seed, device=device
+        preset=settings,
+        max_steps=max_steps,
+        max_samples=max_samples,
+        seed=seed,
+        device=device,
+        family=chosen,
     )
     with progress_bar() as progress:
         task = progress.add_task("tune", total=max_steps)
@@ -128,7 +152,9 @@ def tune(
 
 def tune_export(
     run: Annotated[Path, typer.Argument(help="Run directory (kept samples are used).")],
-    format: Annotated[str, typer.Option("--format", help="llava or llamafactory.")],
+    format: Annotated[
+        str, typer.Option("--format", help="llava or llamafactory (openflamingo: see docs).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the training files in.")],
     name: Annotated[
         str | None, typer.Option("--name", help="Dataset name (LLaMA-Factory's dataset_info).")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlit.cli.common import console, emit_summary, track
+from vlit.cli.common import console, emit_summary, stage_rows, track
 from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError, InputFileError
 from vlit.formats import (
@@ -24,6 +24,7 @@ from vlit.formats import (
     detect_format,
     export_samples,
 )
+from vlit.formats.export_images import ExportImages
 from vlit.formats.jsonl import sample_to_json
 from vlit.images import is_url
 from vlit.rundir import SAMPLE_STAGES, RunDir
@@ -131,11 +132,43 @@ def export_command(
         bool,
         typer.Option("--include-failed", help="Also write samples that have a failure reason."),
     ] = False,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--image-root",
+            help="Gather the images under this folder (hard links where possible, one "
+            "sub-folder per source folder) and write paths relative to it: the folder to give "
+            "LLaVA's --image_folder or LLaMA-Factory's media_dir.",
+        ),
+    ] = None,
+    absolute_paths: Annotated[
+        bool,
+        typer.Option("--absolute-paths", help="Write absolute image paths (llava, sharegpt)."),
+    ] = False,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing",
+            help="Write samples whose image is missing without it (counted) instead of failing.",
+        ),
+    ] = False,
+    skip_unsupported: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unsupported",
+            help="Leave out (and count) samples the format cannot hold, e.g. several images in "
+            "paper, instead of failing.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
 ) -> None:
-    """Write a run's samples as a dataset file."""
+    """Write a run's samples as a dataset file.
+
+    Image paths are relative to one folder, named in the summary as image_root; parquet and
+    mimicit embed the images. Missing images fail the export (exit 2) unless --allow-missing.
+    """
     name = _format(format_name)
     check_output_file(out, "--out")
     if not is_url(run_path):
@@ -147,11 +180,23 @@ def export_command(
                 f"unknown sample stage {chosen!r}", fix=f"use one of: {', '.join(SAMPLE_STAGES)}"
             )
         _, writer_class = FORMATS[name]
+        images = ExportImages(
+            format_name=name,
+            image_root=image_root,
+            absolute_paths=absolute_paths,
+            allow_missing=allow_missing,
+            skip_unsupported=skip_unsupported,
+        )
         counts = export_samples(
-            track(run.read_samples(chosen), f"exporting {chosen} as {name}"),
+            track(
+                run.read_samples(chosen),
+                f"exporting {chosen} as {name}",
+                total=stage_rows(run, chosen),
+            ),
             out,
             writer=writer_class(),
             include_failed=include_failed,
+            images=images,
         )
         where = run.location if is_url(run_path) else str(run.root.resolve())
         summary = {"format": name, "stage": chosen, "run": where, **counts}

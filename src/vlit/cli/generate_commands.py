@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.progress import TaskID
 
 from vlit.chain import run_recipe
-from vlit.cli.common import emit_summary, progress_bar
+from vlit.cli.common import console, emit_summary, progress_bar
 from vlit.errors import ConfigError
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
@@ -95,6 +95,7 @@ def generate_command(
             progress=progress,
         )
     emit_summary("generate", summary, as_json=as_json)
+    report_request_failures(summary, endpoint=llm_base_url or llm_model or "the local model")
 
 
 def run_command(
@@ -122,6 +123,32 @@ def run_command(
     with recipe_progress() as progress:
         summaries = run_recipe(loaded, progress=progress)
     emit_summary("run", {"run_dir": loaded.run_dir, **summaries}, as_json=as_json)
+    if "generate" in summaries:
+        endpoint = loaded.llm.base_url or loaded.llm.model or "the local model"
+        report_request_failures(summaries["generate"], endpoint=endpoint)
+
+
+def report_request_failures(summary: dict[str, Any], *, endpoint: str) -> None:
+    """Say on stderr how many LLM requests failed; exit 1 when every one did."""
+    failed = int(summary.get("requests_failed") or 0)
+    if not failed:
+        return
+    first = summary.get("first_error")
+    if summary.get("all_requests_failed"):
+        console.print(
+            f"[red]error:[/red] every LLM request failed ({failed} of {failed}) at {endpoint}; "
+            f"first error: {first}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"[yellow]warning:[/yellow] {failed} of {summary.get('requests')} LLM requests failed "
+        f"at {endpoint} (their samples are kept as failed; a rerun retries them); "
+        f"first error: {first}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

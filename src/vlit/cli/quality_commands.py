@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from vlit.cli.common import emit_summary, progress_bar
+from vlit.cli.common import emit_summary, progress_bar, stage_rows
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
+from vlit.quality.grounding import SPACY_MODEL
 from vlit.quality.lint import LINT_FLAGS
 from vlit.quality.matching import DECODE_MODES, TEXT_MODES
 from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
@@ -76,6 +77,13 @@ def score_command(
     no_grounding: Annotated[
         bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
     ] = False,
+    spacy_model: Annotated[
+        str,
+        typer.Option(
+            "--spacy-model",
+            help="spaCy pipeline for grounding: an installed package's name or a folder.",
+        ),
+    ] = SPACY_MODEL,
     no_lint: Annotated[bool, typer.Option("--no-lint", help="Skip the structural lint.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
@@ -113,11 +121,12 @@ def score_command(
         judge_votes=judge_n,
         llm=llm,
         grounding=not no_grounding,
+        spacy_model=spacy_model,
         lint=not no_lint,
     )
     opened = open_run_dir(run, writer="vlit score", must_exist=True)
     with opened as run_dir, progress_bar() as progress:
-        task = progress.add_task("scoring", total=None)
+        task = progress.add_task("scoring", total=stage_rows(run_dir, "samples"))
         summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
     emit_summary("vlit score", summary, as_json=as_json)
 

@@ -196,6 +196,9 @@ class CocoCollector:
         self._add_captions(captions_data, records, counts)
         if self.instances is not None and instances_data is not None:
             self._add_objects(self.instances, instances_data, records, counts)
+            for image_id in self._image_ids(instances_data):
+                if image_id in records:
+                    records[image_id].objects_annotated = True
             counts["images_without_objects"] = sum(1 for r in records.values() if not r.objects)
         counts["images_without_captions"] = sum(1 for r in records.values() if not r.captions)
 
@@ -251,6 +254,13 @@ class CocoCollector:
         for key in keys:
             check.list_at(data, key)
         return data
+
+    @staticmethod
+    def _image_ids(data: dict[str, Any]) -> set[str]:
+        """The ids of an annotation file's ``images`` array (already checked by _list_images)."""
+        return {
+            str(item["id"]) for item in data["images"] if isinstance(item, dict) and "id" in item
+        }
 
     def _list_images(
         self,

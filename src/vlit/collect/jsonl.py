@@ -13,7 +13,8 @@ Each non-blank line describes one image (full description: ``docs/collect_jsonl.
      "vqa": [{"question": "How many bottles are there?", "answers": ["2", "two", "2"],
               "majority_answer": "2"}]}
 
-Only ``image_id`` and ``file_name`` are required; every list may be missing or empty. Within
+Only ``image_id`` and ``file_name`` are required; every list may be missing or empty (an
+empty ``objects`` list says no object of the categories is there; a missing one, unknown). Within
 ``objects`` only ``category`` is required (``annotation_id`` and ``area`` are also read); in
 ``ocr`` only ``text``; a ``vqa`` entry needs ``question`` and ``answers`` or
 ``majority_answer`` (the majority is computed from ``answers`` when absent).
@@ -246,6 +247,7 @@ class JsonlCollector:
                 for i, pair in enumerate(_list(item, "vqa", check, line))
             ],
             source="jsonl",
+            objects_annotated="objects" in item,  # "objects": [] says none is there
         )
 
     @staticmethod

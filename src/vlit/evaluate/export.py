@@ -7,9 +7,11 @@
   "images": [...]}`` with one ``<image>`` per image) plus the ``dataset_info.json`` entry that
   registers it.
 
-Image paths: when all samples share one image folder, paths are written relative to it and the
-folder is reported (pass it as LLaVA's ``--image_folder`` / LLaMA-Factory's ``media_dir``);
-otherwise absolute paths are written, which both frameworks accept as they are.
+Samples with several images keep them all (LLaVA-NeXT's ``image`` list, LLaMA-Factory's
+``images``), with one ``<image>`` token per image. Image paths: when all samples share one image
+folder, paths are written relative to it and the folder is reported (pass it as LLaVA's
+``--image_folder`` / LLaMA-Factory's ``media_dir``); otherwise absolute paths are written, which
+both frameworks accept as they are.
 
 Example:
     >>> export_for_training("runs/demo", format="llava", out="export/")   # doctest: +SKIP
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 from vlit.errors import ConfigError, InputFileError, RecordError
 from vlit.evaluate.tuning import check_turns, read_training_samples
 from vlit.fileio import write_text_atomic
+from vlit.formats.export_images import sample_images
 from vlit.jsonio import loads_json
 from vlit.schema import Sample
 
@@ -59,7 +62,7 @@ class ExportSummary:
 class TrainingFileWriter(Protocol):
     name: str
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]: ...
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]: ...
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]: ...
 
@@ -73,13 +76,14 @@ class LlavaTrainingWriter:
 
     name = "llava"
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]:
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]:
         conversations = []
         for index, turn in enumerate(sample.turns):
             text = _clean(turn.text)
             if index == 0:
-                text = f"{IMAGE_PLACEHOLDER}\n{text}"
+                text = f"{IMAGE_PLACEHOLDER}\n" * len(images) + text
             conversations.append({"from": "human" if turn.role == "user" else "gpt", "value": text})
+        image: str | list[str] = images[0] if len(images) == 1 else images  # LLaVA-NeXT: a list
         return {"id": sample.sample_id, "image": image, "conversations": conversations}
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]:
@@ -93,14 +97,14 @@ class LlamaFactoryWriter:
 
     name = "llamafactory"
 
-    def record(self, sample: Sample, image: str) -> dict[str, Any]:
+    def record(self, sample: Sample, images: list[str]) -> dict[str, Any]:
         messages = []
         for index, turn in enumerate(sample.turns):
             text = _clean(turn.text)
             if index == 0:
-                text = f"{IMAGE_PLACEHOLDER}{text}"
+                text = IMAGE_PLACEHOLDER * len(images) + text
             messages.append({"role": turn.role, "content": text})
-        return {"messages": messages, "images": [image]}
+        return {"messages": messages, "images": images}
 
     def write(self, records: list[dict[str, Any]], out: Path, dataset_name: str) -> list[str]:
         data = out / f"{dataset_name}.json"
@@ -132,6 +136,15 @@ class LlamaFactoryWriter:
         return [str(data), str(info_path)]
 
 
+#: Why ``--format openflamingo`` writes nothing (checked against open_flamingo 2.0.1's train.py).
+OPENFLAMINGO_EXPORT_REFUSAL = (
+    "open_flamingo's training script cannot train on conversations: train.py steps through a "
+    "LAION image-caption webdataset and an MMC4 interleaved webdataset together (both "
+    "--laion_shards and --mmc4_shards, zipped batch by batch; MMC4 shards also need image-text "
+    "CLIP similarities) and takes the loss on every text token, so the user turns of a "
+    "conversation would be trained as if they were answers"
+)
+
 TRAINING_EXPORT_FORMATS: dict[str, type[LlavaTrainingWriter] | type[LlamaFactoryWriter]] = {
     "llava": LlavaTrainingWriter,
     "llamafactory": LlamaFactoryWriter,
@@ -146,6 +159,12 @@ def export_for_training(
     Samples without an image, whose image file is missing, with a failed generation or a
     malformed conversation are skipped and counted.
     """
+    if format == "openflamingo":
+        raise ConfigError(
+            OPENFLAMINGO_EXPORT_REFUSAL,
+            fix="tune OpenFlamingo with `vlit tune RUN --model OPENFLAMINGO_DIR` (it trains the "
+            "same modules, on the assistant tokens only)",
+        )
     if format not in TRAINING_EXPORT_FORMATS:
         raise ConfigError(
             f"unknown training format '{format}'",
@@ -166,9 +185,10 @@ def export_for_training(
     records = [
         writer.record(
             sample,
-            str(sample.image)
-            if shared_root is not None
-            else str(Path(str(sample.image_path)).resolve()),
+            [
+                reference if shared_root is not None else str(Path(root, reference).resolve())
+                for root, reference in _images(sample)
+            ],
         )
         for sample in usable
     ]
@@ -193,13 +213,18 @@ def _problem(sample: Sample) -> str:
         return "generation failed"
     if sample.image is None:
         return "no image"
-    if sample.image_path is None or not sample.image_path.is_file():
+    if not all(Path(root, reference).is_file() for root, reference in _images(sample)):
         return "image missing"
     try:
         check_turns(sample)
     except RecordError:
         return "malformed conversation"
     return ""
+
+
+def _images(sample: Sample) -> list[tuple[str, str]]:
+    """(root, reference) of every image of the sample (several survive: LLaVA-NeXT, MIMIC-IT)."""
+    return [(sample.image_root, reference) for reference in sample_images(sample)]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 ADAPTER_CONFIG = "adapter_config.json"
+OPENFLAMINGO = "openflamingo"
+#: Values of ``--family``: ``openflamingo``, or ``auto`` (the folder tells: openflamingo.json
+#: makes an OpenFlamingo, anything else is a transformers checkpoint read by its config).
+FAMILIES: tuple[str, ...] = ("auto", OPENFLAMINGO)
 
 
 @dataclass
@@ -134,6 +138,10 @@ class VisionLanguageModel:
         )
 
     def _plain_user(self, text: str, *, first: bool) -> str:
+        if self.family == OPENFLAMINGO:
+            from vlit.evaluate.openflamingo import plain_user
+
+            return plain_user(text, first=first)
         # BLIP-2's processor puts the image's query tokens in front of the text by itself.
         if self.family == "blip-2":
             return f"Question: {text} Answer:"
@@ -141,11 +149,13 @@ class VisionLanguageModel:
         return f"USER: {image}{text} ASSISTANT:"
 
     def _plain_segments(self, turns: list[Turn]) -> list[Segment]:
-        eos = self.tokenizer.eos_token or ""
+        # OpenFlamingo closes each chunk of text with its own marker, not the LM's eos
+        flamingo = self.family == OPENFLAMINGO
+        eos = "<|endofchunk|>" if flamingo else (self.tokenizer.eos_token or "")
         pieces: list[Segment] = []
         for index, turn in enumerate(turns):
             if turn.role == "user":
-                lead = "" if index == 0 else "\n"
+                lead = "" if index == 0 or flamingo else "\n"
                 pieces.append(Segment(lead + self._plain_user(turn.text, first=index == 0), False))
             else:
                 pieces.append(Segment(f" {turn.text}{eos}", True))
@@ -195,17 +205,41 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_family(name_or_path: str, family: str | None = None) -> str:
+    """``openflamingo`` when asked for or when the folder holds ``openflamingo.json``; else
+    ``auto`` (a transformers checkpoint). Raises ConfigError for an unknown family."""
+    from vlit.evaluate.openflamingo import is_openflamingo_folder
+
+    chosen = family or "auto"
+    if chosen not in FAMILIES:
+        raise ConfigError(
+            f"unknown model family '{chosen}'", fix=f"use one of: {', '.join(FAMILIES)}"
+        )
+    if chosen == "auto" and is_openflamingo_folder(name_or_path):
+        return OPENFLAMINGO
+    return chosen
+
+
 def load_vision_language_model(
-    name_or_path: str, *, device: str | None = None, dtype: str | None = None
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    family: str | None = None,
 ) -> VisionLanguageModel:
     """Load a model and its processor for evaluation.
 
     ``dtype`` is ``float32``, ``bfloat16`` or ``float16``; default bfloat16 on a GPU, float32 on
     CPU. A folder with ``adapter_config.json`` (what ``vlit tune`` writes) loads its base model
-    and merges the adapter. Raises ModelUnavailableError when the model cannot be found.
+    and merges the adapter; an OpenFlamingo folder (``family``, or ``openflamingo.json``) goes
+    through ``open_flamingo``. Raises ModelUnavailableError when the model cannot be found.
     """
     target = pick_device(device)
     torch_dtype = _dtype(dtype, target)
+    if model_family(name_or_path, family) == OPENFLAMINGO:
+        from vlit.evaluate.openflamingo import load_openflamingo
+
+        return load_openflamingo(name_or_path, device=target, dtype=torch_dtype)
     path = Path(name_or_path)
     adapter: str | None = None
     base = name_or_path
@@ -230,10 +264,20 @@ def load_vision_language_model(
 
 
 def load_for_training(
-    name_or_path: str, *, device: str | None = None, dtype: str | None = None
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    family: str | None = None,
 ) -> VisionLanguageModel:
     """Load a model to be tuned (training mode, no adapter merged)."""
     target = pick_device(device)
+    if model_family(name_or_path, family) == OPENFLAMINGO:
+        from vlit.evaluate.openflamingo import load_openflamingo
+
+        return load_openflamingo(
+            name_or_path, device=target, dtype=_dtype(dtype, target), training=True
+        )
     model = _load_model(name_or_path, _dtype(dtype, target))
     processor = _load_processor(name_or_path, fallback=name_or_path)
     model.to(target)

@@ -202,3 +202,133 @@ def _train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str])
         ),
     )
     return bpe
+
+
+def build_tiny_openflamingo(
+    folder: str | Path,
+    *,
+    texts: Iterable[str],
+    vocab_size: int = 500,
+    image_size: int = 32,
+    hidden_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny OpenFlamingo: open_clip ViT (``vision/``), Llama language model and tokenizer
+    (``lm/``), ``openflamingo.json`` and the Flamingo weights (``checkpoint.pt``).
+
+    The Flamingo weights come from the model that ``create_model_and_transforms`` builds from
+    these parts, with the gates of the cross-attention layers opened (a fresh model has them at
+    zero, which would hide the image from the language model). Needs ``vlit[openflamingo]``.
+    """
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from vlit.evaluate.openflamingo import (
+        CHECKPOINT_FILE,
+        END_OF_CHUNK,
+        MEDIA_TOKEN,
+        SPEC_FILE,
+        load_openflamingo,
+        trainable_state_dict,
+    )
+
+    folder = Path(folder)
+    vision, lm = folder / "vision", folder / "lm"
+    vision.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model_cfg: dict[str, Any] = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": 2,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 8,
+            "vocab_size": 64,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    clip_config = {
+        "model_cfg": model_cfg,
+        # CLIP's normalisation, as open_clip's ViT configs
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (vision / "open_clip_config.json").write_text(json.dumps(clip_config), encoding="utf-8")
+    clip = open_clip.model.CLIP(**model_cfg)
+    save_file(clip.state_dict(), vision / "open_clip_model.safetensors")
+
+    bpe = _train_bpe(texts, vocab_size, ["<pad>", "</s>", "<unk>", END_OF_CHUNK, MEDIA_TOKEN])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=[END_OF_CHUNK, MEDIA_TOKEN],
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(lm)
+    tokenizer.save_pretrained(lm)
+    spec = {
+        "clip_vision_encoder_path": "local-dir:vision",
+        "clip_vision_encoder_pretrained": None,
+        "lang_encoder_path": "lm",
+        "tokenizer_path": "lm",
+        "cross_attn_every_n_layers": 1,
+        "checkpoint": CHECKPOINT_FILE,
+    }
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    # the Flamingo modules of the model built from these parts, gates opened
+    flamingo = _fresh_flamingo(folder)
+    with torch.no_grad():
+        for layer in flamingo.lang_encoder.gated_cross_attn_layers:
+            if layer is not None:
+                layer.attn_gate.fill_(1.0)
+                layer.ff_gate.fill_(1.0)
+    torch.save(trainable_state_dict(flamingo), folder / CHECKPOINT_FILE)
+    load_openflamingo(folder, device=torch.device("cpu"), dtype=torch.float32)  # loads back
+    return folder
+
+
+def _fresh_flamingo(folder: Path) -> Any:
+    """The Flamingo model ``create_model_and_transforms`` builds from the folder's parts."""
+    import contextlib
+    import sys
+
+    from open_flamingo import create_model_and_transforms
+
+    from vlit.evaluate.openflamingo import read_spec
+
+    spec = read_spec(folder)
+    with contextlib.redirect_stdout(sys.stderr):
+        flamingo, _, _ = create_model_and_transforms(
+            clip_vision_encoder_path=spec.clip_vision_encoder_path,
+            clip_vision_encoder_pretrained=spec.clip_vision_encoder_pretrained,
+            lang_encoder_path=spec.lang_encoder_path,
+            tokenizer_path=spec.tokenizer_path,
+            cross_attn_every_n_layers=spec.cross_attn_every_n_layers,
+        )
+    return flamingo

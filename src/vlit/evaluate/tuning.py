@@ -41,7 +41,8 @@ class TuningPreset:
     """Optimisation and LoRA settings for one kind of model.
 
     ``lora_target`` is ``language-linear`` (every linear layer of the language model, as
-    LLaVA's LoRA recipe) or ``language-attention`` (its query and value projections).
+    LLaVA's LoRA recipe), ``language-attention`` (its query and value projections) or ``none``
+    (no adapter: only the ``fully_trained`` modules learn, everything else is frozen).
     ``fully_trained`` names modules trained in full next to the adapter (PEFT
     ``modules_to_save``), at ``fully_trained_learning_rate`` when set.
     """
@@ -128,9 +129,37 @@ TUNING_PRESETS: dict[str, TuningPreset] = {
         gradient_checkpointing=False,
         source="vlit smoke-test settings",
     ),
+    # OpenFlamingo's own recipe: the perceiver resampler and the gated cross-attention layers
+    # learn, the language model (embeddings included: --freeze_lm_embeddings) and the vision
+    # encoder stay frozen. lr 1e-4, weight decay 0.1 and 5000 warm-up steps (capped at 10% of a
+    # run) are open_flamingo's train.py defaults; its batch (128 + 128 per GPU, pre-training)
+    # is not a fine-tuning batch, so 4 x 8 accumulation; cosine decay as the other presets.
+    "openflamingo-3b": TuningPreset(
+        name="openflamingo-3b",
+        learning_rate=1e-4,
+        epochs=1,
+        batch_size=4,
+        gradient_accumulation=8,
+        weight_decay=0.1,
+        warmup_ratio=0.0,
+        warmup_steps=5000,
+        lora_r=1,
+        lora_alpha=1,
+        lora_dropout=0.0,
+        lora_target="none",
+        fully_trained=("perceiver", "gated_cross_attn_layers"),
+        fully_trained_learning_rate=None,
+        max_length=512,
+        gradient_checkpointing=False,
+        source="open_flamingo train.py defaults and trained modules",
+    ),
 }
 
-FAMILY_PRESETS: dict[str, str] = {"llava": "llava-7b", "blip-2": "blip2"}
+FAMILY_PRESETS: dict[str, str] = {
+    "llava": "llava-7b",
+    "blip-2": "blip2",
+    "openflamingo": "openflamingo-3b",
+}
 
 
 def resolve_preset(
@@ -353,6 +382,7 @@ class LoraTuner:
         seed: int = 0,
         device: str | None = None,
         dtype: str | None = None,
+        family: str | None = None,
     ) -> None:
         if max_steps is not None and max_steps < 1:
             raise ConfigError("max steps must be at least 1", fix="pass --max-steps 1 or more")
@@ -363,6 +393,7 @@ class LoraTuner:
         self.seed = seed
         self.device = device
         self.dtype = dtype
+        self.family = family
 
     def tune(
         self,
@@ -380,7 +411,7 @@ class LoraTuner:
         if self.max_samples is not None and len(samples) > self.max_samples:
             samples = rng.sample(samples, self.max_samples)
         torch.manual_seed(self.seed)
-        vlm = load_for_training(model, device=self.device, dtype=self.dtype)
+        vlm = load_for_training(model, device=self.device, dtype=self.dtype, family=self.family)
         skipped: Counter[str] = Counter()
         examples = self._examples(vlm, samples, skipped)
         if not examples:
@@ -433,9 +464,17 @@ class LoraTuner:
         return examples
 
     def _with_adapter(self, vlm: VisionLanguageModel) -> Any:
+        model = vlm.model
+        if self.preset.lora_target == "none":
+            return _train_only(model, self.preset.fully_trained)
+        if vlm.family == "openflamingo":
+            raise ConfigError(
+                f"preset '{self.preset.name}' puts LoRA on the language model; OpenFlamingo is "
+                "tuned by training its Flamingo modules",
+                fix="use --preset openflamingo-3b",
+            )
         from peft import LoraConfig, get_peft_model
 
-        model = vlm.model
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         config = LoraConfig(
             r=self.preset.lora_r,
@@ -505,6 +544,20 @@ class LoraTuner:
         (out / "tuning.json").write_text(
             json.dumps(asdict(result), indent=2, sort_keys=True), encoding="utf-8"
         )
+
+
+def _train_only(model: Any, modules: tuple[str, ...]) -> Any:
+    """Freeze ``model`` except the modules whose name ends with one of ``modules``."""
+    model.requires_grad_(False)
+    found = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in modules]
+    if not found:
+        raise ConfigError(
+            f"the model has none of the modules to train ({', '.join(modules)})",
+            fix="pick the preset of the model's family",
+        )
+    for module in found:
+        module.requires_grad_(True)
+    return model
 
 
 def lora_target_pattern(model: Any, target: str) -> str:

@@ -32,7 +32,13 @@ from vlit.images import (
     reference_problem,
     resolve_image_path,
 )
-from vlit.jsonio import json_type_name, loads_json, parse_json_bytes
+from vlit.jsonio import (
+    iter_json_array,
+    json_type_name,
+    loads_json,
+    parse_json_bytes,
+    starts_with_array,
+)
 from vlit.schema import Sample
 
 SOURCE_FORMAT = "source_format"
@@ -106,6 +112,8 @@ class WriteCounts:
     images_missing: int = 0
     path_escapes: int = 0
     images_reencoded: int = 0
+    image_token_mismatch: int = 0
+    image_tokens_added: int = 0
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -226,7 +234,8 @@ def parse_json_records(
 
 
 def iter_json_records(path: Path, *, what: str, fix_type: str) -> Iterator[tuple[int, Any]]:
-    """(index, record) of a JSON array file, or of a JSON-lines file (``.jsonl``), streaming.
+    """(index, record) of a JSON array file, or of a JSON-lines file (``.jsonl``), streaming:
+    neither is loaded whole.
 
     A JSON-lines line that does not parse is yielded as an `RecordError` instance so the caller
     can keep it as a failed sample; a JSON array that does not parse is an `InputFileError`.
@@ -234,8 +243,10 @@ def iter_json_records(path: Path, *, what: str, fix_type: str) -> Iterator[tuple
     if path.suffix.lower() in _JSON_LINES_SUFFIXES:
         yield from _iter_json_lines(path)
         return
-    records = load_json_document(path, expected=list, what=what, fix_type=fix_type)
-    yield from enumerate(records)
+    check_input_file(path)
+    if not starts_with_array(path):
+        load_json_document(path, expected=list, what=what, fix_type=fix_type)  # says what is wrong
+    yield from enumerate(iter_json_array(path, what="dataset"))
 
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:

@@ -7,7 +7,8 @@ Samples hold clean text (what scorers and judges read). Where the token stood is
 - ``{"turn": 0, "placement": "after", "separator": "\\n"}`` for ``"What is this?\\n<image>"``,
 - ``{"turn": 0, "placement": "inline", "offset": 8, "separator": " "}`` for a token inside
   the text (``"Look at <image> here"``; the clean text is ``"Look at here"``),
-- ``{"placement": "none"}`` when the source had an image but no token (nothing is added),
+- ``{"placement": "none"}`` when the source had an image but no token (nothing is put back
+  here; the exporters add one per image, see `vlit.formats.llava.export_texts`),
 - ``{"placement": "verbatim", "texts": {"0": "..."}, "clean": {"0": "..."}}`` when there are
   several tokens: the original strings are restored if the clean text was not changed.
 

@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlit.errors import ConfigError, InputFileError, RecordError
+from vlit.errors import ConfigError, InputFileError, RecordError, VlitError
 from vlit.formats.base import RAW_RECORD, FormatReader, FormatWriter, ImportContext
+from vlit.formats.export_images import ExportImages
 from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
 from vlit.images import check_image, is_url, reference_problem, resolve_image_path
@@ -96,24 +97,27 @@ class DatasetImporter:
     def samples(self, path: Path) -> Iterator[Sample]:
         """The samples of ``path``, checked and counted as they stream by.
 
-        A file without one readable record ends the stream with `InputFileError` (so a run's
-        writer keeps its previous samples): an empty or all-invalid file is a wrong file.
+        A file without one record, or whose every record is invalid, ends the stream with an
+        `InputFileError` (so a run directory never receives a file vlit could not read).
         """
-        yield from self._all_samples(path)
-        if self.counts.samples == self.counts.records_invalid:
-            what = (
-                "no record"
-                if self.counts.samples == 0
-                else f"no usable record: all {self.counts.samples} are invalid "
-                f"(first: {self.counts.examples[0] if self.counts.examples else '?'})"
-            )
+        yield from self._checked_samples(path)
+        counts = self.counts
+        if counts.samples == 0:
             raise InputFileError(
-                f"the file has {what}",
+                "the file has no record",
                 file=str(path),
-                fix=f"check that it is a {self.reader.name} file (--format), and repair it",
+                fix=_format_fix(path, self.reader.name, self.context),
+            )
+        if counts.records_invalid == counts.samples:
+            first = counts.examples[0] if counts.examples else "invalid record"
+            raise InputFileError(
+                f"none of its {counts.samples} records can be read as {self.reader.name} data "
+                f"(first: {first})",
+                file=str(path),
+                fix=_format_fix(path, self.reader.name, self.context),
             )
 
-    def _all_samples(self, path: Path) -> Iterator[Sample]:
+    def _checked_samples(self, path: Path) -> Iterator[Sample]:
         stream = self._checked_start(self.reader.read(path, self.context), path)
         if not self.verify_images:
             for sample in stream:
@@ -249,6 +253,25 @@ class DatasetImporter:
             self._seen_ids.add(sample.sample_id)
 
 
+def _format_fix(path: Path, tried: str, context: ImportContext) -> str:
+    """The ``--format`` that reads ``path`` (the first of ours whose first records parse)."""
+    from vlit.formats import FORMATS  # the registry imports this module
+
+    for name, (reader_class, _) in FORMATS.items():
+        if name == tried:
+            continue
+        try:
+            head = list(itertools.islice(reader_class().read(path, context), 5))
+        except (VlitError, OSError, ValueError):
+            continue
+        if any(RAW_RECORD not in sample.extra for sample in head):
+            return f"pass --format {name}"
+    return (
+        f"it is not in any of vlit's formats ({', '.join(FORMATS)}): convert it, pass the right "
+        "--format, or collect annotation files (COCO, VQA) with `vlit collect coco`"
+    )
+
+
 def _verify(path: Path | None) -> str | None:
     return None if path is None else check_image(path)
 
@@ -260,10 +283,18 @@ def list_objects(root: str) -> dict[str, int]:
 
 
 def export_samples(
-    samples: Iterable[Sample], path: Path, *, writer: FormatWriter, include_failed: bool = False
+    samples: Iterable[Sample],
+    path: Path,
+    *,
+    writer: FormatWriter,
+    include_failed: bool = False,
+    images: ExportImages | None = None,
 ) -> dict[str, Any]:
     """Write ``samples`` to ``path``; failed samples are left out (and counted) unless
-    ``include_failed``. Returns the counts."""
+    ``include_failed``. ``images`` checks, gathers and rewrites the image references (default:
+    one image root, no missing image; see `vlit.formats.export_images`); when it refuses the
+    export (missing images, unsupported samples) nothing is written. Returns the counts."""
+    images = images if images is not None else ExportImages(format_name=writer.name)
     skipped = Counter[str]()
 
     def wanted() -> Iterator[Sample]:
@@ -272,7 +303,10 @@ def export_samples(
                 skipped["skipped_failed"] += 1
                 continue
             skipped[f"root:{sample.image_root}"] += sample.image is not None
-            yield sample
+            prepared = images.prepare(sample)
+            if prepared is not None:
+                yield prepared
+        images.finish()  # raising here stops the writer before it commits its file
 
     counts = writer.write(wanted(), path)
     summary = asdict(counts)
@@ -280,6 +314,8 @@ def export_samples(
     summary["image_roots"] = sum(
         1 for key, value in skipped.items() if key.startswith("root:") and value
     )
+    summary.update(images.summary())
+    summary["images_missing"] += summary.pop("images_missing_at_export")
     return summary
 
 

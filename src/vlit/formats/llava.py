@@ -43,7 +43,13 @@ from vlit.formats.base import (
     unknown_fields,
     write_record_array,
 )
-from vlit.formats.image_token import IMAGE_TOKEN_KEY, join_image_tokens, split_image_tokens
+from vlit.formats.export_images import sample_images
+from vlit.formats.image_token import (
+    IMAGE_TOKEN,
+    IMAGE_TOKEN_KEY,
+    join_image_tokens,
+    split_image_tokens,
+)
 from vlit.schema import Role, Sample, Turn
 
 #: Source role names and the role they mean; the first name per role is what writers use.
@@ -128,7 +134,8 @@ def conversation_turns_to_json(sample: Sample, texts: list[str], *, own: bool) -
 def split_tokens_of(turns: list[Turn], *, has_image: bool) -> tuple[list[Turn], dict[str, Any]]:
     """Turns without ``<image>`` tokens, and ``{"image_token": ...}`` to put them back.
 
-    A record with an image but no token is recorded as such, so none is added on export.
+    A record with an image but no token is recorded as such (`export_texts` then adds the
+    token LLaVA needs).
     """
     texts, token = split_image_tokens([turn.text for turn in turns])
     clean = [Turn(role=turn.role, text=text) for turn, text in zip(turns, texts, strict=True)]
@@ -139,7 +146,7 @@ def split_tokens_of(turns: list[Turn], *, has_image: bool) -> tuple[list[Turn], 
 
 def texts_with_tokens(sample: Sample) -> list[str]:
     """The sample's turn texts with the ``<image>`` token(s) put back."""
-    image_count = len(sample.extra.get(IMAGES) or []) or (1 if sample.image else 0)
+    image_count = len(sample_images(sample))
     first_user = next(
         (position for position, turn in enumerate(sample.turns) if turn.role == "user"), 0
     )
@@ -149,6 +156,32 @@ def texts_with_tokens(sample: Sample) -> list[str]:
         image_count=image_count,
         first_user_turn=first_user,
     )
+
+
+def export_texts(sample: Sample, counts: WriteCounts) -> list[str] | None:
+    """The turn texts to write, with exactly one ``<image>`` token per image.
+
+    An image without a token gets one at the start of the first user turn (as LLaVA's
+    preprocessing puts it); a text with more tokens than the sample has images is an error
+    (``None``, counted and noted): LLaVA and LLaMA-Factory would fail on it.
+    """
+    texts = texts_with_tokens(sample)
+    images = len(sample_images(sample))
+    tokens = sum(text.count(IMAGE_TOKEN) for text in texts)
+    if tokens > images:
+        counts.image_token_mismatch += 1
+        counts.note(
+            f"{sample.sample_id}: the text has {tokens} {IMAGE_TOKEN} token(s) for "
+            f"{images} image(s)"
+        )
+        return None
+    if tokens < images and texts:
+        first_user = next(
+            (position for position, turn in enumerate(sample.turns) if turn.role == "user"), 0
+        )
+        texts[first_user] = (IMAGE_TOKEN + "\n") * (images - tokens) + texts[first_user]
+        counts.image_tokens_added += images - tokens
+    return texts
 
 
 def image_reference(value: Any, where: str) -> tuple[str | None, dict[str, Any]]:
@@ -170,7 +203,8 @@ def image_value(sample: Sample) -> Any:
         if images and sample.image is not None:
             return [sample.image, *images[1:]]
         return images
-    return sample.image
+    references = sample_images(sample)  # e.g. the image files of a MIMIC-IT sample
+    return references if len(references) > 1 else sample.image
 
 
 def image_id_of(reference: str | None) -> str | None:
@@ -250,6 +284,9 @@ class LlavaWriter:
         if invalid:
             return raw
         own = same_format(sample, self.name)
+        texts = export_texts(sample, counts)
+        if texts is None:
+            return None
         record: dict[str, Any] = {}
         record_id = restore_id(sample)
         if record_id is not None:
@@ -257,9 +294,7 @@ class LlavaWriter:
         image = image_value(sample)
         if image is not None or (own and sample.extra.get("image_null")):
             record["image"] = image
-        record["conversations"] = conversation_turns_to_json(
-            sample, texts_with_tokens(sample), own=own
-        )
+        record["conversations"] = conversation_turns_to_json(sample, texts, own=own)
         if own:
             record.update(sample.extra.get(FIELDS, {}))
         counts.samples += 1

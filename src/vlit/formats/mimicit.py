@@ -53,6 +53,7 @@ from vlit.formats.base import (
     require_type,
     same_format,
 )
+from vlit.formats.export_images import sample_images
 from vlit.images import guess_image_suffix, id_file_stem, open_image
 from vlit.schema import Sample, Turn
 
@@ -358,9 +359,15 @@ class MimicItWriter:
                 f"{sample.sample_id}_{number}" for number in range(1, len(pairs))
             ]
         image_ids, files = self._images_of(sample, own)
-        for image_id, file in zip(image_ids, files, strict=True):
-            if file is not None and image_id not in image_sources:
-                image_sources[image_id] = (sample.image_root, file)
+        for position, (image_id, file) in enumerate(zip(image_ids, files, strict=True)):
+            if file is None:
+                continue
+            source = (sample.image_root, file)
+            unique, number = image_id, 2
+            while image_sources.get(unique, source) != source:  # one id, two different images
+                unique, number = f"{image_id}_{number}", number + 1
+            image_ids[position] = unique
+            image_sources[unique] = source
         related: dict[str, list[str]] = sample.extra.get(REL_INS_IDS, {}) if own else {}
         fields: dict[str, dict[str, Any]] = sample.extra.get(ENTRY_FIELDS, {}) if own else {}
         orders: dict[str, list[str]] = sample.extra.get(ENTRY_KEY_ORDER, {}) if own else {}
@@ -388,9 +395,10 @@ class MimicItWriter:
             if files and sample.image is not None:
                 files[0] = sample.image
             return image_ids, files
-        if sample.image is None:
-            return [], []
-        return [sample.image_id or Path(sample.image).stem], [sample.image]
+        references = sample_images(sample)
+        if len(references) == 1:
+            return [sample.image_id or Path(references[0]).stem], list(references)
+        return [Path(reference).stem for reference in references], list(references)
 
     def _write_images(
         self, path: Path, sources: dict[str, tuple[str, str]], counts: WriteCounts

@@ -3,7 +3,9 @@
 The ``image`` column is a struct ``{bytes, path}`` holding the encoded image file (as it is on
 disk, not re-encoded) and its reference; the Arrow schema's ``huggingface`` metadata declares it
 an ``Image`` feature, so ``load_dataset("parquet", data_files=...)`` gives
-``features["image"] == Image()`` and PIL images on access. Other columns: ``sample_id``,
+``features["image"] == Image()`` and PIL images on access. A sample with several images has
+them all in ``images`` (a ``Sequence(Image)``; empty for single-image samples), the first also in
+``image``. Other columns: ``sample_id``,
 ``turns`` (list of ``{role, text}``), ``image_id``, ``image_root``, ``mode``, ``provenance`` and
 ``extra`` (JSON text), ``scores`` (list of ``{name, value}``), ``labels``, ``failure_reason``,
 ``drop_reason``. A sample whose image is missing gets ``bytes = null`` (counted).
@@ -38,17 +40,25 @@ from vlit.formats.base import (
     invalid_sample,
     read_image_bytes,
 )
+from vlit.formats.export_images import sample_images
 from vlit.images import resolve_image_path
 from vlit.schema import Sample
 
 #: Rows per row group: image rows are large, and readers fetch whole row groups.
 ROWS_PER_GROUP = 100
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+#: `datasets` features: ``image`` an ``Image``, ``images`` a ``Sequence(Image)`` (the spelling
+#: that `datasets` 2.x to 5.x all read).
+_IMAGE_FEATURES = {
+    "image": {"_type": "Image"},
+    "images": {"_type": "Sequence", "feature": {"_type": "Image"}},
+}
 PARQUET_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("turns", pa.list_(pa.struct([("role", pa.string()), ("text", pa.string())]))),
         ("image", _IMAGE_TYPE),
+        ("images", pa.list_(_IMAGE_TYPE)),
         ("image_id", pa.string()),
         ("image_root", pa.string()),
         ("mode", pa.string()),
@@ -62,7 +72,7 @@ PARQUET_SCHEMA = pa.schema(
     metadata={
         # Only the image column is declared; `datasets` derives the others from the Arrow types,
         # which keeps the file readable across `datasets` versions.
-        b"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}}).encode(),
+        b"huggingface": json.dumps({"info": {"features": _IMAGE_FEATURES}}).encode(),
         b"vlit": json.dumps({"table": "samples", "version": 1}).encode(),
     },
 )
@@ -94,16 +104,26 @@ class ParquetWriter:
         row = sample.to_row()
         row["scores"] = [{"name": name, "value": value} for name, value in row["scores"]]
         row["image"] = None
-        if sample.image is not None:
-            row["image"] = {"bytes": _image_bytes(sample, counts), "path": sample.image}
+        row["images"] = []
+        references = sample_images(sample)
+        if len(references) == 1:
+            row["image"] = {
+                "bytes": _image_bytes(sample, references[0], counts),
+                "path": references[0],
+            }
+        elif references:  # every image in `images`; the first also in `image`
+            row["images"] = [
+                {"bytes": _image_bytes(sample, reference, counts), "path": reference}
+                for reference in references
+            ]
+            row["image"] = row["images"][0]
         counts.samples += 1
         counts.turns += len(sample.turns)
         return row
 
 
-def _image_bytes(sample: Sample, counts: WriteCounts) -> bytes | None:
-    assert sample.image is not None
-    data = read_image_bytes(sample.image_root, sample.image, label=sample.sample_id, counts=counts)
+def _image_bytes(sample: Sample, reference: str, counts: WriteCounts) -> bytes | None:
+    data = read_image_bytes(sample.image_root, reference, label=sample.sample_id, counts=counts)
     if data is not None:
         counts.images_embedded += 1
     return data
@@ -151,6 +171,7 @@ class ParquetReader:
         self, row: dict[str, Any], index: int, path: Path, workdir: Path, root: str
     ) -> Sample:
         image = row.get("image") or {}
+        more = [item for item in row.get("images") or [] if item]
         row = {**row, "image": image.get("path")}
         row["scores"] = [(item["name"], item["value"]) for item in row.get("scores") or []]
         try:
@@ -169,15 +190,17 @@ class ParquetReader:
         data = image.get("bytes")
         if data is not None and sample.image is not None:
             sample.image_root = str(workdir)
-            self._unpack(data, sample, workdir)
+            self._unpack(data, sample.image, workdir)
+            for item in more[1:]:
+                if item.get("bytes") is not None and item.get("path"):
+                    self._unpack(item["bytes"], item["path"], workdir)
         else:
             sample.image_root = root if sample.image is not None else ""
         return sample
 
-    def _unpack(self, data: bytes, sample: Sample, workdir: Path) -> None:
-        assert sample.image is not None
+    def _unpack(self, data: bytes, reference: str, workdir: Path) -> None:
         try:
-            target = resolve_image_path(workdir, sample.image)
+            target = resolve_image_path(workdir, reference)
         except RecordError:
             return  # the importer's check records the escape on the sample
         if target.exists() and target.stat().st_size == len(data):

@@ -43,15 +43,16 @@ from vlit.formats.base import (
     unknown_fields,
     write_record_array,
 )
+from vlit.formats.export_images import sample_images
 from vlit.formats.llava import (
     IMAGES,
     TURN_FIELDS,
     conversation_turns_to_json,
+    export_texts,
     image_id_of,
     image_reference,
     parse_conversation_turns,
     split_tokens_of,
-    texts_with_tokens,
 )
 from vlit.schema import Role, Sample, Turn
 
@@ -227,7 +228,11 @@ class ShareGptWriter:
             return raw
         own = same_format(sample, self.name)
         flavour = self.flavour or (sample.extra.get(FLAVOUR) if own else None) or "messages"
-        texts = texts_with_tokens(sample) if not sample.extra.get(IMAGES_IN_CONTENT) else None
+        texts = None
+        if not sample.extra.get(IMAGES_IN_CONTENT):
+            texts = export_texts(sample, counts)
+            if texts is None:
+                return None
         record: dict[str, Any] = {}
         record_id = restore_id(sample)
         if record_id is not None:
@@ -244,7 +249,8 @@ class ShareGptWriter:
             if isinstance(images, list):
                 record[image_key] = [sample.image, *images[1:]] if sample.image else images
             elif sample.image is not None:
-                record[image_key] = sample.image if own else [sample.image]
+                references = sample_images(sample)
+                record[image_key] = sample.image if own else references
         if own:
             record.update(sample.extra.get(FIELDS, {}))
         counts.samples += 1

@@ -23,6 +23,7 @@ from typing import Any
 
 from vlit.errors import ConfigError
 from vlit.generate.generator import (
+    FAILURE_LLM,
     ConversationGenerator,
     GenerationSettings,
     PlannedRequest,
@@ -116,6 +117,10 @@ def generate_run(
         "samples": counts.samples,
         "samples_ok": counts.ok,
         "samples_failed": dict(sorted(counts.failed.items())),
+        "requests_failed": counts.requests_failed,
+        "all_requests_failed": 0 < counts.requests_failed
+        and counts.requests_failed == counts.requests - counts.requests_refused,
+        "first_error": counts.first_error,
         "samples_ok_by_mode": dict(sorted(counts.ok_by_mode.items())),
         "samples_truncated": counts.truncated,
         "tokens_in": usage.prompt_tokens,
@@ -179,6 +184,9 @@ class _Counts:
         self.truncated = 0
         self.failed: Counter[str] = Counter()
         self.ok_by_mode: Counter[str] = Counter()
+        self.requests_failed = 0  # requests that got an error (not refused by the budget)
+        self.requests_refused = 0  # requests the budget did not let through
+        self.first_error: str | None = None
 
     def add(self, records: list[ImageRecord], samples: list[Sample], requests: int) -> None:
         self.images += len(records)
@@ -191,3 +199,16 @@ class _Counts:
                 self.truncated += bool(sample.provenance.get("truncated"))
             else:
                 self.failed[str(sample.failure_reason)] += 1
+                self._count_failed_request(sample)
+
+    def _count_failed_request(self, sample: Sample) -> None:
+        """One failed request per failed rollout 0 (its other rollouts share the error)."""
+        if sample.provenance.get("rollout") != 0:
+            return
+        if sample.failure_reason == FAILURE_BUDGET:
+            self.requests_refused += 1
+        if sample.failure_reason != FAILURE_LLM:
+            return
+        self.requests_failed += 1
+        if self.first_error is None:
+            self.first_error = str(sample.provenance.get("llm_error"))

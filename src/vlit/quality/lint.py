@@ -212,6 +212,32 @@ class SampleLinter:
         return batch
 
 
+class DatasetLintFlags:
+    """Stage: records the dataset lint's flags (found beforehand by `DatasetLinter.find` over
+    the whole dataset) on each generated sample, keyed by sample id; 0 flags on the others."""
+
+    name = "dataset_lint"
+    resources = Resources(batch_size=256)
+
+    def __init__(self, *, flags: dict[str, Counter[str]]) -> None:
+        self.flags = flags
+        self.counts: Counter[str] = Counter()
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        for sample in batch:
+            if not sample.ok:
+                continue
+            found = self.flags.get(sample.sample_id)
+            if found:
+                record_flags(sample, found)
+                self.counts.update({flag: 1 for flag in found})
+            sample.scores.setdefault("lint_flags", 0.0)
+        return batch
+
+
 class DatasetLinter:
     """Flags that need the whole dataset: answer-length outliers and duplicates."""
 

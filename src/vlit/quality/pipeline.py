@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.images import is_url
 from vlit.llm.config import LlmConfig, build_backend
 from vlit.quality.filtering import (
     FailedGenerationFilter,
@@ -36,12 +37,12 @@ from vlit.quality.filtering import (
     SampleFilter,
     ScoreValues,
 )
-from vlit.quality.grounding import AnnotationGrounding
+from vlit.quality.grounding import SPACY_MODEL, AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
-from vlit.quality.lint import DatasetLinter, SampleLinter
+from vlit.quality.lint import DatasetLinter, DatasetLintFlags, SampleLinter
 from vlit.quality.matching import ClipMatchingScorer, DecodeMode, TextMode
 from vlit.rundir import RunDir
-from vlit.runners.base import Stage
+from vlit.runners.base import Resources, Stage
 from vlit.runners.local import run_stages
 from vlit.schema import ImageRecord, Sample
 
@@ -60,6 +61,7 @@ class ScoreOptions:
     judge_votes: int = 3
     llm: LlmConfig | None = None
     grounding: bool = True
+    spacy_model: str = SPACY_MODEL  # grounding's parser: a pipeline's name or folder
     lint: bool = True
     duplicate_threshold: float = 0.8
     seed: int = 0
@@ -102,10 +104,12 @@ def score_run(
 ) -> dict[str, Any]:
     """Score the run's samples into ``RUN/scores``; return the summary.
 
-    The local runner streams: samples are read, scored and written shard by shard. What stays
-    in memory is the records (one per image, for grounding and the judge) and what the dataset
-    lint keeps per sample (answer length, text digest, MinHash signature), gathered in a first
-    pass over the samples.
+    Samples are read, scored and written shard by shard: in this process by the local runner;
+    on Ray the workers read the input shards and write the output shards themselves (for a run
+    directory on object storage the samples pass through this process instead). What stays in
+    memory here is the records (one per image, for grounding and the judge) and what the
+    dataset lint keeps per sample (answer length, text digest, MinHash signature), gathered in
+    a first pass over the samples.
     """
     source = "samples"
     manifest = run.check_current(source)
@@ -117,7 +121,7 @@ def score_run(
         stages.append(linter)
     grounding = None
     if options.grounding and records:
-        grounding = AnnotationGrounding(records=records)
+        grounding = AnnotationGrounding(records=records, spacy_model=options.spacy_model)
         stages.append(grounding)
     elif options.grounding:
         summary["grounding"] = {"status": "not_run: this run has no records/ to check against"}
@@ -148,40 +152,35 @@ def score_run(
             concurrency=options.llm.concurrency,
         )
         stages.append(judge)
-    dataset_linter = DatasetLinter(duplicate_threshold=options.duplicate_threshold)
-    dataset_flags = (
-        dataset_linter.find(s for s in run.read_samples(source) if s.ok) if options.lint else {}
-    )
-
-    def inputs() -> Iterator[Sample]:
-        for sample in run.read_samples(source):
-            if md_unavailable is not None:
-                _mark_md_unavailable(sample, options, md_unavailable)
-            yield sample
-
-    means = _Means("ground_hallucination_rate", "md", "correct")
+    if md_unavailable is not None:
+        stages.insert(0, _MdNotComputed(options=options, reason=md_unavailable))
+    lint_flags = None
+    if options.lint:
+        lint_flags = DatasetLintFlags(flags=_dataset_lint(run, source, options))
+        stages.append(lint_flags)
     inputs_used = ("samples", "records") if records else ("samples",)
     writer = run.writer(
         "scores", inputs=inputs_used, settings=score_settings(options), command="vlit score"
     )
     with writer:
         try:
-            ok_index = 0
-            for sample in _scored(stages, inputs(), options, run, on_batch):
-                if options.lint and sample.ok:
-                    if ok_index in dataset_flags:
-                        dataset_linter.flag(sample, dataset_flags[ok_index])
-                    sample.scores.setdefault("lint_flags", 0.0)
-                    ok_index += 1
-                means.add(sample)
-                writer.add_rows([sample.to_row()])
+            if options.runner == "ray" and not is_url(run.location):
+                for name in _score_files_on_ray(stages, run, source, writer.token, options):
+                    writer.adopt(name)
+            else:
+                for sample in _scored(stages, run.read_samples(source), options, run, on_batch):
+                    writer.add_rows([sample.to_row()])
         finally:
             if matcher is not None:
                 matcher.close()
-    if linter is not None:
-        summary["lint"] = {"samples_flagged": _merge(linter.counts, dataset_linter.counts)}
+    means = _Means("ground_hallucination_rate", "md", "correct")
+    for columns in run.read_columns("scores", ["scores"]):
+        for scores in columns["scores"]:
+            means.add(dict(scores or ()))
+    if linter is not None and lint_flags is not None:
+        summary["lint"] = {"samples_flagged": _merge(linter.counts, lint_flags.counts)}
     if grounding is not None:
-        summary["grounding"] = dict(grounding.counts) | means.of("ground_hallucination_rate")
+        summary["grounding"] = grounding.summary() | means.of("ground_hallucination_rate")
     if matcher is not None:
         summary["md"] = (
             {"status": "computed"}
@@ -201,6 +200,22 @@ def score_run(
     return summary
 
 
+def _dataset_lint(run: RunDir, source: str, options: ScoreOptions) -> dict[str, Counter[str]]:
+    """The dataset lint's flags of the generated samples of ``source``, by sample id: found in
+    one pass over the samples, tied to their ids in a second pass over two columns."""
+    linter = DatasetLinter(duplicate_threshold=options.duplicate_threshold)
+    by_index = linter.find(sample for sample in run.read_samples(source) if sample.ok)
+    by_id: dict[str, Counter[str]] = {}
+    index = 0
+    for columns in run.read_columns(source, ["sample_id", "failure_reason"]):
+        for sample_id, failure in zip(columns["sample_id"], columns["failure_reason"], strict=True):
+            if failure is None:
+                if index in by_index:
+                    by_id[str(sample_id)] = by_index[index]
+                index += 1
+    return by_id
+
+
 def _scored(
     stages: list[Stage],
     samples: Iterator[Sample],
@@ -208,25 +223,76 @@ def _scored(
     run: RunDir,
     on_batch: Callable[[int], None] | None,
 ) -> Iterator[Sample]:
-    """``samples`` through ``stages``: streamed by the local runner; on Ray, the samples go to
-    the cluster in one dataset and come back in order."""
+    """``samples`` through ``stages`` in this process (streamed), or on Ray for a run directory
+    on object storage (its staged copy is on this machine only, so the samples travel)."""
     if options.runner != "ray":
         yield from run_stages(stages, samples, on_batch=on_batch)
         return
-    from vlit.runners.ray_journal import JournalClient
     from vlit.runners.ray_runner import run_stages_ray
 
     remote = [_for_ray(stage, options, run) for stage in stages]
     try:
         scored = run_stages_ray(remote, list(samples), address=options.ray_address)
     finally:
-        for used in remote:
-            if isinstance(used, CorrectnessJudge) and isinstance(used.journal, JournalClient):
-                used.journal.stop_server()
+        _stop_journal_servers(remote)
+    _add_worker_counts(stages, remote)
+    yield from scored
+
+
+def _score_files_on_ray(
+    stages: list[Stage], run: RunDir, source: str, token: str, options: ScoreOptions
+) -> list[str]:
+    """Score on Ray, the workers reading ``source``'s shards and writing the scores' shards
+    (``shard-<token>-<task>.parquet``) themselves; the names written, in order."""
+    from vlit.runners.ray_runner import run_stages_ray_on_files
+
+    manifest = run.check_current(source)
+    folder = run.stage_dir(source).absolute()
+    remote = [_for_ray(stage, options, run) for stage in stages]
+    try:
+        written = run_stages_ray_on_files(
+            remote,
+            [str(folder / shard["file"]) for shard in manifest.shards],
+            output_dir=str(run.stage_dir("scores").absolute()),
+            prefix=f"shard-{token}",
+            address=options.ray_address,
+        )
+    finally:
+        _stop_journal_servers(remote)
+    _add_worker_counts(stages, remote)
+    return written
+
+
+def _stop_journal_servers(remote: list[Stage]) -> None:
+    from vlit.runners.ray_journal import JournalClient
+
+    for used in remote:
+        if isinstance(used, CorrectnessJudge) and isinstance(used.journal, JournalClient):
+            used.journal.stop_server()
+
+
+def _add_worker_counts(stages: list[Stage], remote: list[Stage]) -> None:
     for stage, used in zip(stages, remote, strict=True):
         if used is not stage:  # the workers' counts were summed into the copy they used
             stage.counts.update(used.counts)  # type: ignore[attr-defined]
-    yield from scored
+
+
+@dataclass
+class _MdNotComputed:
+    """Stage: records on every sample that MD was not computed (the model did not load)."""
+
+    options: ScoreOptions
+    reason: str
+    name: str = "md_not_computed"
+    resources: Resources = field(default_factory=Resources)
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        for sample in batch:
+            _mark_md_unavailable(sample, self.options, self.reason)
+        return batch
 
 
 def _matcher(options: ScoreOptions) -> ClipMatchingScorer:
@@ -281,10 +347,10 @@ class _Means:
         self.totals = dict.fromkeys(scores, 0.0)
         self.counts = dict.fromkeys(scores, 0)
 
-    def add(self, sample: Sample) -> None:
+    def add(self, scores: dict[str, float]) -> None:
         for score in self.totals:
-            if score in sample.scores:
-                self.totals[score] += sample.scores[score]
+            if score in scores:
+                self.totals[score] += scores[score]
                 self.counts[score] += 1
 
     def of(self, score: str) -> dict[str, float]:

@@ -213,6 +213,12 @@ def render_html(views: Sequence[DatasetView], *, title: str = "vlit dataset repo
             "response clusters": response.get("clusters"),
             "noise points": response.get("noise_points"),
             "O/G source": details.get("object_granularity", {}).get("source"),
+            "CHAIR_i (hallucinated / mentioned objects)": details.get("quality_scores", {}).get(
+                "chair_i"
+            ),
+            "CHAIR_s (samples with a hallucination)": details.get("quality_scores", {}).get(
+                "chair_s"
+            ),
         }
         body.append(
             "<table>"

@@ -20,6 +20,7 @@ import pickle
 import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -147,8 +148,77 @@ def run_stages_ray(
     if dataset is None:
         return []
     sink = _count_sink(ray)
+    dataset = _through_stages(ray, dataset, stages, sink)
+    rows: list[dict[str, Any]] = []
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows.extend(batch.to_pylist())
+    _add_counts(ray, sink, stages)
+    return [Sample.from_row(row) for row in rows]
+
+
+def run_stages_ray_on_files(
+    stages: Sequence[Stage],
+    inputs: Sequence[str],
+    *,
+    output_dir: str,
+    prefix: str,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> list[str]:
+    """Run ``stages`` over the samples of the Parquet files ``inputs``; return the names of the
+    files written in ``output_dir`` (``<prefix>-<task>-<write id>-<part>.parquet``), in input
+    order.
+
+    The workers read the input files and write the output files themselves: no sample passes
+    through the driver, which holds the stages' counters only. Every node must see ``inputs``
+    and ``output_dir`` at the same paths (a shared file system).
+    """
+    ray = init_ray(address, num_cpus=num_cpus)
+    if not inputs:
+        return []
+    sink = _count_sink(ray)
+    dataset = ray.data.read_parquet(list(inputs), schema=SAMPLE_SCHEMA)
+    # one CPU stays free for the tasks that read and write the files: a model stage holding
+    # every CPU of a small cluster would leave them waiting forever
+    dataset = _through_stages(ray, dataset, stages, sink, spare_cpus=1.0)
+    dataset.write_parquet(output_dir, filename_provider=_shard_names(prefix))
+    _add_counts(ray, sink, stages)
+    written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
+    return sorted(written, key=lambda name: _task_and_part(name, prefix))
+
+
+def _shard_names(prefix: str) -> Any:
+    """Ray's namer of a write's files: ``<prefix>-<task index>-<write id>`` (tasks follow the
+    input order, which the runner preserves; Ray adds ``-<part>.parquet``)."""
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"{prefix}-{task_index:06d}-{write_uuid}"
+
+    return ShardNames(file_format="parquet")
+
+
+def _task_and_part(name: str, prefix: str) -> tuple[int, int]:
+    """The write task and the part of a file named by `_shard_names`, for ordering."""
+    fields = name.removeprefix(f"{prefix}-").removesuffix(".parquet").split("-")
+    return int(fields[0]), int(fields[-1])
+
+
+def _add_counts(ray: Any, sink: Any, stages: Sequence[Stage]) -> None:
+    """Add what the workers counted to the driver's stage objects; stop the sink."""
+    for position, delta in ray.get(sink.totals_by_stage.remote()).items():
+        stages[position].counts.update(delta)
+    ray.kill(sink)
+
+
+def _through_stages(
+    ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any, *, spare_cpus: float = 0.0
+) -> Any:
+    """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors
+    (asking for at most the cluster's CPUs less ``spare_cpus``)."""
     for position, stage in enumerate(stages):
-        resources = _fit_to_cluster(ray, stage)
+        resources = _fit_to_cluster(ray, stage, spare_cpus=spare_cpus)
         if resources.uses_model:
             dataset = dataset.map_batches(
                 _StageTask,
@@ -157,7 +227,7 @@ def run_stages_ray(
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
                 num_gpus=resources.gpus or None,
-                compute=_actor_pool(ray, resources),
+                compute=_actor_pool(ray, resources, spare_cpus=spare_cpus),
             )
         else:
             dataset = dataset.map_batches(
@@ -167,19 +237,14 @@ def run_stages_ray(
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
             )
-    rows: list[dict[str, Any]] = []
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        rows.extend(batch.to_pylist())
-    for position, delta in ray.get(sink.totals_by_stage.remote()).items():
-        stages[position].counts.update(delta)
-    ray.kill(sink)
-    return [Sample.from_row(row) for row in rows]
+    return dataset
 
 
-def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
-    """``stage.resources`` with its CPU request capped at the largest node's CPUs: a request no
-    node can meet would wait forever (a 2-CPU machine and a scorer asking for 1 + 2 decode
-    workers). A GPU request no node can meet is an error."""
+def _fit_to_cluster(ray: Any, stage: Stage, *, spare_cpus: float = 0.0) -> Resources:
+    """``stage.resources`` with its CPU request capped at the largest node's CPUs less
+    ``spare_cpus`` (at most half of them): a request no node can meet would wait forever (a
+    2-CPU machine and a scorer asking for 1 + 2 decode workers). A GPU request no node can meet
+    is an error."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
@@ -190,12 +255,13 @@ def _fit_to_cluster(ray: Any, stage: Stage) -> Resources:
             f"cluster has {'that many' if most_gpus else 'a GPU'}",
             fix="add GPU nodes to the cluster, or run the stage on CPU (e.g. --clip-device cpu)",
         )
-    if 0 < most_cpus < wanted.cpus:
-        return dataclasses.replace(wanted, cpus=most_cpus)
+    usable = max(most_cpus - spare_cpus, most_cpus / 2)
+    if 0 < usable < wanted.cpus:
+        return dataclasses.replace(wanted, cpus=usable)
     return wanted
 
 
-def _actor_pool(ray: Any, resources: Resources) -> Any:
+def _actor_pool(ray: Any, resources: Resources, *, spare_cpus: float = 0.0) -> Any:
     """``concurrency`` actors, or for a CPU-only model stage as many as the cluster's CPUs hold.
 
     A GPU stage's ``concurrency`` is exact (one model per GPU share); a CPU model stage such
@@ -203,7 +269,8 @@ def _actor_pool(ray: Any, resources: Resources) -> Any:
     """
     if resources.gpus:
         return ray.data.ActorPoolStrategy(size=resources.concurrency)
-    cpus = int(ray.cluster_resources().get("CPU", 1) // max(resources.cpus, 0.01))
+    usable = ray.cluster_resources().get("CPU", 1) - spare_cpus
+    cpus = int(usable // max(resources.cpus, 0.01))
     return ray.data.ActorPoolStrategy(
         min_size=resources.concurrency, max_size=max(resources.concurrency, cpus)
     )

