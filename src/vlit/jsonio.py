@@ -152,6 +152,7 @@ def loads_json(
         document = _replace_lone_surrogates(document)
     return document
 
+
 _WHITE_SPACE = re.compile(r"[ \t\n\r]*")
 _NUMBER_CHARACTERS = re.compile(r"[-+.0-9eE]*")
 

@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
 
-
     _exit_with(code)
 
 
