@@ -127,3 +127,14 @@ def test_memory_holds_one_element_not_the_file(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert count == 40_000
     assert size > 9_000_000 and peak < size / 20, (size, peak)
+
+
+def test_an_element_nested_past_the_limit_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLIT_MAX_JSON_DEPTH", "5")
+    path = _write(tmp_path, b'[[[[1]]], {"a": [[[[[[2]]]]]]}]')
+    with pytest.raises(
+        InputFileError, match=r"record 1.*nested 7 levels deep.*VLIT_MAX_JSON_DEPTH"
+    ):
+        list(iter_json_array(path, what="dataset", chunk_size=3))

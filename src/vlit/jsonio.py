@@ -297,6 +297,7 @@ class _ArraySource:
         self.line = 1  # line and column of buffer[0]
         self.column = 1
         self.bytes_read = 0
+        self.count = 0  # elements decoded
         self.ended = False
         while not self.buffer and self._fill():
             pass
@@ -334,7 +335,11 @@ class _ArraySource:
                 self.fail(f"an element cannot be decoded ({error})")
             if self._may_go_on(end) and self._fill():
                 continue  # a number or literal may go on in the next chunk
+            check_depth(
+                self.buffer[self.position : end], file=self.path, what=self.what, record=self.count
+            )
             self.position = end
+            self.count += 1
             return value
 
     def _may_go_on(self, end: int) -> bool:
