@@ -164,7 +164,7 @@ def score_run(
     )
     with writer:
         try:
-            if options.runner == "ray" and not is_url(run.location):
+            if options.runner == "ray" and _files_on_ray(stages, run, options):
                 for name in _score_files_on_ray(stages, run, source, writer.token, options):
                     writer.adopt(name)
             else:
@@ -223,8 +223,8 @@ def _scored(
     run: RunDir,
     on_batch: Callable[[int], None] | None,
 ) -> Iterator[Sample]:
-    """``samples`` through ``stages`` in this process (streamed), or on Ray for a run directory
-    on object storage (its staged copy is on this machine only, so the samples travel)."""
+    """``samples`` through ``stages`` in this process (streamed), or on Ray when its workers
+    cannot use the stage files themselves (`_files_on_ray`), so the samples travel."""
     if options.runner != "ray":
         yield from run_stages(stages, samples, on_batch=on_batch)
         return
@@ -237,6 +237,14 @@ def _scored(
         _stop_journal_servers(remote)
     _add_worker_counts(stages, remote)
     yield from scored
+
+
+def _files_on_ray(stages: list[Stage], run: RunDir, options: ScoreOptions) -> bool:
+    """Whether Ray's workers can read and write the stage files themselves: the run is on a
+    file system they share, and the cluster has room for the read and write tasks."""
+    from vlit.runners.ray_runner import files_fit_cluster
+
+    return not is_url(run.location) and files_fit_cluster(stages, options.ray_address)
 
 
 def _score_files_on_ray(

@@ -187,6 +187,20 @@ def run_stages_ray_on_files(
     return sorted(written, key=lambda name: _task_and_part(name, prefix))
 
 
+def files_fit_cluster(stages: Sequence[Stage], address: str | None = None) -> bool:
+    """Whether the cluster holds every model stage's actors and still has a CPU for the tasks
+    that read and write files (`run_stages_ray_on_files`); on a smaller one those tasks would
+    wait forever for a CPU, so the samples must pass through the driver (`run_stages_ray`)."""
+    ray = init_ray(address)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    held = sum(
+        _fit_to_cluster(ray, stage, spare_cpus=1.0).cpus * stage.resources.concurrency
+        for stage in stages
+        if stage.resources.uses_model
+    )
+    return held + 1.0 <= cpus
+
+
 def _shard_names(prefix: str) -> Any:
     """Ray's namer of a write's files: ``<prefix>-<task index>-<write id>`` (tasks follow the
     input order, which the runner preserves; Ray adds ``-<part>.parquet``)."""
