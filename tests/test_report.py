@@ -91,7 +91,8 @@ def test_report_two_runs_minilm_html_and_json(llava_slice: Path, tmp_path: Path)
     response = saved["indicators"]["response_diversity"]
     assert response["embedder"].startswith("transformer:minilm")
     assert response["clusters"] >= 1 and response["responses"] == 160
-    assert len(response["eps_range"]) == 5
+    assert len(response["sweep"]) == 101 and max(p["clusters"] for p in response["sweep"]) >= 1
+    assert saved["ruler"]["eps"] == response["eps"] and "together" in response["eps_source"]
     assert saved["table"]["task_diversity"] >= 2
     assert list((first / "embeddings").glob("*.npz"))
     # the page parses, has inline SVG plots, no external resources, and escapes dataset text
