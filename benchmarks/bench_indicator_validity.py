@@ -69,8 +69,9 @@ def main() -> None:
     for name in args.embedders.split(","):
         embedder = load_embedder(name)
 
-        def r_value(samples: list[Any], **settings: Any) -> str:
-            response = table_of(samples, embedder, **settings)["indicators"]["response_diversity"]
+        def r_value(samples: list[Any], embedder: Any = embedder, **settings: Any) -> str:
+            report = table_of(samples, embedder, **settings)
+            response = report["indicators"]["response_diversity"]
             value = response["log_clusters"]
             shown = "none" if value is None else f"{value:.2f}"
             return f"{shown} ({response['clusters']} clusters, eps {response['eps']:.3f})"
@@ -110,8 +111,8 @@ def main() -> None:
         samples = validity.object_questions(categories, objects=objects, size=60, seed=0)
         report = table_of(samples, None)
         elements = report["indicators"]["object_granularity"]["parsed"]["semantic_elements"]
-        rows.append(("O/G (elements)", "objects with attributes", str(objects),
-                     f"{report['table']['object_granularity']:.2f} ({elements['mean']:.2f})"))  # fmt: skip
+        value = f"{report['table']['object_granularity']:.2f} ({elements['mean']:.2f})"
+        rows.append(("O/G (elements)", "objects with attributes", str(objects), value))
     for tier, samples in validity.complexity_tiers(validity.vqa_questions(VQA)).items():
         report = table_of(samples, None)
         rows.append(("complexity proxy", "question kind", tier,
