@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlit.cli import app
+from vlit.errors import InputFileError
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
 
@@ -118,3 +119,36 @@ def test_report_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code != 0
     result = runner.invoke(app, ["report", str(tmp_path), "--labeller", "taggpt"])
     assert result.exit_code != 0
+
+
+@pytest.mark.model
+def test_report_reuses_a_recorded_ruler_and_flags_degenerate_r(
+    llava_slice: Path, tmp_path: Path
+) -> None:
+    first = _run_from_slice(llava_slice, tmp_path / "first", 120, scored=False)
+    second = _run_from_slice(llava_slice, tmp_path / "second", 80, scored=False)
+    runner = CliRunner()
+    options = ["--json", "--parse-limit", "20", "--embedder", "wordllama"]
+    assert runner.invoke(app, ["report", str(first), *options]).exit_code == 0
+    ruler = json.loads((first / "indicators.json").read_text())["ruler"]
+    assert ruler["embedder"].startswith("wordllama") and ruler["subsample_size"] == 5000
+    reused = runner.invoke(
+        app,
+        ["report", str(second), "--json", "--parse-limit", "20"]
+        + ["--reuse-settings", str(first / "indicators.json")],
+    )
+    assert reused.exit_code == 0, reused.output
+    again = json.loads((second / "indicators.json").read_text())["ruler"]
+    assert again["eps"] == ruler["eps"] and again["embedder"] == ruler["embedder"]
+    assert again["eps_source"].startswith("reused from")
+    # a tiny eps leaves every response noise: the table says so beside the value
+    tiny = runner.invoke(app, ["report", str(second), *options, "--eps", "0.001"])
+    assert tiny.exit_code == 0, tiny.output
+    table = json.loads(tiny.stdout.strip().splitlines()[-1])
+    assert "noise" in table["flags"]["second"]["response_diversity"]
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    refused = runner.invoke(app, ["report", str(second), "--reuse-settings", str(broken)])
+    # one clear error naming the file (main() turns it into exit status 2)
+    assert isinstance(refused.exception, InputFileError)
+    assert "broken.json" in str(refused.exception) and "ruler" in str(refused.exception)
