@@ -95,11 +95,11 @@ def test_near_duplicates_do_not_raise_r(
     copied = validity.with_near_duplicates(base, 5)
     merged = response_diversity(copied, embedder, embedding_cache)
     assert merged["distinct_responses"] > 3 * alone["distinct_responses"]
-    assert merged["points"] <= alone["points"] + 15  # the copies were merged
+    assert merged["points"] < 1.25 * alone["points"]  # nearly all 1,500 copies were merged
     assert merged["log_clusters"] <= alone["log_clusters"] + 0.5
     # without merging, the copies alone would make clusters: the test can fail
     unmerged = response_diversity(copied, embedder, embedding_cache, near_duplicate_distance=0)
-    assert unmerged["log_clusters"] > alone["log_clusters"] + 2.0
+    assert unmerged["log_clusters"] > alone["log_clusters"] + 1.0
 
 
 def _demo_template_samples(folder: Path) -> list[Sample]:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -111,8 +112,9 @@ def with_near_duplicates(responses: Sequence[str], copies: int) -> list[Sample]:
     return response_samples(texts, prefix="nd")
 
 
-def _adaptation_pool(task: str) -> list[str]:
-    return list(read_prompt_data(ADAPTATION_FILE)["tasks"][task]["instructions"])
+@functools.cache
+def _adaptation_pool(task: str) -> tuple[str, ...]:
+    return tuple(read_prompt_data(ADAPTATION_FILE)["tasks"][task]["instructions"])
 
 
 # adaptation tasks that pose different kinds of task (region_caption and grounding both ask
