@@ -105,6 +105,9 @@ def test_report_two_runs_minilm_html_and_json(llava_slice: Path, tmp_path: Path)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert "lint:&lt;leak&gt;" in page
     assert "not computed" in page
+    # each R value shows its ruler, the same shared eps for both runs
+    assert page.count(f"eps {response['eps']:.3f} (most clusters over 2 datasets") == 2
+    assert "Response clusters against eps" in page
     assert 'src="http' not in page and 'href="http' not in page
     # the second report reuses the cached embeddings
     again = runner.invoke(app, ["report", str(first), "--json", "--parse-limit", "50"])
