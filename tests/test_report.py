@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlit.cli import app
+from vlit.errors import InputFileError
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
 
@@ -91,7 +92,8 @@ def test_report_two_runs_minilm_html_and_json(llava_slice: Path, tmp_path: Path)
     response = saved["indicators"]["response_diversity"]
     assert response["embedder"].startswith("transformer:minilm")
     assert response["clusters"] >= 1 and response["responses"] == 160
-    assert len(response["eps_range"]) == 5
+    assert len(response["sweep"]) == 101 and max(p["clusters"] for p in response["sweep"]) >= 1
+    assert saved["ruler"]["eps"] == response["eps"] and "together" in response["eps_source"]
     assert saved["table"]["task_diversity"] >= 2
     assert list((first / "embeddings").glob("*.npz"))
     # the page parses, has inline SVG plots, no external resources, and escapes dataset text
@@ -103,6 +105,9 @@ def test_report_two_runs_minilm_html_and_json(llava_slice: Path, tmp_path: Path)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert "lint:&lt;leak&gt;" in page
     assert "not computed" in page
+    # each R value shows its ruler, the same shared eps for both runs
+    assert page.count(f"eps {response['eps']:.3f} (most clusters over 2 datasets") == 2
+    assert "Response clusters against eps" in page
     assert 'src="http' not in page and 'href="http' not in page
     # the second report reuses the cached embeddings
     again = runner.invoke(app, ["report", str(first), "--json", "--parse-limit", "50"])
@@ -117,3 +122,36 @@ def test_report_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code != 0
     result = runner.invoke(app, ["report", str(tmp_path), "--labeller", "taggpt"])
     assert result.exit_code != 0
+
+
+@pytest.mark.model
+def test_report_reuses_a_recorded_ruler_and_flags_degenerate_r(
+    llava_slice: Path, tmp_path: Path
+) -> None:
+    first = _run_from_slice(llava_slice, tmp_path / "first", 120, scored=False)
+    second = _run_from_slice(llava_slice, tmp_path / "second", 80, scored=False)
+    runner = CliRunner()
+    options = ["--json", "--parse-limit", "20", "--embedder", "wordllama"]
+    assert runner.invoke(app, ["report", str(first), *options]).exit_code == 0
+    ruler = json.loads((first / "indicators.json").read_text())["ruler"]
+    assert ruler["embedder"].startswith("wordllama") and ruler["subsample_size"] == 5000
+    reused = runner.invoke(
+        app,
+        ["report", str(second), "--json", "--parse-limit", "20"]
+        + ["--reuse-settings", str(first / "indicators.json")],
+    )
+    assert reused.exit_code == 0, reused.output
+    again = json.loads((second / "indicators.json").read_text())["ruler"]
+    assert again["eps"] == ruler["eps"] and again["embedder"] == ruler["embedder"]
+    assert again["eps_source"].startswith("reused from")
+    # a tiny eps leaves every response noise: the table says so beside the value
+    tiny = runner.invoke(app, ["report", str(second), *options, "--eps", "0.001"])
+    assert tiny.exit_code == 0, tiny.output
+    table = json.loads(tiny.stdout.strip().splitlines()[-1])
+    assert "noise" in table["flags"]["second"]["response_diversity"]
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    refused = runner.invoke(app, ["report", str(second), "--reuse-settings", str(broken)])
+    # one clear error naming the file (main() turns it into exit status 2)
+    assert isinstance(refused.exception, InputFileError)
+    assert "broken.json" in str(refused.exception) and "ruler" in str(refused.exception)

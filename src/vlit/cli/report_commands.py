@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +13,15 @@ import typer
 
 from vlit.cli.common import console, emit_summary
 from vlit.cli.edge import check_output_file
-from vlit.errors import ConfigError
+from vlit.errors import ConfigError, InputFileError
 from vlit.images import is_url
-from vlit.quality.indicators.embeddings import load_embedder
-from vlit.quality.indicators.suite import IndicatorSettings, compute_indicators, load_run
+from vlit.quality.indicators.embeddings import embedder_spec, load_embedder
+from vlit.quality.indicators.suite import (
+    IndicatorSettings,
+    compute_indicators,
+    load_run,
+    shared_settings,
+)
 from vlit.report.build import report_run, write_html
 from vlit.report.html import DatasetView
 from vlit.report.table import comparison_json, indicator_rows
@@ -32,7 +38,9 @@ def register(app: typer.Typer) -> None:
     app.command("select")(select_command)
 
 
-def _settings(eps: str, min_samples: int, subsample: int, parse_limit: int, seed: int) -> Any:
+def _settings(
+    eps: str, min_samples: int, subsample: int, parse_limit: int, seed: int
+) -> IndicatorSettings:
     if eps != "auto":
         try:
             value: float | str = float(eps)
@@ -51,6 +59,36 @@ def _settings(eps: str, min_samples: int, subsample: int, parse_limit: int, seed
     )
 
 
+def _reused(
+    path: Path, settings: IndicatorSettings, embedder: str | None
+) -> tuple[IndicatorSettings, str]:
+    """The ruler recorded in an earlier ``indicators.json``, and the embedder it names."""
+    try:
+        ruler = json.loads(path.read_text(encoding="utf-8"))["ruler"]
+        recorded = embedder_spec(str(ruler["embedder"]))
+        reused = replace(
+            settings,
+            eps=float(ruler["eps"]),
+            eps_source=f"reused from {path}",
+            min_samples=int(ruler["min_samples"]),
+            subsample_size=int(ruler["subsample_size"]),
+            near_duplicate_distance=float(ruler["near_duplicate_distance"]),
+            seed=int(ruler["seed"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputFileError(
+            f"no usable indicator settings ({type(error).__name__}: {error})",
+            file=str(path),
+            fix="pass the indicators.json that `vlit report` wrote with an embedder",
+        ) from error
+    if embedder is not None and embedder != recorded:
+        raise ConfigError(
+            f"--embedder {embedder} differs from the reused settings' {recorded}",
+            fix="drop --embedder (the reused one is taken) or drop --reuse-settings",
+        )
+    return reused, recorded
+
+
 def _llm_session(run: RunDir, base_url: str, model: str, concurrency: int) -> Any:
     """An LLM session journalled into the run (resume: no request is paid twice)."""
     from vlit.llm.journal import LlmJournal
@@ -61,15 +99,12 @@ def _llm_session(run: RunDir, base_url: str, model: str, concurrency: int) -> An
     return LlmSession(backend, journal=LlmJournal(run.journal_path), concurrency=concurrency)
 
 
-EmbedderOption = Annotated[
-    str,
-    typer.Option(
-        "--embedder",
-        help="minilm (default, bundled all-MiniLM-L6-v2), wordllama (static, no torch), "
-        "'none' (skip response diversity), or a sentence-transformers/transformers folder or "
-        "cached hub id (SimCSE ids use CLS pooling).",
-    ),
-]
+EMBEDDER_HELP = (
+    "minilm (default, bundled all-MiniLM-L6-v2), wordllama (static, no torch), "
+    "'none' (skip response diversity), or a sentence-transformers/transformers folder or "
+    "cached hub id (SimCSE ids use CLS pooling)."
+)
+EmbedderOption = Annotated[str, typer.Option("--embedder", help=EMBEDDER_HELP)]
 
 
 def report_command(
@@ -96,14 +131,30 @@ def report_command(
     labeller: Annotated[
         str, typer.Option("--labeller", help="rules (offline) or taggpt (needs the LLM).")
     ] = "rules",
-    embedder: EmbedderOption = "minilm",
+    embedder: Annotated[
+        str | None,
+        typer.Option("--embedder", help=EMBEDDER_HELP + " With --reuse-settings: theirs."),
+    ] = None,
     eps: Annotated[
-        str, typer.Option("--eps", help="DBSCAN eps (cosine distance) or 'auto' (knee).")
+        str,
+        typer.Option(
+            "--eps",
+            help="DBSCAN eps (cosine distance), or 'auto': the eps with the most clusters, "
+            "chosen once over all the runs given.",
+        ),
     ] = "auto",
     min_samples: Annotated[int, typer.Option("--min-samples", help="DBSCAN min_samples.")] = 5,
     subsample: Annotated[
-        int, typer.Option("--subsample", help="Fixed subsample size for comparable R.")
-    ] = 10_000,
+        int, typer.Option("--subsample", help="Distinct responses clustered for R.")
+    ] = 5_000,
+    reuse_settings: Annotated[
+        Path | None,
+        typer.Option(
+            "--reuse-settings",
+            help="indicators.json of an earlier report: measure with its embedder, eps, "
+            "min_samples, subsample size and seed.",
+        ),
+    ] = None,
     parse_limit: Annotated[
         int, typer.Option("--parse-limit", help="Most samples parsed by spaCy for O/G.")
     ] = 5000,
@@ -126,15 +177,28 @@ def report_command(
         )
     check_output_file(html, "--html")
     settings = _settings(eps, min_samples, subsample, parse_limit, seed)
+    if reuse_settings is not None:
+        settings, embedder = _reused(reuse_settings, settings, embedder)
+    embedder = embedder or "minilm"
     embedding_model = None if embedder == "none" else load_embedder(embedder)
     if labeller == "taggpt" and embedding_model is None:
         raise ConfigError("--labeller taggpt merges tags by embedding", fix="drop --embedder none")
     views: list[DatasetView] = []
     names: set[str] = set()
     with contextlib.ExitStack() as staged:  # runs on URLs are pushed (indicators.json) at the end
-        for given in runs:
-            opened = open_run_dir(given, writer="vlit report", must_exist=True)
-            path = staged.enter_context(opened).root
+        paths = [
+            staged.enter_context(open_run_dir(given, writer="vlit report", must_exist=True)).root
+            for given in runs
+        ]
+        loaded_runs = [load_run(path) for path in paths]
+        if len(loaded_runs) > 1 and embedding_model is not None:
+            # one ruler: a data-chosen eps is chosen once over all the runs
+            settings = shared_settings(
+                [(loaded.samples, loaded.root / "embeddings") for loaded in loaded_runs],
+                embedder=embedding_model,
+                settings=settings,
+            )
+        for given, path, loaded in zip(runs, paths, loaded_runs, strict=True):
             base = given.rstrip("/").rsplit("/", 1)[-1] if is_url(given) else Path(given).name
             name = base if base not in names else given
             names.add(name)
@@ -150,6 +214,7 @@ def report_command(
                 complexity_samples=complexity_samples,
                 name=name,
                 on_step=_announcer(name),
+                loaded=loaded,
             )
             console.print(f"{name}: {len(view.samples)} samples from {view.report['stage']}/")
             views.append(view)

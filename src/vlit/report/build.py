@@ -22,6 +22,7 @@ from vlit.quality.indicators.embeddings import Embedder
 from vlit.quality.indicators.labels import TagGptTagger
 from vlit.quality.indicators.suite import (
     IndicatorSettings,
+    LoadedRun,
     compute_indicators,
     load_run,
     without_histograms,
@@ -41,15 +42,17 @@ def report_run(
     on_step: Callable[[str], None] | None = None,
     runner: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
+    loaded: LoadedRun | None = None,
 ) -> DatasetView:
     """Indicators of one run (``RUN/kept`` if present, else its latest samples).
 
     With an LLM ``session`` the instruction complexity is also scored by the LLM, and with
     ``use_taggpt`` task labels come from TagGPT instead of the offline rules. ``runner="ray"``
     updates the streaming indicators on Ray workers (``ray_address``: an existing cluster).
+    ``loaded``: the run already loaded by ``load_run(path)``.
     """
     settings = settings or IndicatorSettings()
-    loaded = load_run(path)
+    loaded = loaded or load_run(path)
     tagger = complexity = None
     if session is not None:
         complexity = LlmComplexityScorer(

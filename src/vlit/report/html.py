@@ -1,10 +1,11 @@
 """A self-contained HTML report: every style and plot inline (plots as SVG), no external file.
 
-Sections: the comparison table (the paper's Table 4 layout, one column per dataset); then per
+Sections: the comparison table (the paper's Table 4 layout, one column per dataset, each value
+with what it was measured with beneath it) and the response cluster count against eps of
+every dataset on one chart; then per
 dataset the per-task counts, histograms of MD, correctness, complexity and O/G, the cluster
-sizes of response diversity and instruction diversity per task, the response cluster count
-over a small eps range, and a few example samples per task and per drop reason. Every piece of
-dataset text is HTML-escaped.
+sizes of response diversity and instruction diversity per task, and a few example samples per
+task and per drop reason. Every piece of dataset text is HTML-escaped.
 
 Example:
     >>> html = render_html([DatasetView(name="demo", report=report, samples=samples)])
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from vlit.report.table import NOT_COMPUTED, format_value, indicator_rows
+from vlit.quality.indicators.suite import TABLE_ROWS
+from vlit.report.table import NOT_COMPUTED, format_value, indicator_rows, measured_with
 from vlit.schema import Sample
 
 EXAMPLES_PER_GROUP = 3
@@ -35,7 +37,7 @@ th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}.plot{border:1px solid #eee;padding:.3rem}
 .plot svg{width:420px;height:auto}.sample{border-left:3px solid #89a;padding:.3rem .8rem;
 margin:.6rem 0;background:#fafafa}.role{font-weight:600;color:#456}.muted{color:#777}
-pre{white-space:pre-wrap;background:#f6f6f6;padding:.6rem;font-size:.85em}
+.ruler{color:#777;font-size:.75em;max-width:18rem;margin-left:auto}pre{white-space:pre-wrap;background:#f6f6f6;padding:.6rem;font-size:.85em}
 """
 
 
@@ -92,11 +94,20 @@ def cluster_sizes_plot(title: str, sizes: Sequence[int]) -> str:
     return _svg(figure)
 
 
-def eps_plot(title: str, points: Sequence[dict[str, float]], chosen: float) -> str:
-    figure, axes = _figure()
-    axes.plot([p["eps"] for p in points], [p["clusters"] for p in points], marker="o")
-    axes.axvline(chosen, color="#999", linestyle="--", label=f"chosen eps {chosen:.3f}")
-    axes.set_title(title)
+def sweep_plot(views: Sequence[DatasetView]) -> str | None:
+    """Response cluster count against eps, one line per dataset, each eps used marked."""
+    lines = []
+    for view in views:
+        response = view.report.get("indicators", {}).get("response_diversity") or {}
+        if response.get("sweep"):
+            lines.append((view.name, response["sweep"], response["eps"]))
+    if not lines:
+        return None
+    figure, axes = _figure(6.0, 3.5)
+    for name, points, eps in lines:
+        drawn = axes.plot([p["eps"] for p in points], [p["clusters"] for p in points], label=name)
+        axes.axvline(eps, color=drawn[0].get_color(), linestyle="--", linewidth=0.8)
+    axes.set_title("Response clusters against eps (dashed: eps used)")
     axes.set_xlabel("eps (cosine distance)")
     axes.set_ylabel("clusters")
     axes.legend()
@@ -126,12 +137,6 @@ def _plots(view: DatasetView) -> list[str]:
     response = details.get("response_diversity") or {}
     if response.get("cluster_sizes"):
         plots.append(cluster_sizes_plot("Response clusters (DBSCAN)", response["cluster_sizes"]))
-    if response.get("eps_range"):
-        plots.append(
-            eps_plot(
-                "Response clusters over eps (subsample)", response["eps_range"], response["eps"]
-            )
-        )
     per_task = details.get("instruction_diversity", {}).get("per_task") or {}
     if per_task:
         plots.append(
@@ -186,9 +191,15 @@ def render_html(views: Sequence[DatasetView], *, title: str = "vlit dataset repo
     reports = {view.name: view.report for view in views}
     head = "".join(f"<th>{escape(name)}</th>" for name in reports)
     rows = "".join(
-        f"<tr><td>{escape(title_)}</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
-        for title_, cells in indicator_rows(reports)
+        f"<tr><td>{escape(title_)}</td>"
+        + "".join(
+            f"<td>{escape(cell)}{_ruler_html(report, key)}</td>"
+            for cell, report in zip(cells, reports.values(), strict=True)
+        )
+        + "</tr>"
+        for (title_, cells), (_, key) in zip(indicator_rows(reports), TABLE_ROWS, strict=True)
     )
+    sweep = sweep_plot(views)
     samples_row = "".join(f"<td>{view.report.get('samples', 0)}</td>" for view in views)
     body = [
         f"<h1>{escape(title)}</h1>",
@@ -198,8 +209,11 @@ def render_html(views: Sequence[DatasetView], *, title: str = "vlit dataset repo
         '<p class="muted">MD = mean CLIP cosine x 100; C = % judged correct; T = task labels; '
         "I = mean Ego-Splitting clusters per task; R = ln(DBSCAN clusters), noise excluded; "
         "O/G = objects per sample; I-complexity (LLM) = mean 1-10 LLM score, (proxy) = "
-        "deterministic proxy; balance = population variance of the per-task shares in %.</p>",
+        "deterministic proxy; balance = population variance of the per-task shares in %. "
+        "Under each value: what it was measured with.</p>",
     ]
+    if sweep is not None:
+        body.append(f'<div class="plots"><div class="plot">{sweep}</div></div>')
     for view in views:
         details = view.report.get("indicators", {})
         body.append(f"<h2>{escape(view.name)}</h2>")
@@ -210,6 +224,8 @@ def render_html(views: Sequence[DatasetView], *, title: str = "vlit dataset repo
             "labeller": details.get("task_labels", {}).get("labeller"),
             "embedder": response.get("embedder", NOT_COMPUTED),
             "eps": response.get("eps"),
+            "eps chosen by": response.get("eps_source"),
+            "R warning": response.get("degenerate"),
             "response clusters": response.get("clusters"),
             "noise points": response.get("noise_points"),
             "O/G source": details.get("object_granularity", {}).get("source"),
@@ -253,6 +269,11 @@ def render_html(views: Sequence[DatasetView], *, title: str = "vlit dataset repo
         + "".join(body)
         + "</body></html>"
     )
+
+
+def _ruler_html(report: dict[str, Any], key: str) -> str:
+    note = measured_with(report, key)
+    return f'<div class="ruler">{escape(note)}</div>' if note else ""
 
 
 def _cell(value: Any) -> str:

@@ -337,3 +337,118 @@ def knee_eps(sorted_distances: NDArray[np.float64]) -> float:
     x = np.linspace(0.0, 1.0, values.size)
     y = (values - values[0]) / (values[-1] - values[0])
     return float(values[int(np.argmax(x - y))])
+
+
+def cosine_distance_matrix(vectors: NDArray[np.floating]) -> NDArray[np.float32]:
+    """All pairwise cosine distances (``n x n`` float32; for a subsample, not for 158K rows)."""
+    unit = normalise_rows(vectors)
+    distances = unit @ unit.T
+    np.subtract(1.0, distances, out=distances)
+    np.clip(distances, 0.0, 2.0, out=distances)
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def merge_near_duplicates(distances: NDArray[np.float32], threshold: float) -> NDArray[np.int64]:
+    """Indices of one representative (the first) per group of points joined by distances at
+    most ``threshold`` (connected components, so a chain of near-copies is one group)."""
+    count = distances.shape[0]
+    if count == 0 or threshold <= 0:
+        return np.arange(count, dtype=np.int64)
+    rows, cols = _pairs(np.triu(distances <= threshold, k=1))
+    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    _, first = np.unique(component, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClusterSweep:
+    """DBSCAN's cluster count for every eps at once, exactly, for one ``min_samples``.
+
+    A point is core at ``eps`` when its ``min_samples``-th distance (itself included) is at
+    most ``eps``; clusters are the connected components of the core points joined by
+    distances at most ``eps`` (border points join clusters, they never make one). So with the
+    mutual reachability distance ``max(core_i, core_j, d_ij)`` and its minimum spanning tree
+    (MST): ``clusters(eps) = #{core distance <= eps} - #{MST edge <= eps}``, the same count
+    as ``cosine_dbscan(points, eps=eps, ...)``. Built in O(n^2) from the distance matrix.
+
+    Example:
+        >>> points = np.array([[1, 0], [1, 0.01], [0, 1], [0.01, 1]], dtype=np.float32)
+        >>> sweep = ClusterSweep.from_distances(cosine_distance_matrix(points), min_samples=2)
+        >>> sweep.clusters_at(0.01), sweep.clusters_at(1.5)
+        (2, 1)
+    """
+
+    core_distances: NDArray[np.float64]  # sorted
+    edge_weights: NDArray[np.float64]  # sorted MST edges (mutual reachability)
+    min_samples: int
+
+    @classmethod
+    def from_distances(cls, distances: NDArray[np.floating], *, min_samples: int) -> ClusterSweep:
+        count = distances.shape[0]
+        if count == 0:
+            empty = np.zeros(0, dtype=np.float64)
+            return cls(core_distances=empty, edge_weights=empty, min_samples=min_samples)
+        if min_samples > count:
+            core = np.full(count, np.inf)
+        else:
+            core = np.partition(distances, min_samples - 1, axis=1)[:, min_samples - 1]
+            core = core.astype(np.float64)
+        return cls(
+            core_distances=np.sort(core),
+            edge_weights=np.sort(_reachability_tree(distances, core)),
+            min_samples=min_samples,
+        )
+
+    def clusters_at(self, eps: float) -> int:
+        core = int(np.searchsorted(self.core_distances, eps, side="right"))
+        return core - int(np.searchsorted(self.edge_weights, eps, side="right"))
+
+    def counts(self, eps_values: NDArray[np.floating]) -> NDArray[np.int64]:
+        """Cluster counts at each of ``eps_values``."""
+        values = np.asarray(eps_values, dtype=np.float64)
+        core = np.searchsorted(self.core_distances, values, side="right")
+        edges = np.searchsorted(self.edge_weights, values, side="right")
+        return (core - edges).astype(np.int64)
+
+    def breakpoints(self) -> NDArray[np.float64]:
+        """The eps values where the count changes (finite, sorted)."""
+        values = np.concatenate([self.core_distances, self.edge_weights])
+        return np.unique(values[np.isfinite(values)])
+
+
+def _reachability_tree(
+    distances: NDArray[np.floating], core: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Edge weights of the minimum spanning tree of the mutual reachability graph (Prim, dense:
+    one vectorised row update per added point)."""
+    count = distances.shape[0]
+    in_tree = np.zeros(count, dtype=bool)
+    best = np.full(count, np.inf)
+    weights = np.empty(count - 1, dtype=np.float64)
+    current = 0
+    for step in range(count - 1):
+        in_tree[current] = True
+        row = np.maximum(distances[current].astype(np.float64), core)
+        np.maximum(row, core[current], out=row)
+        np.minimum(best, row, out=best)
+        best[in_tree] = np.inf
+        current = int(np.argmin(best))
+        weights[step] = best[current]
+    return weights
+
+
+def most_clusters_eps(sweeps: list[ClusterSweep]) -> float:
+    """The eps at which the sweeps together count the most clusters: the middle of the first
+    plateau of the summed count (a point strictly inside it, so float rounding of a later
+    DBSCAN at that eps cannot fall on a breakpoint). ``0.0`` when no eps gives a cluster."""
+    breaks = np.unique(np.concatenate([s.breakpoints() for s in sweeps] or [np.zeros(0)]))
+    if not breaks.size:
+        return 0.0
+    totals = np.sum([s.counts(breaks) for s in sweeps], axis=0)
+    best = int(np.argmax(totals))
+    if totals[best] <= 0:
+        return 0.0
+    upper = float(breaks[best + 1]) if best + 1 < breaks.size else float(breaks[best]) + 1e-3
+    return (float(breaks[best]) + upper) / 2.0

@@ -290,6 +290,15 @@ def load_embedder(spec: str = "minilm") -> Embedder:
     return TransformerEmbedder(model=spec)
 
 
+def embedder_spec(model_id: str) -> str:
+    """The ``load_embedder`` name of an embedder from its ``model_id`` (as recorded)."""
+    if model_id.startswith("wordllama:"):
+        return "wordllama"
+    if model_id.startswith("transformer:"):
+        return model_id.split(":")[1]
+    raise ValueError(f"unknown embedder id '{model_id}'")
+
+
 def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 

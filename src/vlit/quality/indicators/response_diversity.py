@@ -1,20 +1,25 @@
 """Response diversity (R): sentence embeddings of the responses, DBSCAN, log of the clusters.
 
 One text per sample: its assistant turns joined (the embedder truncates long texts, MiniLM at
-256 tokens). Vectors come through ``EmbeddingCache`` (``RUN/embeddings/``), so a second report
-does not embed again. Clustering is exact cosine DBSCAN (``clustering.cosine_dbscan``, same
-clusters as scikit-learn's brute force) with ``min_samples`` (default 5) and ``eps``: a number,
-or ``"auto"`` (default) = the knee of the sorted k-distance curve (k = min_samples) of a seeded
-sample of 2,000 points; the eps used is recorded.
+256 tokens). **What is clustered**: the distinct response texts, a seeded random subsample of
+``subsample_size`` of them (default 5,000; all when fewer), so datasets of different sizes are
+measured on the same number of points; then near-duplicates (cosine distance at most
+``near_duplicate_distance``, default 0.05) are merged into one point, so copies of a response
+do not make a cluster of their own. Vectors come through ``EmbeddingCache`` (``RUN/embeddings/``).
 
-**R = natural log of the number of clusters; noise points are not a cluster.** Why the natural
-log: the paper's R of 2.2 to 2.5 then means 9 to 12 clusters, the scale DBSCAN finds at a knee
-eps on template-heavy instruction data; with log10 it would mean 160 to 320 clusters and with
-log2 5 to 6. The paper does not say which; we record ``log_base`` and the raw count.
+**How eps is chosen** (``eps="auto"``): the eps at which DBSCAN finds the most clusters.
+``ClusterSweep`` gives the exact cluster count for every eps at once (from the minimum spanning
+tree of the mutual reachability distances), and the middle of the plateau with the highest
+count is taken. Too small an eps leaves everything noise, too large an eps joins everything
+into one cluster; in between, the count peaks where the data's dense groups are separate.
+(The knee of the k-distance curve, used before, put eps where real caption data is one
+cluster.) When several datasets are compared, eps is chosen once, at the most clusters of all
+of them together (``most_clusters_eps``), and each is measured with it. A number for ``eps``
+is used as given.
 
-Beside the full-data figure we report the same figure on a seeded random subsample of fixed size
-(``subsample_size``, default 10,000), so datasets of different sizes compare, and the cluster
-count on the subsample over a small eps range around the chosen eps.
+**R = natural log of the number of clusters; noise points are not a cluster.** The paper's R
+of 2.2 to 2.5 means 9 to 12 clusters. When the clustering degenerates (no cluster, one cluster
+holding most points, or nearly everything noise) ``degenerate`` says so.
 
 Example:
     >>> embedder = load_embedder("wordllama")                       # doctest: +SKIP
@@ -25,23 +30,56 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vlit.quality.indicators.clustering import cosine_dbscan, knee_eps, kth_neighbour_distances
+from vlit.quality.indicators.clustering import (
+    ClusterSweep,
+    cosine_dbscan,
+    cosine_distance_matrix,
+    merge_near_duplicates,
+    most_clusters_eps,
+)
 from vlit.quality.indicators.embeddings import Embedder, EmbeddingCache
 from vlit.quality.indicators.text import responses
 from vlit.schema import Sample
 
-EPS_RANGE_FACTORS = (0.6, 0.8, 1.0, 1.2, 1.4)
+EPS_RULE = "most clusters"
+CURVE_EPS = np.round(np.arange(0.0, 1.0001, 0.01), 2)  # the sweep as stored for the plot
+LARGEST_CLUSTER_SHARE = 0.5  # above this share of the points, one cluster dominates
+NOISE_SHARE = 0.95  # above this share, nearly everything is noise
 
 
 def log_clusters(count: int) -> float | None:
     """The paper's R: natural log of the cluster count (``None`` without any cluster)."""
     return math.log(count) if count > 0 else None
+
+
+def degeneracy(clusters: int, noise: int, largest: int, points: int) -> str | None:
+    """Why a clustering says little about diversity, or ``None`` when it looks sound."""
+    if points == 0:
+        return None
+    if clusters == 0:
+        return "no cluster: every response is noise"
+    if largest > LARGEST_CLUSTER_SHARE * points:
+        return f"one cluster holds {100 * largest / points:.0f}% of the responses"
+    if noise > NOISE_SHARE * points:
+        return f"{100 * noise / points:.0f}% of the responses are noise"
+    return None
+
+
+@dataclass
+class ResponsePoints:
+    """The clustered points: unit vectors of the merged subsample and their distances."""
+
+    vectors: NDArray[np.float32]
+    distances: NDArray[np.float32]
+    distinct_texts: int
+    subsampled: int
 
 
 class ResponseDiversityIndicator:
@@ -55,79 +93,109 @@ class ResponseDiversityIndicator:
         embedder: Embedder,
         cache_dir: str | os.PathLike[str] | None = None,
         eps: float | str = "auto",
+        eps_source: str | None = None,
         min_samples: int = 5,
-        subsample_size: int = 10_000,
+        subsample_size: int = 5_000,
+        near_duplicate_distance: float = 0.05,
         seed: int = 0,
     ) -> None:
         self.embedder = embedder
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.eps = eps
+        self.eps_source = eps_source
         self.min_samples = min_samples
         self.subsample_size = subsample_size
+        self.near_duplicate_distance = near_duplicate_distance
         self.seed = seed
         self.texts: list[str] = []
         self.cache_hits = 0
         self.cache_misses = 0
+        self._points: ResponsePoints | None = None
 
     def update(self, batch: list[Sample]) -> None:
         for sample in batch:
             text = " ".join(responses(sample))
             if text:
                 self.texts.append(text)
+        self._points = None
 
     def merge(self, other: Self) -> None:
         self.texts.extend(other.texts)
+        self._points = None
 
-    def embeddings(self) -> NDArray[np.float32]:
+    def points(self) -> ResponsePoints:
+        """Distinct texts, subsampled, embedded, near-duplicates merged (computed once)."""
+        if self._points is not None:
+            return self._points
+        distinct = sorted(set(self.texts))
+        rng = np.random.default_rng(self.seed)
+        size = min(self.subsample_size, len(distinct))
+        chosen = np.sort(rng.choice(len(distinct), size=size, replace=False))
         cache = EmbeddingCache(self.cache_dir)
-        vectors = cache.embed(self.embedder, self.texts)
+        vectors = cache.embed(self.embedder, [distinct[i] for i in chosen])
         self.cache_hits, self.cache_misses = cache.hits, cache.misses
-        return vectors
+        distances = cosine_distance_matrix(vectors) if size else np.zeros((0, 0), np.float32)
+        keep = merge_near_duplicates(distances, self.near_duplicate_distance)
+        self._points = ResponsePoints(
+            vectors=vectors[keep],
+            distances=distances[np.ix_(keep, keep)],
+            distinct_texts=len(distinct),
+            subsampled=size,
+        )
+        return self._points
 
-    def choose_eps(self, vectors: NDArray[np.float32]) -> tuple[float, str]:
-        if isinstance(self.eps, int | float):
-            return float(self.eps), "given"
-        distances = kth_neighbour_distances(vectors, k=self.min_samples, seed=self.seed)
-        return max(knee_eps(distances), 1e-6), "knee of the k-distance curve"
+    def sweep(self) -> ClusterSweep:
+        """Cluster count of these responses for every eps."""
+        return ClusterSweep.from_distances(self.points().distances, min_samples=self.min_samples)
 
     def result(self) -> dict[str, Any]:
         if not self.texts:
-            return {"clusters": 0, "log_clusters": None, "responses": 0}
-        vectors = self.embeddings()
-        eps, eps_source = self.choose_eps(vectors)
-        full = cosine_dbscan(vectors, eps=eps, min_samples=self.min_samples)
-        rng = np.random.default_rng(self.seed)
-        size = min(self.subsample_size, len(self.texts))
-        chosen = np.sort(rng.choice(len(self.texts), size=size, replace=False))
-        subsample = vectors[chosen]
-        sub = cosine_dbscan(subsample, eps=eps, min_samples=self.min_samples)
-        eps_range = []
-        for factor in EPS_RANGE_FACTORS:
-            trial = eps * factor
-            count = (
-                sub.cluster_count
-                if factor == 1.0
-                else cosine_dbscan(subsample, eps=trial, min_samples=self.min_samples).cluster_count
-            )
-            eps_range.append({"eps": round(trial, 6), "clusters": count})
-        return {
-            "log_clusters": log_clusters(full.cluster_count),
-            "log_base": "e",
-            "clusters": full.cluster_count,
-            "noise_points": full.noise_count,
-            "responses": len(self.texts),
-            "cluster_sizes": full.cluster_sizes(),
+            return {"clusters": 0, "log_clusters": None, "responses": 0, "degenerate": None}
+        points = self.points()
+        sweep = self.sweep()
+        if isinstance(self.eps, int | float):
+            eps, source = float(self.eps), self.eps_source or "given"
+        else:
+            eps, source = most_clusters_eps([sweep]), f"{EPS_RULE} (this dataset)"
+        clustering = cosine_dbscan(points.vectors, eps=eps, min_samples=self.min_samples)
+        sizes = clustering.cluster_sizes()
+        count = len(points.vectors)
+        ruler = {
+            "embedder": self.embedder.model_id,
             "eps": eps,
-            "eps_source": eps_source,
+            "eps_source": source,
+            "min_samples": self.min_samples,
+            "subsample_size": self.subsample_size,
+            "near_duplicate_distance": self.near_duplicate_distance,
+            "seed": self.seed,
+        }
+        return {
+            "log_clusters": log_clusters(clustering.cluster_count),
+            "log_base": "e",
+            "clusters": clustering.cluster_count,
+            "noise_points": clustering.noise_count,
+            "points": count,
+            "responses": len(self.texts),
+            "distinct_responses": points.distinct_texts,
+            "subsampled": points.subsampled,
+            "merged_near_duplicates": points.subsampled - count,
+            "cluster_sizes": sizes,
+            "degenerate": degeneracy(
+                clustering.cluster_count, clustering.noise_count, sizes[0] if sizes else 0, count
+            ),
+            "eps": eps,
+            "eps_source": source,
             "min_samples": self.min_samples,
             "embedder": self.embedder.model_id,
             "embedding_cache": {"hits": self.cache_hits, "misses": self.cache_misses},
-            "subsample": {
-                "size": size,
-                "seed": self.seed,
-                "clusters": sub.cluster_count,
-                "log_clusters": log_clusters(sub.cluster_count),
-                "noise_points": sub.noise_count,
-            },
-            "eps_range": eps_range,
+            "ruler": ruler,
+            "sweep": [
+                {"eps": float(e), "clusters": int(c)}
+                for e, c in zip(CURVE_EPS, sweep.counts(CURVE_EPS), strict=True)
+            ],
         }
+
+
+def shared_eps(indicators: list[ResponseDiversityIndicator]) -> float:
+    """One eps for several datasets: where they together have the most clusters."""
+    return most_clusters_eps([i.sweep() for i in indicators if i.texts])

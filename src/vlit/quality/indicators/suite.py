@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +31,11 @@ from vlit.quality.indicators.complexity import (
 from vlit.quality.indicators.embeddings import Embedder
 from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
 from vlit.quality.indicators.labels import RuleTaskLabeller, TagGptTagger
-from vlit.quality.indicators.response_diversity import ResponseDiversityIndicator
+from vlit.quality.indicators.response_diversity import (
+    EPS_RULE,
+    ResponseDiversityIndicator,
+    shared_eps,
+)
 from vlit.quality.indicators.scores import QualityScoresIndicator
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, Sample
@@ -55,8 +59,10 @@ class IndicatorSettings:
     """Parameters of the indicators (all recorded in ``indicators.json``)."""
 
     eps: float | str = "auto"
+    eps_source: str | None = None  # how a numeric eps was chosen (e.g. shared by datasets)
     min_samples: int = 5
-    subsample_size: int = 10_000
+    subsample_size: int = 5_000
+    near_duplicate_distance: float = 0.05
     parse_limit: int = 5000
     seed: int = 0
 
@@ -182,8 +188,10 @@ def compute_indicators(
                 embedder=embedder,
                 cache_dir=cache_dir,
                 eps=settings.eps,
+                eps_source=settings.eps_source,
                 min_samples=settings.min_samples,
                 subsample_size=settings.subsample_size,
+                near_duplicate_distance=settings.near_duplicate_distance,
                 seed=settings.seed,
             )
         )
@@ -209,6 +217,8 @@ def compute_indicators(
     return {
         "samples": len(samples),
         "table": table,
+        "flags": _flags(details),
+        "ruler": (details.get("response_diversity") or {}).get("ruler"),
         "indicators": details,
         "settings": asdict(settings),
         "timings": timings,
@@ -229,6 +239,41 @@ def _table(details: dict[str, Any]) -> dict[str, float | int | None]:
         "instruction_complexity_proxy": details["instruction_complexity_proxy"]["proxy_complexity"],
         "balance": details["tasks"]["balance"]["share_variance"],
     }
+
+
+def _flags(details: dict[str, Any]) -> dict[str, str]:
+    """Table keys whose value must be read with a warning, and the warning."""
+    response = details.get("response_diversity") or {}
+    return {"response_diversity": response["degenerate"]} if response.get("degenerate") else {}
+
+
+def shared_settings(
+    datasets: list[tuple[list[Sample], str | os.PathLike[str] | None]],
+    *,
+    embedder: Embedder,
+    settings: IndicatorSettings,
+) -> IndicatorSettings:
+    """``settings`` with one eps for all ``datasets`` ((samples, embedding cache folder)):
+    where they together have the most response clusters. A given eps is kept as it is."""
+    if not isinstance(settings.eps, str):
+        return settings
+    indicators = []
+    for samples, cache_dir in datasets:
+        indicator = ResponseDiversityIndicator(
+            embedder=embedder,
+            cache_dir=cache_dir,
+            min_samples=settings.min_samples,
+            subsample_size=settings.subsample_size,
+            near_duplicate_distance=settings.near_duplicate_distance,
+            seed=settings.seed,
+        )
+        _feed(indicator, samples)
+        indicators.append(indicator)
+    return replace(
+        settings,
+        eps=shared_eps(indicators),
+        eps_source=f"{EPS_RULE} over {len(datasets)} datasets together",
+    )
 
 
 def without_histograms(report: dict[str, Any]) -> dict[str, Any]:
