@@ -136,14 +136,14 @@ def report_request_failures(summary: dict[str, Any], *, endpoint: str) -> None:
     first = summary.get("first_error")
     if summary.get("all_requests_failed"):
         console.print(
-            f"[red]error:[/red] every LLM request failed ({failed} of {failed}) at {endpoint}; "
+            f"error: every LLM request failed ({failed} of {failed}) at {endpoint}; "
             f"first error: {first}",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(1)
     console.print(
-        f"[yellow]warning:[/yellow] {failed} of {summary.get('requests')} LLM requests failed "
+        f"warning: {failed} of {summary.get('requests')} LLM requests failed "
         f"at {endpoint} (their samples are kept as failed; a rerun retries them); "
         f"first error: {first}",
         highlight=False,
