@@ -4,7 +4,7 @@ The server (transformers, fastapi, uvicorn) serves the embedded SmolLM2-135M GGU
 127.0.0.1, in its own process, once per test session. What it does, seen in its log: it
 processes one request at a time (``1 running, 1 waiting``) and ignores ``n`` (``Ignoring
 unsupported fields in the request: {'n'}``), so a request for n=2 gets one choice and vlit asks
-for the second rollout in a request of its own. Answers are short (``--max-tokens 8``): on a
+for the second rollout in a request of its own. Answers are short (``--max-tokens 16``): on a
 busy CPU the 135M model writes about 1-20 tokens/s, one request after the other.
 """
 
@@ -124,13 +124,13 @@ def test_generate_and_judge_at_concurrency_2_with_n_2(
     run = RunDir(tmp_path / "run")
     run.write_records(records)
     argv = ["generate", str(run.root), "--modes", "conversation", "--n", "2"]
-    argv += ["--concurrency", "2", "--max-tokens", "8", "--llm-base-url", transformers_server.url]
+    argv += ["--concurrency", "2", "--max-tokens", "16", "--llm-base-url", transformers_server.url]
     argv += ["--llm-model", transformers_server.model]
 
     first = vlit(*argv)
     samples = list(run.read_samples("samples"))
     assert len(samples) == 2 * 2 == first["samples"]
-    for sample in samples:  # generated, or failed with a reason (8 tokens rarely parse)
+    for sample in samples:  # generated, or failed with a reason (16 tokens rarely parse)
         assert sample.ok or (sample.failure_reason and sample.provenance.get("raw_text"))
     # The server ignores n: each prompt took two HTTP requests, one generation each.
     assert first["requests_sent"] == 4 and first["generations_received"] == 4
