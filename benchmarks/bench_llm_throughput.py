@@ -10,7 +10,12 @@ requests. The journal's cost is shown two ways: extra client CPU per request of 
 run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
 on a shared machine the other processes' load lowers the percentages.
 
+``--old-src DIR`` also runs the session (journal off) with the vlit package found in ``DIR``
+(say an older version: ``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``)
+in a child process against the same endpoint, right after the current one, and prints both.
+
 Run:  .venv/bin/python benchmarks/bench_llm_throughput.py [--latency-ms 50] [--seconds 2.0]
+      [--old-src DIR]
 """
 
 from __future__ import annotations
@@ -158,13 +163,52 @@ def journal_microseconds(directory: Path, count: int) -> float:
     return elapsed / count * 1e6
 
 
+def old_stack_run(
+    endpoint: Endpoint, source: str, count: int, concurrency: int, tag: str
+) -> Timing:
+    """``timed_run`` (journal off) with the vlit package in ``source``, in a child process."""
+    server_cpu_started = endpoint.cpu_s()
+    done = subprocess.run(
+        [sys.executable, __file__, "--child-url", endpoint.url, "--child-count", str(count)]
+        + ["--child-tag", tag, "--concurrency", str(concurrency)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | {"PYTHONPATH": source},
+    )
+    elapsed, cpu = (float(value) for value in done.stdout.split())
+    return Timing(elapsed, cpu, endpoint.cpu_s() - server_cpu_started, count)
+
+
+def child(url: str, count: int, concurrency: int, tag: str) -> None:
+    """Print ``elapsed_s cpu_s`` of one session run (journal off) against ``url``."""
+    backend = OpenAICompatibleBackend(
+        base_url=url, model="bench-model", max_connections=concurrency
+    )
+    session = LlmSession(backend, concurrency=concurrency)
+    requests = requests_for(count, tag)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    outcomes = session.run(requests)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    assert all(outcome.ok for outcome in outcomes), "benchmark requests failed"
+    print(elapsed, cpu)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=2.0, help="ideal duration per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--old-src", help="a src/ folder of another vlit to compare with")
+    parser.add_argument("--child-url", help=argparse.SUPPRESS)
+    parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-tag", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_url:
+        child(args.child_url, args.child_count, args.concurrency[0], args.child_tag)
+        return
     latency = args.latency_ms / 1000
+    olds = []
 
     load_before = os.getloadavg()
     endpoint = Endpoint(args.latency_ms)
@@ -184,6 +228,9 @@ def main() -> None:
             )
             assert replay.requests_sent == 0
             rows.append((concurrency, count, ideal, base, off, on, replay))
+            if args.old_src:
+                old = old_stack_run(endpoint, args.old_src, count, concurrency, f"old{concurrency}")
+                olds.append((concurrency, count, ideal, off, old))
         micro = journal_microseconds(directory, 3000)
     endpoint.stop()
     load_after = os.getloadavg()
@@ -222,6 +269,14 @@ def main() -> None:
     print(
         f"journal overhead per request: {overhead}; lookup + commit timed directly: {micro:.0f} µs"
     )
+    for concurrency, count, ideal, off, old in olds:
+        print(
+            f"C={concurrency}: this stack {count / off.elapsed_s:.0f} req/s "
+            f"({count / off.elapsed_s / ideal:.0%} of C/L), {off.cpu_s / count * 1e3:.2f} ms CPU "
+            f"per request; {args.old_src}: {count / old.elapsed_s:.0f} req/s "
+            f"({count / old.elapsed_s / ideal:.0%}), {old.cpu_s / count * 1e3:.2f} ms CPU per "
+            f"request (journal off, same endpoint, run right after)"
+        )
     print(
         "load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f} "
         "on {} cores".format(*load_before, *load_after, os.cpu_count())

@@ -28,12 +28,16 @@ Fixtures
     like), ``echo()``, ``status(500)``, ``status(429, retry_after=2)`` (seconds or an HTTP date
     string), ``sleep(5)`` (answer after 5 s, i.e. past a client timeout), ``malformed()``
     (HTTP 200 whose body is not JSON), ``truncated("cut te")`` (finish_reason "length"),
-    ``refusal("I can't help")`` (OpenAI-style refusal field), ``text(..., logprobs={"7": -0.1,
+    ``refusal("I can't help")`` (OpenAI-style refusal field), ``oversized(100_000)`` (a valid
+    answer that large), ``status(429, retry_after_ms=250, should_retry=True)`` (OpenAI's retry
+    headers), ``text(..., logprobs={"7": -0.1,
     "8": -2.3})`` (first-token top logprobs). Every constructor takes ``delay_s=`` (latency).
 
-    What was received: ``requests`` (JSON bodies), ``headers`` (lower-cased header dicts), both
-    in arrival order. ``require_api_key = "sk-..."`` makes the server answer 401 to any other
-    bearer token. ``backend(**options)`` builds an ``OpenAICompatibleBackend`` aimed at it.
+    What was received: ``requests`` (JSON bodies), ``headers`` (lower-cased header dicts),
+    ``targets`` (path and query), all in arrival order. ``require_api_key = "sk-..."`` makes
+    the server answer 401 to any other bearer token. Set ``tls`` (an ``ssl.SSLContext``) before
+    ``start()`` to serve HTTPS. ``backend(**options)`` builds an ``OpenAICompatibleBackend``
+    aimed at it.
 
 ``smollm_backend`` (session): ``LocalTransformersBackend`` with the embedded SmolLM2-135M
     (loaded once per test session, ~30-60 s on 2 busy cores; it sets torch to 1 thread, which
@@ -52,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -110,11 +115,20 @@ class Response:
         code: int,
         *,
         retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        should_retry: bool | None = None,
         message: str = "scripted failure",
         delay_s: float = 0.0,
     ) -> Response:
-        """An HTTP error with an OpenAI-style error body (and ``Retry-After`` if given)."""
-        headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
+        """An HTTP error with an OpenAI-style error body, and the retry headers given
+        (``Retry-After``, ``retry-after-ms``, ``x-should-retry``)."""
+        headers: tuple[tuple[str, str], ...] = ()
+        if retry_after is not None:
+            headers += (("Retry-After", str(retry_after)),)
+        if retry_after_ms is not None:
+            headers += (("retry-after-ms", f"{retry_after_ms:g}"),)
+        if should_retry is not None:
+            headers += (("x-should-retry", "true" if should_retry else "false"),)
         body = json.dumps({"error": {"message": message, "code": code}}).encode()
         return cls(code=code, raw_body=body, headers=headers, delay_s=delay_s)
 
@@ -127,6 +141,11 @@ class Response:
     def malformed(cls, body: bytes = b'{"choices": [{"message": ', *, delay_s: float = 0.0):
         """HTTP 200 whose body is not a chat completion."""
         return cls(raw_body=body, delay_s=delay_s)
+
+    @classmethod
+    def oversized(cls, size: int, *, delay_s: float = 0.0) -> Response:
+        """A valid chat completion of about ``size`` bytes (one choice of ``x`` repeated)."""
+        return cls(texts=("x" * size,), delay_s=delay_s)
 
     @classmethod
     def truncated(cls, text: str, *, delay_s: float = 0.0) -> Response:
@@ -204,8 +223,10 @@ class _OpenAICompatibleServer:
     require_api_key: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # request paths with their query
 
     def __post_init__(self) -> None:
+        self.tls: ssl.SSLContext | None = None  # set before start() to serve HTTPS
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
@@ -216,12 +237,15 @@ class _OpenAICompatibleServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def start(self) -> _OpenAICompatibleServer:
         self._thread.start()
         started = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve_connection, "127.0.0.1", 0, backlog=1024),
+            asyncio.start_server(
+                self._serve_connection, "127.0.0.1", 0, backlog=1024, ssl=self.tls
+            ),
             self._loop,
         )
         self._server = started.result(timeout=10)
@@ -271,7 +295,7 @@ class _OpenAICompatibleServer:
                 length = int(headers.get("content-length", "0"))
                 body = await reader.readexactly(length) if length else b""
                 try:
-                    reply = await self._route(method, target.split("?", 1)[0], headers, body)
+                    reply = await self._route(method, target, headers, body)
                 except Exception as error:  # noqa: BLE001 - report a broken script as HTTP 500
                     reply = _error(500, f"test server error: {type(error).__name__}: {error}")
                 head = [f"HTTP/1.1 {reply.code} {_REASONS.get(reply.code, 'Status')}"]
@@ -288,11 +312,12 @@ class _OpenAICompatibleServer:
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Reply:
+    async def _route(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        path = target.split("?", 1)[0]
         if method == "GET" and path == "/v1/models":
             data = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
             return _Reply(200, json.dumps(data).encode())
-        if method != "POST" or path != "/v1/chat/completions":
+        if method != "POST" or not path.endswith("/chat/completions"):  # Azure's paths too
             return _error(404, f"no route {method} {path}")
         try:
             body = json.loads(raw)
@@ -301,6 +326,7 @@ class _OpenAICompatibleServer:
         with self._record_lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.targets.append(target)
         if self.require_api_key is not None:
             if headers.get("authorization") != f"Bearer {self.require_api_key}":
                 return _error(401, "invalid API key")

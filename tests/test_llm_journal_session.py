@@ -341,3 +341,27 @@ def test_sigkill_mid_run_loses_only_in_flight_requests(
     third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(third.stdout)["requests_sent"] == 0
     assert len(scripted_server.requests) == sent_before_kill + len(resent)
+
+
+def test_session_drops_key_locks_and_still_sends_identical_requests_once(
+    scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_server.default = Response.echo(delay_s=0.02)  # identical requests overlap
+    lock_counts: list[int] = []
+    requests = [ChatRequest([Message("user", f"distinct {i}")]) for i in range(60)]
+    requests += [ChatRequest([Message("user", "same")])] * 8
+    with LlmJournal(tmp_path / "journal.sqlite") as journal:
+        session = LlmSession(
+            scripted_server.backend(max_connections=8),
+            journal=journal,
+            concurrency=8,
+            progress=lambda done, total: lock_counts.append(len(session._key_locks)),
+        )
+        outcomes = session.run(requests)
+    assert all(outcome.ok for outcome in outcomes)
+    assert session._key_locks == {}  # nothing left behind once the run is over
+    assert max(lock_counts) <= 8  # never more than the requests in flight
+    same = outcomes[60:]
+    assert [o.from_journal for o in same].count(False) == 1
+    assert len({o.choices[0].text for o in same}) == 1
+    assert len(scripted_server.requests) == 61 == session.usage().requests_sent

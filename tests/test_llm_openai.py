@@ -1,17 +1,32 @@
-"""OpenAICompatibleBackend against a real scripted HTTP server: retries, faults, n, logprobs."""
+"""OpenAICompatibleBackend (httpx) against real servers on 127.0.0.1: the scripted server
+(retries, faults, n, logprobs, headers, oversized answers), TLS with a private CA, and a real
+HTTP proxy (proxy.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import math
+import socket
+import ssl
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
 from llm_servers import Response, ScriptedServer, echo_text
+from vlit.errors import ConfigError
 from vlit.llm import ChatRequest, LlmSession, Message, OpenAICompatibleBackend, rollout_seed
-from vlit.llm.openai_compatible import RequestFailed, parse_retry_after
+from vlit.llm.openai_compatible import (
+    RequestFailed,
+    parse_header,
+    parse_retry_after,
+    retry_after_s,
+)
 
 
 def ask(text: str, **parameters: object) -> ChatRequest:
@@ -224,3 +239,215 @@ def test_truncated_and_refusal_are_kept_with_their_finish_reason(
 def test_echo_text_helper_matches_server() -> None:
     body = {"seed": 2, "messages": [{"role": "user", "content": "hi"}]}
     assert echo_text(body, 1) == "echo 2/1: hi"
+
+
+# -- retry headers -----------------------------------------------------------------------------
+def test_429_honours_retry_after_ms_before_retry_after(scripted_server: ScriptedServer) -> None:
+    # retry-after-ms (OpenAI's) wins over Retry-After: waiting 0.3 s, not 30 s.
+    scripted_server.queue(
+        Response.status(429, retry_after=30, retry_after_ms=300), Response.text("soon")
+    )
+    session = LlmSession(fast_backend(scripted_server, backoff_base_s=5.0))
+    started = time.perf_counter()
+    [outcome] = session.run([ask("hello")])
+    elapsed = time.perf_counter() - started
+    assert outcome.choices[0].text == "soon"
+    assert 0.3 <= elapsed < 5.0
+    assert (session.usage().retries, session.usage().rate_limited) == (1, 1)
+
+
+def test_x_should_retry_overrides_the_status(scripted_server: ScriptedServer) -> None:
+    # false: a 500 is not retried; true: a 400 is.
+    scripted_server.queue(Response.status(500, should_retry=False))
+    [refused] = LlmSession(fast_backend(scripted_server)).run([ask("a")])
+    assert refused.error is not None and "HTTP 500" in refused.error
+    assert len(scripted_server.requests) == 1
+    scripted_server.queue(Response.status(400, should_retry=True), Response.text("retried"))
+    [retried] = LlmSession(fast_backend(scripted_server)).run([ask("b")])
+    assert retried.choices[0].text == "retried"
+    assert len(scripted_server.requests) == 3
+
+
+def test_retry_after_s_reads_both_headers() -> None:
+    assert retry_after_s({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_s({"retry-after-ms": "x", "retry-after": "2"}) == 2.0
+    assert retry_after_s({}) is None
+
+
+# -- endpoints as users have them --------------------------------------------------------------
+def test_base_url_query_and_headers_are_sent(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLIT_TEST_AZURE_KEY", "azure-secret-123")
+    backend = OpenAICompatibleBackend(
+        base_url=scripted_server.url.replace("/v1", "/openai/deployments/d1")
+        + "?api-version=2024-06-01",
+        model="scripted-model",
+        headers={"api-key": "$VLIT_TEST_AZURE_KEY", "X-Gateway": "team-a"},
+        token_limit_param="max_completion_tokens",
+    )
+    [outcome] = LlmSession(backend).run([ask("hi", max_tokens=7)])
+    assert outcome.ok
+    assert scripted_server.targets == [
+        "/openai/deployments/d1/chat/completions?api-version=2024-06-01"
+    ]
+    headers = scripted_server.headers[0]
+    assert headers["api-key"] == "azure-secret-123" and headers["x-gateway"] == "team-a"
+    body = scripted_server.requests[0]
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
+    description = str(backend.describe())
+    assert "azure-secret-123" not in description and "team-a" not in description
+
+
+def test_header_from_an_unset_variable_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="VLIT_TEST_NOT_SET"):
+        OpenAICompatibleBackend(
+            base_url="http://127.0.0.1:9/v1", model="m", headers={"api-key": "$VLIT_TEST_NOT_SET"}
+        )
+
+
+@pytest.mark.parametrize("text", ["no colon", ": empty name", "two words: v"])
+def test_bad_header_text_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="NAME: VALUE"):
+        parse_header(text)
+
+
+def test_oversized_answer_fails_that_request_only(scripted_server: ScriptedServer) -> None:
+    def big_for_big(body: dict[str, Any]) -> Response | None:
+        return Response.oversized(200_000) if "big" in body["messages"][0]["content"] else None
+
+    scripted_server.add_rule(big_for_big)
+    backend = fast_backend(scripted_server, max_response_bytes=50_000)
+    session = LlmSession(backend, concurrency=2)
+    outcomes = session.run([ask("big one"), ask("small one")])
+    assert outcomes[0].error is not None and "max_response_bytes=50000" in outcomes[0].error
+    assert outcomes[1].choices[0].text == "echo 0/0: small one"
+    assert len(scripted_server.requests) == 2  # the oversized answer is not retried
+
+
+def test_requests_sent_counts_http_requests_and_budget_holds(
+    scripted_server: ScriptedServer,
+) -> None:
+    # A server that ignores n: each request for n=3 takes 3 HTTP requests.
+    scripted_server.add_rule(lambda body: Response.text(echo_text(body, 0)))
+    session = LlmSession(fast_backend(scripted_server), concurrency=1, max_requests=4)
+    outcomes = session.run([ask("one", n=3), ask("two", n=3)])
+    usage = session.usage()
+    assert outcomes[0].ok and not outcomes[1].ok
+    assert usage.requests_sent == 4 == len(scripted_server.requests)
+    assert usage.generations_received == 4
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def private_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server(ca: trustme.CA, name: str) -> ScriptedServer:
+    server = ScriptedServer()
+    server.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server.tls)
+    return server.start()
+
+
+def test_https_with_an_untrusted_certificate_fails_at_once_with_the_fix(
+    private_ca: trustme.CA,
+) -> None:
+    server = tls_server(private_ca, "127.0.0.1")
+    try:
+        backend = server.backend(max_retries=5, backoff_base_s=30.0)
+        started = time.perf_counter()
+        with pytest.raises(RequestFailed) as failure:
+            asyncio.run(backend.complete(ask("secret")))
+    finally:
+        server.stop()
+    message = str(failure.value)
+    assert "TLS certificate was refused" in message and "SSL_CERT_FILE" in message
+    assert failure.value.retries == 0 and time.perf_counter() - started < 10.0
+
+
+def test_https_with_the_private_ca_trusted_through_ssl_cert_file(
+    private_ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca_file = tmp_path / "private-ca.pem"
+    private_ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    server = tls_server(private_ca, "127.0.0.1")
+    try:
+        outcomes = LlmSession(server.backend(), concurrency=2).run(
+            [ask("over tls 1"), ask("over tls 2")]
+        )
+        wrong_name = tls_server(private_ca, "localhost")
+        try:
+            with pytest.raises(RequestFailed, match="host name that the server's certificate"):
+                asyncio.run(wrong_name.backend(max_retries=3).complete(ask("x")))
+        finally:
+            wrong_name.stop()
+    finally:
+        server.stop()
+    assert [o.choices[0].text for o in outcomes] == ["echo 0/0: over tls 1", "echo 0/0: over tls 2"]
+
+
+# -- a real HTTP proxy -----------------------------------------------------------------------------
+def test_requests_go_through_the_proxy_named_by_http_proxy(
+    scripted_server: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    log = tmp_path / "proxy.log"
+    with log.open("w") as output:
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-workers",
+                "1",
+                "--num-acceptors",
+                "1",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, proxy)
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        outcomes = LlmSession(fast_backend(scripted_server), concurrency=2).run(
+            [ask(f"via proxy {i}") for i in range(3)]
+        )
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    assert [o.choices[0].text for o in outcomes] == [f"echo 0/0: via proxy {i}" for i in range(3)]
+    text = log.read_text()
+    # proxy.py logs an access line per proxied connection, naming the server it reached.
+    assert f"POST 127.0.0.1:{scripted_server.port}/v1/chat/completions - 200" in text, text[-2000:]
+    # And with the proxy gone, the same setting fails: the requests did go through it.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    [refused] = LlmSession(fast_backend(scripted_server, max_retries=0)).run([ask("x")])
+    assert refused.error is not None and "connection error" in refused.error
+    assert len(scripted_server.requests) == 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the proxy exited at start"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

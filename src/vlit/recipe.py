@@ -54,6 +54,7 @@ from vlit.generate.regions import RegionRule
 from vlit.images import is_url
 from vlit.jsonio import loads_yaml
 from vlit.llm.config import LlmConfig
+from vlit.llm.openai_compatible import DEFAULT_MAX_RESPONSE_BYTES
 
 ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
 
@@ -195,6 +196,11 @@ class LlmSection(Section):
     model: str | None = None
     gguf_file: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # Extra HTTP headers (Azure's api-key, a gateway's own); a value "$NAME" is read from that
+    # environment variable. Values are never written to the run.
+    headers: dict[str, str] = Field(default_factory=dict)
+    token_limit_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1)
     timeout_s: float = Field(default=120.0, gt=0.0)
     max_retries: int = Field(default=6, ge=0)
     supports_n: bool = True
@@ -206,6 +212,9 @@ class LlmSection(Section):
             model=self.model,
             base_url=self.base_url,
             api_key_env=self.api_key_env,
+            headers=dict(self.headers),
+            token_limit_param=self.token_limit_param,
+            max_response_bytes=self.max_response_bytes,
             gguf_file=self.gguf_file,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
@@ -407,9 +416,16 @@ def write_resolved_recipe(
 
     ``generator`` is the backend's own description (model, settings). The value of the API key
     variable is never written: it is not in the recipe, and any accidental copy of it in the
-    text is masked before writing.
+    text is masked before writing. Header values are masked too (a ``$NAME`` stays as written).
     """
     data = recipe.model_dump(mode="json")
+    judge_data = (data.get("score") or {}).get("judge") or {}
+    for llm_data in (data.get("llm"), judge_data.get("llm")):
+        if llm_data and llm_data.get("headers"):
+            llm_data["headers"] = {
+                name: value if value.startswith("$") else "***"
+                for name, value in llm_data["headers"].items()
+            }
     data["resolved"] = {
         "vlit_version": __version__,
         "python": platform.python_version(),
@@ -419,9 +435,15 @@ def write_resolved_recipe(
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     judge = recipe.score.judge if recipe.score else None
     for section in (recipe.llm, judge.llm if judge else None):
-        secret = os.environ.get(section.api_key_env, "") if section and section.api_key_env else ""
-        if secret:
-            text = text.replace(secret, "***")
+        if section is None:
+            continue
+        variables = [section.api_key_env] + [
+            value[1:] for value in section.headers.values() if value.startswith("$")
+        ]
+        for variable in variables:
+            secret = os.environ.get(variable, "").strip() if variable else ""
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
     path = run_root / "recipe.resolved.yaml"
     write_text_atomic(path, text)
     return path

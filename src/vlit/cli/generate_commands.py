@@ -17,6 +17,7 @@ from vlit.errors import ConfigError
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
 from vlit.llm.config import build_backend
+from vlit.llm.openai_compatible import parse_header
 from vlit.recipe import ALL_MODES, GenerateSection, LlmSection, RunnerSection, load_recipe
 from vlit.storage import open_run_dir
 
@@ -44,12 +45,33 @@ def generate_command(
         str,
         typer.Option("--llm-api-key-env", help="Environment variable that holds the API key."),
     ] = "OPENAI_API_KEY",
+    llm_headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--llm-header",
+            help="Extra HTTP header 'NAME: VALUE' (repeatable); a VALUE '$VAR' is read from "
+            "that environment variable. Never written to the run.",
+        ),
+    ] = None,
+    llm_token_limit_param: Annotated[
+        str,
+        typer.Option(
+            "--llm-token-limit-param",
+            help="Request field for the token limit: max_tokens or max_completion_tokens.",
+        ),
+    ] = "max_tokens",
     n: Annotated[int, typer.Option("--n", help="Generations per prompt.")] = 5,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.8,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 1024,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 4,
     max_requests: Annotated[
-        int | None, typer.Option("--max-requests", help="Send at most this many requests.")
+        int | None,
+        typer.Option(
+            "--max-requests",
+            help="Send at most this many HTTP requests (each asks for up to --n generations; "
+            "a server that answers fewer is asked for the rest one request each; retries are "
+            "not counted).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     examples_per_request: Annotated[
@@ -80,6 +102,8 @@ def generate_command(
             "base_url": llm_base_url,
             "model": llm_model,
             "api_key_env": llm_api_key_env,
+            "headers": dict(parse_header(header) for header in llm_headers or []),
+            "token_limit_param": llm_token_limit_param,
         },
     )
     settings = section.to_settings()

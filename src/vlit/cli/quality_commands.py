@@ -9,6 +9,7 @@ import typer
 from vlit.cli.common import emit_summary, progress_bar, stage_rows
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
+from vlit.llm.openai_compatible import TOKEN_LIMIT_PARAMS, parse_header
 from vlit.quality.grounding import SPACY_MODEL
 from vlit.quality.lint import LINT_FLAGS
 from vlit.quality.matching import DECODE_MODES, TEXT_MODES
@@ -74,6 +75,21 @@ def score_command(
     llm_concurrency: Annotated[
         int, typer.Option("--llm-concurrency", help="Judge requests in flight.")
     ] = 8,
+    llm_headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--llm-header",
+            help="Extra HTTP header 'NAME: VALUE' for the judge (repeatable); a VALUE '$VAR' is "
+            "read from that environment variable. Never written to the run.",
+        ),
+    ] = None,
+    llm_token_limit_param: Annotated[
+        str,
+        typer.Option(
+            "--llm-token-limit-param",
+            help="Request field for the token limit: max_tokens or max_completion_tokens.",
+        ),
+    ] = "max_tokens",
     no_grounding: Annotated[
         bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
     ] = False,
@@ -107,8 +123,18 @@ def score_command(
                 fix="point it at any OpenAI-compatible server, e.g. --llm-base-url "
                 "http://127.0.0.1:8000/v1 --llm-model qwen2.5-7b-instruct",
             )
+        if llm_token_limit_param not in TOKEN_LIMIT_PARAMS:
+            raise ConfigError(
+                f"unknown --llm-token-limit-param '{llm_token_limit_param}'",
+                fix=f"use one of: {', '.join(TOKEN_LIMIT_PARAMS)}",
+            )
         llm = LlmConfig(
-            kind="openai", base_url=llm_base_url, model=llm_model, concurrency=llm_concurrency
+            kind="openai",
+            base_url=llm_base_url,
+            model=llm_model,
+            concurrency=llm_concurrency,
+            headers=dict(parse_header(header) for header in llm_headers or []),
+            token_limit_param=llm_token_limit_param,  # type: ignore[arg-type]
         )
     options = ScoreOptions(
         clip=clip,

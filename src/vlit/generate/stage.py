@@ -113,6 +113,7 @@ def generate_run(
         "model": backend.model_name if backend is not None else None,
         "requests": counts.requests,
         "requests_sent": usage.requests_sent,
+        "generations_received": usage.generations_received,
         "from_journal": usage.answered_from_journal,
         "samples": counts.samples,
         "samples_ok": counts.ok,

@@ -9,13 +9,17 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from vlit.errors import ConfigError
 from vlit.llm.base import LlmBackend
 from vlit.llm.local import LocalTransformersBackend
-from vlit.llm.openai_compatible import OpenAICompatibleBackend
+from vlit.llm.openai_compatible import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    OpenAICompatibleBackend,
+    TokenLimitParam,
+)
 from vlit.llm.vllm_backend import VllmBackend
 
 BackendKind = Literal["openai", "local", "vllm"]
@@ -28,6 +32,9 @@ class LlmConfig:
     ``model`` is the served model name (openai), a local folder, GGUF file or hub id (local,
     vllm); for ``local`` it may be left out to use the embedded SmolLM2-135M-Instruct.
     ``gguf_file`` names the GGUF file inside the ``model`` folder, when the weights are GGUF.
+    ``headers`` are sent with every request of an ``openai`` backend (a value ``$NAME`` is read
+    from that environment variable); ``token_limit_param`` names the field carrying
+    ``max_tokens``; an answer above ``max_response_bytes`` fails its request.
     ``concurrency`` is how many requests a session keeps in flight. Prices are in the
     currency of your choice per 1000 tokens; when given, sessions report a cost and can stop
     at ``max_cost``.
@@ -37,6 +44,9 @@ class LlmConfig:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    headers: dict[str, str] = field(default_factory=dict)
+    token_limit_param: TokenLimitParam = "max_tokens"
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     gguf_file: str | None = None
     timeout_s: float = 120.0
     max_retries: int = 6

@@ -48,13 +48,15 @@ class TokenPrices:
 class SessionUsage:
     """What a session did. Token counts and cost cover the requests it sent, not the journal.
 
-    ``requests_sent`` counts backend calls; ``answered_from_journal`` counts requests answered
-    entirely from the journal; ``failures`` counts requests that failed (after retries);
-    ``budget_skipped`` counts requests refused once the budget was spent, and ``stopped`` says
-    why the session stopped sending.
+    ``requests_sent`` counts backend calls (for an HTTP backend, HTTP requests, retries not
+    counted: those are ``retries``); ``generations_received`` counts the choices they brought;
+    ``answered_from_journal`` counts requests answered entirely from the journal; ``failures``
+    counts requests that failed (after retries); ``budget_skipped`` counts requests refused once
+    the budget was spent, and ``stopped`` says why the session stopped sending.
     """
 
     requests_sent: int = 0
+    generations_received: int = 0
     answered_from_journal: int = 0
     rollouts_from_journal: int = 0
     failures: int = 0
@@ -77,7 +79,9 @@ class LlmSession:
         backend: any ``LlmBackend``.
         journal: where answers are committed and looked up; ``None`` sends every request.
         concurrency: requests in flight at once.
-        max_requests: stop sending after this many backend calls.
+        max_requests: stop sending after this many backend calls (HTTP requests for an HTTP
+            backend: a request for n generations that gets fewer asks for the rest one by one,
+            and each of those counts).
         max_cost: stop sending once the cost of the answers received reaches this (needs
             ``prices``; requests already in flight may overshoot it a little).
         prices: token prices, for the cost in ``usage()``.
@@ -115,6 +119,7 @@ class LlmSession:
         self.progress = progress
         description = backend.describe()
         self._backend_kind = str(description.get("kind", type(backend).__name__))
+        self._native_n = bool(description.get("supports_n", True))
         self._usage = SessionUsage(cost=0.0 if prices else None)
         # One lock per request key in flight (dropped when its last user leaves, so a run of a
         # million requests holds at most `concurrency` of them).
@@ -187,30 +192,48 @@ class LlmSession:
                     return Outcome(
                         request, choices=[found[i] for i in range(request.n)], from_journal=True
                     )
-                if len(missing) == request.n:
-                    calls = [(missing, request)]
-                else:
-                    # Partly journaled: ask for each missing rollout alone, with its own seed.
-                    calls = [([rollout], _single_rollout(request, rollout)) for rollout in missing]
-                if len(calls) == 1:  # the usual case: no task and no gather to pay for
-                    results = [await self._call(key, canonical, *calls[0])]
-                else:
-                    results = await asyncio.gather(
-                        *(self._call(key, canonical, rollouts, call) for rollouts, call in calls)
+                error: str | None = None
+                if len(missing) == request.n and (request.n == 1 or self._native_n):
+                    error = await self._call_into(found, key, canonical, missing, request)
+                    missing = [rollout for rollout in missing if rollout not in found]
+                if missing and error is None:
+                    # Partly journaled or partly answered (a server that ignores n), or n not
+                    # supported: ask for each missing rollout alone, with its own seed.
+                    errors = await asyncio.gather(
+                        *(
+                            self._call_into(
+                                found, key, canonical, [rollout], _single_rollout(request, rollout)
+                            )
+                            for rollout in missing
+                        )
                     )
+                    error = next((error for error in errors if error is not None), None)
         finally:
             key_lock.users -= 1
             if key_lock.users == 0:
                 del self._key_locks[key]
-        for (rollouts, _), result in zip(calls, results, strict=True):
-            if isinstance(result, _BudgetRefusal):
-                self._usage.budget_skipped += 1
-                return Outcome(request, error=result)
-            if isinstance(result, str):
-                self._usage.failures += 1
-                return Outcome(request, error=result)
-            found.update(zip(rollouts, result, strict=True))
+        if isinstance(error, _BudgetRefusal):
+            self._usage.budget_skipped += 1
+            return Outcome(request, error=error)
+        if error is not None:
+            self._usage.failures += 1
+            return Outcome(request, error=error)
         return Outcome(request, choices=[found[i] for i in range(request.n)])
+
+    async def _call_into(
+        self,
+        found: dict[int, Choice],
+        key: str,
+        canonical: str,
+        rollouts: list[int],
+        request: ChatRequest,
+    ) -> str | None:
+        """One backend call for ``rollouts``; puts what it got into ``found``, or says why not."""
+        result = await self._call(key, canonical, rollouts, request)
+        if isinstance(result, str):
+            return result
+        found.update(zip(rollouts, result, strict=False))
+        return None
 
     async def _call(
         self, key: str, canonical: str, rollouts: list[int], request: ChatRequest
@@ -233,11 +256,13 @@ class LlmSession:
             return f"{type(failure).__name__}: {failure}"
         latency = time.perf_counter() - started
         self._account(completion)
-        if len(completion.choices) != len(rollouts):
-            return (
-                f"the backend returned {len(completion.choices)} choices for "
-                f"{len(rollouts)} rollouts"
-            )
+        if not completion.choices:
+            return f"the backend returned no choice for {len(rollouts)} rollouts"
+        # A server may answer fewer choices than asked (it ignores n): those are the first
+        # rollouts, journaled as such; the caller asks for the rest.
+        rollouts = rollouts[: len(completion.choices)]
+        completion.choices = completion.choices[: len(rollouts)]
+        self._usage.generations_received += len(completion.choices)
         if self.journal is not None:
             await self.journal.arecord(
                 JournalEntry(
