@@ -30,6 +30,7 @@ from vlit.generate.generator import (
 )
 from vlit.llm.base import LlmBackend, Outcome
 from vlit.llm.journal import LlmJournal
+from vlit.llm.response_format import structured_summary
 from vlit.llm.session import LlmSession, SessionUsage, TokenPrices
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, Sample
@@ -119,6 +120,8 @@ def generate_run(
         "samples_failed": dict(sorted(counts.failed.items())),
         "samples_ok_by_mode": dict(sorted(counts.ok_by_mode.items())),
         "samples_truncated": counts.truncated,
+        "samples_schema_valid": counts.schema_valid,
+        "structured": structured_summary(backend, settings.structured),
         "tokens_in": usage.prompt_tokens,
         "tokens_out": usage.completion_tokens,
         "cost": usage.cost,
@@ -178,6 +181,7 @@ class _Counts:
         self.samples = 0
         self.ok = 0
         self.truncated = 0
+        self.schema_valid = 0
         self.failed: Counter[str] = Counter()
         self.ok_by_mode: Counter[str] = Counter()
 
@@ -190,5 +194,6 @@ class _Counts:
                 self.ok += 1
                 self.ok_by_mode[sample.mode] += 1
                 self.truncated += bool(sample.provenance.get("truncated"))
+                self.schema_valid += sample.provenance.get("parse_format") == "json-schema"
             else:
                 self.failed[str(sample.failure_reason)] += 1

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlit.errors import ConfigError, LlmError
 from vlit.llm.base import ChatRequest, Choice, Completion, rollout_seed
+from vlit.llm.response_format import ResponseFormatNegotiation
 
 if TYPE_CHECKING:
     from vlit.llm.config import LlmConfig
@@ -131,6 +132,7 @@ class OpenAICompatibleBackend:
         self.max_retry_after_s = max_retry_after_s
         self.max_connections = max_connections
         self._jitter = random.Random(retry_seed)
+        self.response_format = ResponseFormatNegotiation()  # sent until refused under auto
         self._pool: _ConnectionPool | None = None
         self._ssl: ssl.SSLContext | None = None
 
@@ -173,7 +175,19 @@ class OpenAICompatibleBackend:
 
     # -- requests -----------------------------------------------------------------------------
     async def complete(self, request: ChatRequest) -> Completion:
-        """Return exactly ``request.n`` choices (rollouts 0..n-1), or raise ``RequestFailed``."""
+        """Return exactly ``request.n`` choices (rollouts 0..n-1), or raise ``RequestFailed``.
+
+        A server that refuses ``response_format`` (HTTP 400 naming it) under the setting
+        ``auto`` is asked again without it, and is never sent it again.
+        """
+        try:
+            return await self._complete_rollouts(request)
+        except RequestFailed as failure:
+            if not self.response_format.falls_back(request.output, str(failure)):
+                raise
+            return await self._complete_rollouts(request)
+
+    async def _complete_rollouts(self, request: ChatRequest) -> Completion:
         if self.supports_n and request.n > 1:
             first = await self._call(request, n=request.n, seed=request.seed)
             missing = list(range(len(first.choices), request.n))
@@ -241,6 +255,7 @@ class OpenAICompatibleBackend:
         if request.top_logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = request.top_logprobs
+        body.update(self.response_format.fields(request.output))
         return body
 
     async def _attempt(self, payload: bytes) -> Completion:
