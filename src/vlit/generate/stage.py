@@ -121,6 +121,8 @@ def generate_run(
         "samples_ok_by_mode": dict(sorted(counts.ok_by_mode.items())),
         "samples_truncated": counts.truncated,
         "samples_schema_valid": counts.schema_valid,
+        "llm_generations": counts.generations,
+        "llm_generations_parsed": counts.generations_parsed,
         "structured": structured_summary(backend, settings.structured),
         "tokens_in": usage.prompt_tokens,
         "tokens_out": usage.completion_tokens,
@@ -182,6 +184,8 @@ class _Counts:
         self.ok = 0
         self.truncated = 0
         self.schema_valid = 0
+        self.generations = 0  # LLM answers received (a sample has the answer's finish_reason)
+        self.generations_parsed = 0
         self.failed: Counter[str] = Counter()
         self.ok_by_mode: Counter[str] = Counter()
 
@@ -190,6 +194,9 @@ class _Counts:
         self.requests += requests
         self.samples += len(samples)
         for sample in samples:
+            if "finish_reason" in sample.provenance:
+                self.generations += 1
+                self.generations_parsed += sample.ok
             if sample.ok:
                 self.ok += 1
                 self.ok_by_mode[sample.mode] += 1
