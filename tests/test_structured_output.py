@@ -17,9 +17,11 @@ from vlit.generate.generator import GenerationSettings
 from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.generate.schemas import conversation_shape, read_complexity, read_verdict
 from vlit.generate.stage import generate_run
-from vlit.llm.base import ChatRequest, LlmBackend, Message
+from vlit.llm.base import ChatRequest, Choice, LlmBackend, Message
 from vlit.llm.journal import LlmJournal, request_key
 from vlit.llm.session import LlmSession
+from vlit.quality.indicators.complexity import expected_score
+from vlit.quality.judge import parse_verdict
 from vlit.rundir import RunDir
 
 # Small enough to finish in ~60 tokens: one pair of short texts.
@@ -154,3 +156,10 @@ def test_verdict_and_score_shapes_read_only_their_shape() -> None:
     assert read_verdict("Verdict: correct") is None
     assert read_complexity('{"score": 10}') == 10
     assert read_complexity('{"score": 11}') is None and read_complexity('{"score": true}') is None
+    # The judge and the complexity scorer read their shape as well as their old text answers.
+    assert parse_verdict('{"verdict": "incorrect", "reason": "No dog."}') == (
+        "incorrect",
+        "No dog.",
+    )
+    assert parse_verdict("Verdict: correct\nReason: fine") == ("correct", "fine")
+    assert expected_score(Choice('{"score": 8}')) == (8.0, "json")
