@@ -70,19 +70,19 @@ def _stages_table(summaries: dict[str, Any]) -> Table:
         f"{generate['requests_sent']} requests sent, {generate['from_journal']} answered from "
         f"the journal; {journal['tokens_in']} tokens in, {journal['tokens_out']} out in all",
     )
-    table.add_row(
-        "score",
-        "lint flags "
-        + ", ".join(f"{k} {v}" for k, v in flagged.items())
-        + f"; grounding: {score.get('grounding', {}).get('with_hallucination', 0)} samples "
-        "name objects that are not annotated",
-    )
     parsed, total = generate["llm_generations_parsed"], generate["llm_generations"]
     table.add_row(
         "parse",
         f"{parsed} of {total} LLM generations parse ({parsed / max(total, 1):.0%}), "
         f"{generate['samples_schema_valid']} exactly in the JSON schema "
         f"(structured output: {generate['structured']['setting']})",
+    )
+    table.add_row(
+        "score",
+        "lint flags "
+        + ", ".join(f"{k} {v}" for k, v in flagged.items())
+        + f"; grounding: {score.get('grounding', {}).get('with_hallucination', 0)} samples "
+        "name objects that are not annotated",
     )
     table.add_row(
         "filter",
