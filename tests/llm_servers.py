@@ -34,10 +34,12 @@ Fixtures
     "8": -2.3})`` (first-token top logprobs). Every constructor takes ``delay_s=`` (latency).
 
     What was received: ``requests`` (JSON bodies), ``headers`` (lower-cased header dicts),
-    ``targets`` (path and query), all in arrival order. ``require_api_key = "sk-..."`` makes
-    the server answer 401 to any other bearer token. Set ``tls`` (an ``ssl.SSLContext``) before
-    ``start()`` to serve HTTPS. ``backend(**options)`` builds an ``OpenAICompatibleBackend``
-    aimed at it.
+    ``targets`` (path and query), all in arrival order. ``refuse_response_format = True`` (any
+    server) answers HTTP 400 naming the parameter to any request that carries
+    ``response_format``, as servers without structured output do. ``require_api_key = "sk-..."``
+    makes the server answer 401 to any other bearer token. Set ``tls`` (an ``ssl.SSLContext``)
+    before ``start()`` to serve HTTPS. ``backend(**options)`` builds an
+    ``OpenAICompatibleBackend`` aimed at it.
 
 ``smollm_backend`` (session): ``LocalTransformersBackend`` with the embedded SmolLM2-135M
     (loaded once per test session, ~30-60 s on 2 busy cores; it sets torch to 1 thread, which
@@ -47,6 +49,7 @@ Fixtures
     ``temperature``, ``max_tokens``, ``stop``, ``logprobs``/``top_logprobs``, ``usage``). It
     records ``requests`` too. Generation costs ~0.1 s per token per request on a busy CPU: keep
     ``max_tokens`` small (<= 32) in tests; ``max_tokens_cap`` (default 64) caps what it honours.
+    It honours ``response_format`` (``json_schema`` and ``json_object``) by constrained decoding.
 
 A ``ModelServer`` can also wrap any backend (``ModelServer(backend).start()``).
 """
@@ -64,7 +67,7 @@ from typing import Any
 
 import pytest
 
-from vlit.llm.base import ChatRequest, Completion, LlmBackend, Message
+from vlit.llm.base import ChatRequest, Completion, LlmBackend, Message, OutputSchema
 from vlit.llm.openai_compatible import OpenAICompatibleBackend
 
 Rule = Callable[[dict[str, Any]], "Response | None"]
@@ -221,6 +224,7 @@ class _OpenAICompatibleServer:
 
     model: str = "test-model"
     require_api_key: str | None = None
+    refuse_response_format: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)  # request paths with their query
@@ -330,6 +334,8 @@ class _OpenAICompatibleServer:
         if self.require_api_key is not None:
             if headers.get("authorization") != f"Bearer {self.require_api_key}":
                 return _error(401, "invalid API key")
+        if self.refuse_response_format and "response_format" in body:
+            return _error(400, "Unrecognized request argument supplied: response_format")
         self.in_flight += 1  # only the server's loop touches these two
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
@@ -422,6 +428,7 @@ class ModelServer(_OpenAICompatibleServer):
                 seed=int(body.get("seed") or 0),
                 top_logprobs=int(body.get("top_logprobs") or 1) if body.get("logprobs") else None,
                 stop=[stop] if isinstance(stop, str) else list(stop),
+                output=_output_schema(body.get("response_format")),
             )
         except (KeyError, TypeError, ValueError) as error:
             return _error(400, f"bad request: {error}")
@@ -436,6 +443,16 @@ class ModelServer(_OpenAICompatibleServer):
             logprobs=first,
         )
         return _Reply(200, json.dumps(data).encode())
+
+
+def _output_schema(response_format: dict[str, Any] | None) -> OutputSchema | None:
+    """The constraint a ``response_format`` asks for."""
+    if not response_format:
+        return None
+    if response_format["type"] == "json_object":
+        return OutputSchema.of("json_object", {"type": "object"}, "json_object")
+    spec = response_format["json_schema"]
+    return OutputSchema.of(spec["name"], spec["schema"], "json_schema")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 from llm_servers import Response, ScriptedServer
 from vlit.chain import run_recipe
-from vlit.demo import demo_recipe
+from vlit.demo import demo_recipe, kept_by_origin
 from vlit.recipe import LlmSection
 from vlit.rundir import RunDir
 
@@ -58,6 +58,12 @@ def test_demo_recipe_runs_every_stage(tmp_path: Path, scripted_server: ScriptedS
     objects = {record.image_id: record.objects for record in run.read_records()}
     kept_giraffes = [s for s in run.read_samples("kept") if "giraffe" in s.turns[-1].text]
     assert all(not objects[s.image_id or ""] for s in kept_giraffes)
+    # What the demo prints: kept conversations the LLM wrote next to template samples.
+    kept = kept_by_origin(run)
+    assert kept["llm_written"] + kept["template"] == filtered["kept"]
+    assert kept["llm_written"] > 0 and kept["template"] > 0
+    assert kept["examples"]["llm"]["turns"][0]["text"] == "What stands out in this picture?"
+    assert ":adaptation:" in kept["examples"]["template"]["sample_id"]
     # The report stage wrote the indicators and a self-contained HTML page.
     table = summaries["report"]["indicators"]
     assert table["md"] is None and table["task_diversity"] >= 3

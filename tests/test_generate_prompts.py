@@ -31,7 +31,7 @@ def test_every_mode_has_its_own_prompt_with_the_rules(library: PromptLibrary) ->
         lowered = text.lower()
         assert "the user speaks first" in lowered, mode
         assert "ever mentions notes, captions, descriptions" in lowered, mode
-        assert '"role": "user"' in text and "json array" in lowered, mode
+        assert '{"conversation": [{"user": ' in text and "json object" in lowered, mode
         assert "step by step" in lowered, mode
     assert "object in the box" in texts["region"]
     assert "NOT in the picture" not in texts["conversation"]

@@ -144,7 +144,7 @@ def test_counts_faults_and_rerun(
     good = by_id[f"{chosen[4].image_id}:negative:r1"]
     assert good.ok and [t.role for t in good.turns] == ["user", "assistant"] * 2
     assert good.provenance["absent_objects"] and len(good.provenance["example_ids"]) == 2
-    assert good.provenance["prompt_id"] == "negative@4"
+    assert good.provenance["prompt_id"] == "negative@5"
     assert good.provenance["rollout"] == 1 and good.provenance["parameters"]["n"] == 3
 
     # Rerun: only the two requests that failed for good are asked again.

@@ -18,8 +18,10 @@ from typing import Any
 
 from vlit.chain import run_recipe
 from vlit.demo_data import materialize_demo
+from vlit.generate.adaptation import ADAPTATION_MODE
 from vlit.generate.generator import ProgressCallback
 from vlit.recipe import Recipe, parse_recipe
+from vlit.rundir import RunDir
 
 DEMO_RUN_DIR = Path("runs/demo")
 
@@ -60,5 +62,23 @@ def demo_recipe(run_dir: Path) -> Recipe:
 
 
 def run_demo(run_dir: Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Run the demo chain into ``run_dir``; return each stage's summary."""
-    return run_recipe(demo_recipe(run_dir), progress=progress)
+    """Run the demo chain into ``run_dir``; return each stage's summary, and under ``kept``
+    how many kept samples the LLM wrote and how many are template (adaptation) samples."""
+    summaries = run_recipe(demo_recipe(run_dir), progress=progress)
+    summaries["kept"] = kept_by_origin(RunDir(run_dir))
+    return summaries
+
+
+def kept_by_origin(run: RunDir) -> dict[str, Any]:
+    """Kept samples the LLM wrote vs. template samples, with the first of each as an example."""
+    counts = {"llm": 0, "template": 0}
+    examples: dict[str, Any] = {}
+    for sample in run.read_samples("kept"):
+        origin = "template" if sample.mode == ADAPTATION_MODE else "llm"
+        counts[origin] += 1
+        if origin not in examples:
+            examples[origin] = {
+                "sample_id": sample.sample_id,
+                "turns": [{"role": turn.role, "text": turn.text} for turn in sample.turns],
+            }
+    return {"llm_written": counts["llm"], "template": counts["template"], "examples": examples}

@@ -129,6 +129,9 @@ class GenerateSection(Section):
         default=3, ge=1, description="absent objects named per negative request"
     )
     prompts_dir: str | None = None
+    structured: Literal["auto", "json_schema", "json_object", "off"] = Field(
+        default="auto", description="structured output: constrain answers to the JSON schema"
+    )
     adaptation: AdaptationSection = AdaptationSection()
 
     @field_validator("modes")
@@ -170,6 +173,7 @@ class GenerateSection(Section):
             adaptation_tasks=tuple(self.adaptation.tasks) if self.adaptation.tasks else None,
             adaptation_max_per_task=self.adaptation.max_per_task,
             adaptation_vqa_style=self.adaptation.vqa_style,
+            structured=self.structured,
         )
 
 

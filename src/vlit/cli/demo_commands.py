@@ -33,6 +33,7 @@ def demo_command(
         print(json.dumps({"run_dir": str(out), **summaries}, sort_keys=True, default=str))
         return
     stdout.print(_stages_table(summaries))
+    _print_examples(summaries["kept"])
     indicators = Table(title="Dataset indicators (the paper's Table 4)")
     indicators.add_column("indicator")
     indicators.add_column(out.name, justify="right")
@@ -69,6 +70,13 @@ def _stages_table(summaries: dict[str, Any]) -> Table:
         f"{generate['requests_sent']} requests sent, {generate['from_journal']} answered from "
         f"the journal; {journal['tokens_in']} tokens in, {journal['tokens_out']} out in all",
     )
+    parsed, total = generate["llm_generations_parsed"], generate["llm_generations"]
+    table.add_row(
+        "parse",
+        f"{parsed} of {total} LLM generations parse ({parsed / max(total, 1):.0%}), "
+        f"{generate['samples_schema_valid']} exactly in the JSON schema "
+        f"(structured output: {generate['structured']['setting']})",
+    )
     table.add_row(
         "score",
         "lint flags "
@@ -82,3 +90,19 @@ def _stages_table(summaries: dict[str, Any]) -> Table:
         + ", ".join(f"{k} {v}" for k, v in filtered["dropped_by_reason"].items()),
     )
     return table
+
+
+def _print_examples(kept: dict[str, Any]) -> None:
+    stdout.print(
+        f"Kept: {kept['llm_written']} conversations written by the LLM, "
+        f"{kept['template']} template samples (annotation adaptation)."
+    )
+    titles = {"llm": "An LLM-written conversation", "template": "A template sample"}
+    for origin, title in titles.items():
+        example = kept["examples"].get(origin)
+        if example is None:
+            continue
+        stdout.print(f"\n[bold]{title}[/bold] ({example['sample_id']}):", highlight=False)
+        for turn in example["turns"]:
+            speaker = "User" if turn["role"] == "user" else "AI"
+            stdout.print(f"  {speaker}: {turn['text']}", highlight=False, markup=False)

@@ -77,6 +77,14 @@ def generate_command(
     examples_per_request: Annotated[
         int, typer.Option("--examples-per-request", help="In-context examples per request.")
     ] = 2,
+    structured: Annotated[
+        str,
+        typer.Option(
+            "--structured",
+            help="auto|json_schema|json_object|off: constrain each answer to the "
+            "conversation's JSON schema (auto: where the model or endpoint can).",
+        ),
+    ] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
@@ -93,6 +101,7 @@ def generate_command(
             "max_requests": max_requests,
             "seed": seed,
             "examples_per_request": examples_per_request,
+            "structured": structured,
         },
     )
     llm = _validated(

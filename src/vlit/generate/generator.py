@@ -30,8 +30,9 @@ from vlit.generate.adaptation import ADAPTATION_MODE, AnnotationAdapter, VqaStyl
 from vlit.generate.parse import parse_conversation
 from vlit.generate.prompts import LLM_MODES, PromptLibrary
 from vlit.generate.regions import RegionRule, choose_regions, draw_region_box, region_image_name
+from vlit.generate.schemas import ConversationShape
 from vlit.generate.seeding import seeded_random, stable_seed
-from vlit.llm.base import ChatRequest, Outcome
+from vlit.llm.base import ChatRequest, Outcome, StructuredSetting
 from vlit.schema import ImageRecord, Sample
 
 #: Called as work goes on: (step description, items done, items in total or None).
@@ -51,7 +52,8 @@ _IMAGE_PROBLEMS = ("missing_file", "unreadable_image")
 class GenerationSettings:
     """How to generate; built from the recipe's ``generate`` section or the CLI options.
 
-    ``modes`` maps a mode name to the share of images that get it (1.0: every image).
+    ``modes`` maps a mode name to the share of images that get it (1.0: every image);
+    ``structured`` is the structured-output setting of the requests (``vlit.llm.base``).
     """
 
     modes: dict[str, float]
@@ -66,6 +68,7 @@ class GenerationSettings:
     adaptation_tasks: tuple[str, ...] | None = None
     adaptation_max_per_task: int = 2
     adaptation_vqa_style: VqaStyle = "mixed"
+    structured: StructuredSetting = "auto"
 
     @property
     def llm_modes(self) -> list[str]:
@@ -83,6 +86,7 @@ class PlannedRequest:
     image: str
     image_root: str
     provenance: dict[str, Any]
+    shape: ConversationShape | None = None
 
     def sample_id(self, rollout: int) -> str:
         obj = "" if self.object_index is None else f"o{self.object_index}:"
@@ -208,15 +212,18 @@ class ConversationGenerator:
             pool = [name for name in self.library.object_vocabulary if name not in present]
             absent_rng = seeded_random(settings.seed, record.image_id, "absent")
             absent = tuple(absent_rng.sample(pool, min(settings.absent_objects, len(pool))))
-        messages = self.library.build_messages(mode, clue=clue, examples=examples, absent=absent)
+        messages = self.library.build_messages(
+            mode, clue=clue, examples=examples, absent=absent, max_tokens=settings.max_tokens
+        )
+        prompt = self.library.system_prompt(mode, settings.max_tokens)
         request = ChatRequest(
             messages,
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
             n=settings.n,
             seed=stable_seed(settings.seed, record.image_id, mode, target) % 2**31,
+            output=prompt.shape.output_schema(settings.structured),
         )
-        prompt = self.library.system_prompt(mode)
         provenance: dict[str, Any] = {
             "mode": mode,
             "generator": self.generator_info,
@@ -225,6 +232,7 @@ class ConversationGenerator:
                 "max_tokens": settings.max_tokens,
                 "n": settings.n,
                 "seed": request.seed,
+                "structured": settings.structured,
             },
             "recipe_seed": settings.seed,
             "prompt_id": prompt.prompt_id,
@@ -246,6 +254,7 @@ class ConversationGenerator:
             image=file_name,
             image_root=root,
             provenance=provenance,
+            shape=prompt.shape,
         )
 
     def samples_from(self, planned: PlannedRequest, outcome: Outcome) -> list[Sample]:
@@ -268,7 +277,9 @@ class ConversationGenerator:
                 sample.failure_reason = FAILURE_MISSING_ROLLOUT
             else:
                 choice = outcome.choices[rollout]
-                parsed = parse_conversation(choice.text, finish_reason=choice.finish_reason)
+                parsed = parse_conversation(
+                    choice.text, finish_reason=choice.finish_reason, shape=planned.shape
+                )
                 provenance.update(
                     finish_reason=choice.finish_reason,
                     truncated=parsed.truncated,

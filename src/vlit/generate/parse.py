@@ -2,6 +2,8 @@
 
 Accepted, in the order they are tried:
 
+0. the output schema's exact shape (``vlit.generate.schemas``), when the caller gives it:
+   format ``json-schema``, nothing repaired;
 1. JSON, anywhere in the text (after chatter, inside a code fence): the paper's repeated-key
    object ``{"User": ..., "AI": ..., "User": ...}`` read pair by pair (a plain ``json.loads``
    would keep only the last "User"), lists of ``{"role"/"from": ..., "content"/"value": ...}``,
@@ -27,9 +29,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlit.schema import Role, Turn
+
+if TYPE_CHECKING:
+    from vlit.generate.schemas import ConversationShape
 
 FAILURE_EMPTY = "empty: the model returned no text"
 FAILURE_NO_TURNS = "unparseable: no User/AI turns found"
@@ -114,10 +119,23 @@ class _Pairs(tuple[tuple[str, Any], ...]):
     """A JSON object as its (key, value) pairs in order, repeated keys included."""
 
 
-def parse_conversation(text: str, *, finish_reason: str = "stop") -> ParsedConversation:
+def parse_conversation(
+    text: str, *, finish_reason: str = "stop", shape: ConversationShape | None = None
+) -> ParsedConversation:
     """Parse one LLM generation into alternating user/assistant turns (see module doc)."""
     if not text or not text.strip():
         return ParsedConversation([], "none", failure_reason=FAILURE_EMPTY)
+    if shape is not None:
+        exact = shape.read(text)
+        if exact is not None:
+            return ParsedConversation(exact, "json-schema")
+    parsed = _parse_any_shape(text, finish_reason)
+    if shape is not None:
+        parsed.notes.insert(0, "does not match the output schema")
+    return parsed
+
+
+def _parse_any_shape(text: str, finish_reason: str) -> ParsedConversation:
     length_cut = finish_reason == "length"
     raw = _find_turns(text)
     if raw is None:

@@ -7,7 +7,7 @@ Example:
     >>> library = PromptLibrary.load()
     >>> prompt = library.system_prompt("conversation")
     >>> prompt.prompt_id
-    'conversation@4'
+    'conversation@5'
     >>> len(library.examples_for("negative")) >= 2
     True
 """
@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlit.errors import InputFileError
+from vlit.generate.schemas import ConversationShape, conversation_shape, render_conversation
 from vlit.jsonio import loads_yaml
 from vlit.llm.base import Message
 from vlit.schema import Turn
@@ -41,15 +41,20 @@ SYSTEM_PROMPTS_FILE = "system_prompts.yaml"
 EXAMPLES_FILE = "examples.yaml"
 ADAPTATION_FILE = "adaptation_templates.yaml"
 VOCABULARY_FILE = "object_vocabulary.yaml"
+DEFAULT_MAX_TOKENS = 1024  # the recipe's default generate.max_tokens
+
+__all__ = ["LLM_MODES", "ModePrompt", "PromptLibrary", "render_conversation"]
 
 
 @dataclass(frozen=True)
 class ModePrompt:
-    """The assembled system prompt of one mode, with what identifies it on provenance."""
+    """The assembled system prompt of one mode, with what identifies it on provenance and the
+    conversation shape its output-format instructions ask for."""
 
     mode: str
     text: str
     version: int
+    shape: ConversationShape
 
     @property
     def prompt_id(self) -> str:
@@ -59,6 +64,24 @@ class ModePrompt:
     def sha(self) -> str:
         """Short content hash: tells apart prompts edited without a version bump."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One mode's prompt before the output format: its text and its conversation bounds."""
+
+    mode: str
+    body: str
+    version: int
+    pairs: tuple[int, int]
+    answer_chars: int
+
+    def prompt(self, max_tokens: int) -> ModePrompt:
+        shape = conversation_shape(
+            pairs=self.pairs, answer_chars=self.answer_chars, max_tokens=max_tokens
+        )
+        text = f"{self.body}\n\n{shape.instructions()}"
+        return ModePrompt(mode=self.mode, text=text, version=self.version, shape=shape)
 
 
 @dataclass(frozen=True)
@@ -91,14 +114,14 @@ class PromptLibrary:
     def __init__(
         self,
         *,
-        prompts: dict[str, ModePrompt],
+        specs: dict[str, ModeSpec],
         examples: tuple[InContextExample, ...],
         request_texts: RequestTexts,
         examples_version: int,
         object_vocabulary: tuple[str, ...],
         source: str,
     ) -> None:
-        self.prompts = prompts
+        self.specs = specs
         self.examples = examples
         self.request_texts = request_texts
         self.examples_version = examples_version
@@ -112,7 +135,7 @@ class PromptLibrary:
         examples_data = _read_yaml(EXAMPLES_FILE, directory)
         vocabulary = _read_yaml(VOCABULARY_FILE, directory)
         source = str(directory) if directory is not None else "vlit/data/prompts"
-        prompts, request_texts = _assemble_prompts(system, _where(SYSTEM_PROMPTS_FILE, directory))
+        specs, request_texts = _assemble_prompts(system, _where(SYSTEM_PROMPTS_FILE, directory))
         examples = _parse_examples(examples_data, _where(EXAMPLES_FILE, directory))
         objects = vocabulary.get("objects")
         if not isinstance(objects, list) or not objects:
@@ -122,7 +145,7 @@ class PromptLibrary:
                 fix="list object names under 'objects:'",
             )
         return cls(
-            prompts=prompts,
+            specs=specs,
             examples=examples,
             request_texts=request_texts,
             examples_version=int(examples_data.get("version", 0)),
@@ -130,8 +153,9 @@ class PromptLibrary:
             source=source,
         )
 
-    def system_prompt(self, mode: str) -> ModePrompt:
-        return self.prompts[mode]
+    def system_prompt(self, mode: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> ModePrompt:
+        """The mode's system prompt, its output shape fitted to ``max_tokens``."""
+        return self.specs[mode].prompt(max_tokens)
 
     def examples_for(self, mode: str) -> list[InContextExample]:
         return [example for example in self.examples if mode in example.modes]
@@ -158,12 +182,13 @@ class PromptLibrary:
         clue: str,
         examples: list[InContextExample],
         absent: tuple[str, ...] = (),
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> list[Message]:
         """System prompt, then each example as a (user, assistant) exchange, then the request.
 
         In region mode ``clue`` is the region clue (the boxed object, then the whole picture).
         """
-        messages = [Message("system", self.system_prompt(mode).text)]
+        messages = [Message("system", self.system_prompt(mode, max_tokens).text)]
         for example in examples:
             example_clue = example.clue
             if mode == "region" and example.region is not None:
@@ -173,14 +198,6 @@ class PromptLibrary:
             messages.append(Message("assistant", render_conversation(example.turns)))
         messages.append(Message("user", self.user_message(clue, absent=absent)))
         return messages
-
-
-def render_conversation(turns: tuple[Turn, ...] | list[Turn]) -> str:
-    """Turns in the output format the system prompts ask for: a JSON array, one turn a line."""
-    lines = [
-        json.dumps({"role": turn.role, "content": turn.text}, ensure_ascii=False) for turn in turns
-    ]
-    return "[\n" + ",\n".join(lines) + "\n]"
 
 
 def read_prompt_data(name: str, directory: str | Path | None = None) -> dict[str, Any]:
@@ -211,14 +228,11 @@ def _read_yaml(name: str, directory: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def _assemble_prompts(
-    data: dict[str, Any], where: str
-) -> tuple[dict[str, ModePrompt], RequestTexts]:
+def _assemble_prompts(data: dict[str, Any], where: str) -> tuple[dict[str, ModeSpec], RequestTexts]:
     try:
         version = int(data["version"])
         preamble = str(data["preamble"]).strip()
         common_rules = [str(rule).strip() for rule in data["common_rules"]]
-        output_format = str(data["output_format"]).strip()
         modes = data["modes"]
         request = data["request"]
         request_texts = RequestTexts(
@@ -230,7 +244,7 @@ def _assemble_prompts(
         raise InputFileError(
             f"missing or malformed entry {error}",
             file=where,
-            fix="keep the keys version, preamble, common_rules, output_format, modes, request",
+            fix="keep the keys version, preamble, common_rules, modes, request",
         ) from error
     missing = [mode for mode in LLM_MODES if mode not in modes]
     if missing:
@@ -239,22 +253,35 @@ def _assemble_prompts(
             file=where,
             fix=f"add an entry under 'modes' for each of: {', '.join(LLM_MODES)}",
         )
-    prompts = {}
+    specs = {}
     for mode in LLM_MODES:
         spec = modes[mode]
         rules = common_rules + [str(rule).strip() for rule in spec.get("rules", [])]
         numbered = "\n".join(f"{index}. {rule}" for index, rule in enumerate(rules, start=1))
-        text = "\n\n".join(
-            [
-                preamble,
-                str(spec["focus"]).strip(),
-                f"Rules:\n{numbered}",
-                str(spec["length"]).strip(),
-                output_format,
-            ]
+        parts = [preamble, str(spec["focus"]).strip(), f"Rules:\n{numbered}"]
+        if spec.get("length"):
+            parts.append(str(spec["length"]).strip())
+        try:
+            low, high = (int(count) for count in spec["pairs"])
+            answer_chars = int(spec["answer_chars"])
+        except (KeyError, TypeError, ValueError):
+            low = high = answer_chars = 0
+        if not 1 <= low <= high or answer_chars < 20:
+            raise InputFileError(
+                f"mode '{mode}' needs pairs: [least, most] (1 <= least <= most) and "
+                "answer_chars (>= 20)",
+                file=where,
+                record=mode,
+                fix="e.g. pairs: [3, 5] and answer_chars: 600",
+            )
+        specs[mode] = ModeSpec(
+            mode=mode,
+            body="\n\n".join(parts),
+            version=version,
+            pairs=(low, high),
+            answer_chars=answer_chars,
         )
-        prompts[mode] = ModePrompt(mode=mode, text=text, version=version)
-    return prompts, request_texts
+    return specs, request_texts
 
 
 def _parse_examples(data: dict[str, Any], where: str) -> tuple[InContextExample, ...]:

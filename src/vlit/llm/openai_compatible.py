@@ -47,6 +47,7 @@ import httpx
 
 from vlit.errors import ConfigError, LlmError
 from vlit.llm.base import ChatRequest, Choice, Completion
+from vlit.llm.response_format import ResponseFormatNegotiation
 
 if TYPE_CHECKING:
     from vlit.llm.config import LlmConfig
@@ -221,6 +222,7 @@ class OpenAICompatibleBackend:
         self.max_connections = max_connections
         self.http2 = importlib.util.find_spec("h2") is not None if http2 is None else http2
         self._jitter = random.Random(retry_seed)
+        self.response_format = ResponseFormatNegotiation()  # sent until refused under auto
         self._https = address.scheme == "https"
         self._clients: list[httpx.AsyncClient] = []
         self._next_client = 0
@@ -275,16 +277,27 @@ class OpenAICompatibleBackend:
     async def complete(self, request: ChatRequest) -> Completion:
         """One HTTP request (with retries): 1 to ``request.n`` choices, or ``RequestFailed``.
 
-        Without ``supports_n`` only rollout 0 is asked for (``n`` is not sent).
+        Without ``supports_n`` only rollout 0 is asked for (``n`` is not sent). A server that
+        refuses ``response_format`` (HTTP 400 naming it) under the setting ``auto`` is asked
+        again without it, and is never sent it again.
         """
         if not self.supports_n and request.n > 1:
             request = dataclasses.replace(request, n=1)
+        try:
+            completion = await self._send(self._payload(request))
+        except RequestFailed as failure:
+            if not self.response_format.falls_back(request.output, str(failure)):
+                raise
+            completion = await self._send(self._payload(request))
+        completion.choices = completion.choices[: request.n]
+        return completion
+
+    def _payload(self, request: ChatRequest) -> bytes:
         body = chat_request_body(
             request, model=self.model, token_limit_param=self.token_limit_param
         )
-        completion = await self._send(json.dumps(body).encode())
-        completion.choices = completion.choices[: request.n]
-        return completion
+        body.update(self.response_format.fields(request.output))
+        return json.dumps(body).encode()
 
     async def _send(self, payload: bytes) -> Completion:
         """POST ``payload`` to the chat URL, retrying transient failures; the parsed answer."""

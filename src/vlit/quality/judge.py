@@ -33,6 +33,7 @@ from typing import Any
 
 from vlit.clue import region_clue, visual_clue
 from vlit.errors import ConfigError
+from vlit.generate.schemas import read_verdict
 from vlit.llm.base import ChatRequest, LlmBackend, Message, Outcome
 from vlit.llm.journal import Journal, LlmJournal
 from vlit.llm.session import LlmSession
@@ -125,7 +126,14 @@ _REASON = re.compile(r"reason\s*[:=\-]\s*(.+)", re.IGNORECASE)
 
 
 def parse_verdict(text: str) -> tuple[str | None, str]:
-    """``("correct" | "incorrect" | None, reason)`` from one judge answer (None: unparseable)."""
+    """``("correct" | "incorrect" | None, reason)`` from one judge answer (None: unparseable).
+
+    The two-line answer the prompt asks for, or the verdict JSON shape of
+    ``vlit.generate.schemas`` (what a judge constrained to it writes).
+    """
+    structured = read_verdict(text)
+    if structured is not None:
+        return structured[0], structured[1][:300]
     match = _VERDICT.search(text) or _BARE_VERDICT.search(text.strip())
     reason_match = _REASON.search(text)
     reason = reason_match.group(1).strip() if reason_match else ""

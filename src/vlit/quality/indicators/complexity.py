@@ -36,6 +36,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
+from vlit.generate.schemas import read_complexity
 from vlit.llm.base import ChatRequest, Choice, Message, Outcome
 from vlit.quality.indicators.text import clean, conversation_text, dialogue, instructions
 from vlit.schema import ImageRecord, Sample
@@ -298,6 +299,9 @@ def expected_score(choice: Choice) -> tuple[float | None, str]:
         total = sum(weights.values())
         if total > 0:
             return sum(v * w for v, w in weights.items()) / total, "logprobs"
+    structured = read_complexity(choice.text)  # the complexity score's JSON shape
+    if structured is not None:
+        return float(structured), "json"
     match = re.search(r"\b(10|[1-9])\b", choice.text)
     if match:
         return float(match.group(1)), "text"
