@@ -138,3 +138,8 @@ def test_an_element_nested_past_the_limit_is_refused_naming_it(
         InputFileError, match=r"record 1.*nested 7 levels deep.*VLIT_MAX_JSON_DEPTH"
     ):
         list(iter_json_array(path, what="dataset", chunk_size=3))
+
+
+def test_lone_surrogates_become_replacement_characters_as_in_loads_json(tmp_path: Path) -> None:
+    path = _write(tmp_path, b'[{"text": "a\\ud800b"}, "\\udfff"]')
+    assert list(iter_json_array(path, what="dataset")) == [{"text": "a\ufffdb"}, "\ufffd"]

@@ -335,9 +335,10 @@ class _ArraySource:
                 self.fail(f"an element cannot be decoded ({error})")
             if self._may_go_on(end) and self._fill():
                 continue  # a number or literal may go on in the next chunk
-            check_depth(
-                self.buffer[self.position : end], file=self.path, what=self.what, record=self.count
-            )
+            text = self.buffer[self.position : end]
+            check_depth(text, file=self.path, what=self.what, record=self.count)
+            if _SURROGATE_ESCAPE.search(text):  # as `loads_json`: lone surrogates become U+FFFD
+                value = _replace_lone_surrogates(value)
             self.position = end
             self.count += 1
             return value
