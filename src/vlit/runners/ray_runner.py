@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vlit.errors import ConfigError
 from vlit.runners.base import DatasetIndicator, Resources, Stage
@@ -177,7 +178,12 @@ def run_stages_ray_on_files(
     if not inputs:
         return []
     sink = _count_sink(ray)
-    dataset = ray.data.read_parquet(list(inputs), schema=SAMPLE_SCHEMA)
+    # one block per file, read by a task in input order (Ray's own Parquet reader may list the
+    # files in another order)
+    files = ray.data.from_items(
+        [{"file": path} for path in inputs], override_num_blocks=len(inputs)
+    )
+    dataset = files.map_batches(_read_sample_files, batch_size=1, batch_format="pyarrow")
     # one CPU stays free for the tasks that read and write the files: a model stage holding
     # every CPU of a small cluster would leave them waiting forever
     dataset = _through_stages(ray, dataset, stages, sink, spare_cpus=1.0)
@@ -185,6 +191,14 @@ def run_stages_ray_on_files(
     _add_counts(ray, sink, stages)
     written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
     return sorted(written, key=lambda name: _task_and_part(name, prefix))
+
+
+def _read_sample_files(batch: pa.Table) -> pa.Table:
+    """The samples of the Parquet files named in ``batch``'s ``file`` column, in order."""
+    tables = [
+        pq.read_table(path, schema=SAMPLE_SCHEMA) for path in batch.column("file").to_pylist()
+    ]
+    return pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
 
 
 def files_fit_cluster(stages: Sequence[Stage], address: str | None = None) -> bool:
