@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -73,3 +74,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield from _flatten(value, prefix=f"{name}.")
         else:
             yield name, value
+
+
+TokenLimitParamOption = Annotated[
+    str,
+    typer.Option(
+        "--llm-token-limit-param",
+        help="Request field for the token limit: max_tokens or max_completion_tokens.",
+    ),
+]

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.progress import TaskID
 
 from vlit.chain import run_recipe
-from vlit.cli.common import console, emit_summary, progress_bar
+from vlit.cli.common import TokenLimitParamOption, console, emit_summary, progress_bar
 from vlit.errors import ConfigError
 from vlit.generate.generator import ProgressCallback
 from vlit.generate.stage import generate_run
@@ -53,13 +53,7 @@ def generate_command(
             "that environment variable. Never written to the run.",
         ),
     ] = None,
-    llm_token_limit_param: Annotated[
-        str,
-        typer.Option(
-            "--llm-token-limit-param",
-            help="Request field for the token limit: max_tokens or max_completion_tokens.",
-        ),
-    ] = "max_tokens",
+    llm_token_limit_param: TokenLimitParamOption = "max_tokens",
     n: Annotated[int, typer.Option("--n", help="Generations per prompt.")] = 5,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.8,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 1024,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vlit.cli.common import emit_summary, progress_bar, stage_rows
+from vlit.cli.common import TokenLimitParamOption, emit_summary, progress_bar, stage_rows
 from vlit.errors import ConfigError
 from vlit.llm.config import LlmConfig
 from vlit.llm.openai_compatible import TOKEN_LIMIT_PARAMS, parse_header
@@ -83,13 +83,7 @@ def score_command(
             "read from that environment variable. Never written to the run.",
         ),
     ] = None,
-    llm_token_limit_param: Annotated[
-        str,
-        typer.Option(
-            "--llm-token-limit-param",
-            help="Request field for the token limit: max_tokens or max_completion_tokens.",
-        ),
-    ] = "max_tokens",
+    llm_token_limit_param: TokenLimitParamOption = "max_tokens",
     no_grounding: Annotated[
         bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
     ] = False,
