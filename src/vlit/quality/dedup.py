@@ -17,6 +17,8 @@ import hashlib
 import re
 from collections.abc import Iterable
 
+import numpy as np
+
 from vlit.errors import ConfigError
 from vlit.schema import Sample
 
@@ -63,14 +65,16 @@ class DuplicateFinder:
 
     def find(self, samples: Iterable[Sample]) -> dict[int, list[str]]:
         """Flags per sample index (only duplicates appear). ``samples`` is read once, in order:
-        what is kept per sample is its text digest, image identity and MinHash signature."""
+        what is kept per sample is its text digest, image identity, MinHash values (4 bytes per
+        permutation) and LSH band keys."""
         from datasketch import MinHash, MinHashLSH
 
         flags: dict[int, list[str]] = {}
         first_by_hash: dict[bytes, int] = {}
         identities: list[str | None] = []
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        signatures: dict[int, MinHash] = {}
+        permutations = MinHash(num_perm=self.num_perm, seed=self.seed).permutations  # shared
+        signatures = _Signatures(self.num_perm)
         for index, sample in enumerate(samples):
             identities.append(image_identity(sample))
             text = normalised_conversation(sample)
@@ -80,16 +84,47 @@ class DuplicateFinder:
                 flags[index] = ["duplicate_exact", *_same_image(identities, index, original)]
                 continue
             first_by_hash[digest] = index
-            signature = MinHash(num_perm=self.num_perm, seed=self.seed)
+            signature = MinHash(
+                num_perm=self.num_perm,
+                seed=self.seed,
+                permutations=permutations,
+                scheme="affine32",
+            )
             signature.update_batch(list(shingles(text)))
-            candidates = [int(key) for key in lsh.query(signature)]
-            close = [c for c in candidates if signatures[c].jaccard(signature) >= self.threshold]
+            rows = [int(key) for key in lsh.query(signature)]
+            close = [
+                row
+                for row in rows
+                if signatures.jaccard(row, signature.hashvalues) >= self.threshold
+            ]
             if close:
-                original = min(close)
+                original = signatures.sample_index[min(close)]  # rows follow sample order
                 flags[index] = ["duplicate_near", *_same_image(identities, index, original)]
-            lsh.insert(str(index), signature)
-            signatures[index] = signature
+            lsh.insert(str(len(signatures)), signature)
+            signatures.append(signature.hashvalues, index)
         return flags
+
+
+class _Signatures:
+    """MinHash values of the samples seen, one row each in a growing uint32 matrix."""
+
+    def __init__(self, num_perm: int) -> None:
+        self.values = np.zeros((1024, num_perm), dtype=np.uint32)
+        self.sample_index: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.sample_index)
+
+    def append(self, hashvalues: np.ndarray, index: int) -> None:
+        row = len(self.sample_index)
+        if row == len(self.values):
+            self.values = np.concatenate([self.values, np.zeros_like(self.values)])
+        self.values[row] = hashvalues
+        self.sample_index.append(index)
+
+    def jaccard(self, row: int, hashvalues: np.ndarray) -> float:
+        """Estimated Jaccard similarity, as `MinHash.jaccard` computes it."""
+        return float(np.count_nonzero(self.values[row] == hashvalues)) / len(hashvalues)
 
 
 def _same_image(identities: list[str | None], index: int, original: int) -> list[str]:
