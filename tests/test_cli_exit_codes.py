@@ -164,8 +164,10 @@ def test_import_of_a_file_in_no_known_format_exits_2(
 
 def test_install_completion(tmp_path: Path) -> None:
     environment = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    # from a bash process, as a user types it (typer finds the shell among the ancestors; the
+    # trailing `exit` keeps bash from replacing itself with vlit)
     done = subprocess.run(
-        [sys.executable, "-m", "vlit", "--install-completion"],
+        ["bash", "-c", f'"{sys.executable}" -m vlit --install-completion; exit $?'],
         capture_output=True,
         text=True,
         env={**environment, "PYTHONPATH": _SRC},
