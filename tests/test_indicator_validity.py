@@ -121,7 +121,6 @@ def _demo_template_samples(folder: Path) -> list[Sample]:
     return [sample for record in records for sample in adapter.adapt(record)]
 
 
-@pytest.mark.slow
 def test_llava_slice_is_more_diverse_than_the_demo_templates(
     llava_slice: Path, embedder: Any, embedding_cache: Path, tmp_path: Path
 ) -> None:
