@@ -44,7 +44,6 @@ def build_tiny_llava(
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -81,18 +80,7 @@ def build_tiny_llava(
             image_size=image_size,
             patch_size=patch_size,
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        text_config=_tiny_llama_config(tokenizer, hidden_size),
         image_token_index=tokenizer.get_vocab()["<image>"],
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
@@ -185,6 +173,24 @@ def build_tiny_blip2(
     return folder
 
 
+def _tiny_llama_config(tokenizer: Any, hidden_size: int) -> Any:
+    """A two-layer Llama sized to ``tokenizer``, the language model of every tiny builder."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def _train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Any:
     """A byte-level BPE tokenizer trained on ``texts`` (offline, seconds)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -225,7 +231,7 @@ def build_tiny_openflamingo(
     import open_clip
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from vlit.evaluate.openflamingo import (
         CHECKPOINT_FILE,
@@ -278,18 +284,7 @@ def build_tiny_openflamingo(
         unk_token="<unk>",
         additional_special_tokens=[END_OF_CHUNK, MEDIA_TOKEN],
     )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = _tiny_llama_config(tokenizer, hidden_size)
     LlamaForCausalLM(config).save_pretrained(lm)
     tokenizer.save_pretrained(lm)
     spec = {
