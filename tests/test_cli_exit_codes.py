@@ -189,3 +189,31 @@ def test_install_completion(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.stdout.split() == ["export"]
+
+
+def test_progress_shows_the_total_and_time_left_from_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from vlit.cli import common
+    from vlit.schema import Sample, Turn
+
+    run = RunDir(tmp_path / "run")
+    samples = [
+        Sample(sample_id=f"s{i}", turns=[Turn("user", "q"), Turn("assistant", "a")])
+        for i in range(7)
+    ]
+    run.write_samples("samples", samples)
+    assert common.stage_rows(run, "samples") == 7 and common.stage_rows(run, "scores") is None
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=screen, force_terminal=True, width=120))
+    list(
+        common.track(
+            run.read_samples("samples"), "exporting", total=common.stage_rows(run, "samples")
+        )
+    )
+    shown = screen.getvalue()
+    assert "7/7" in shown and "-:--:--" not in shown.split("7/7")[-1]  # a total, then an ETA
