@@ -7,10 +7,10 @@ exponential backoff and seeded jitter, honouring ``retry-after-ms``, ``Retry-Aft
 ``x-should-retry``; configuration errors (401, 403, 404, 400) fail at once with a message that
 says what to change.
 
-The transport is one ``httpx.AsyncClient`` per event loop (``trust_env``: ``HTTPS_PROXY``,
-``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` work as
-usual; HTTP/2 over TLS when the ``h2`` package is installed, ``pip install "vlit[http2]"``), with
-as many keep-alive connections as requests in flight. Without ``SSL_CERT_FILE`` the server's
+The transport is ``httpx.AsyncClient`` (``trust_env``: ``HTTPS_PROXY``, ``HTTP_PROXY``,
+``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` work as usual; HTTP/2 over
+TLS when the ``h2`` package is installed, ``pip install "vlit[http2]"``): one client per request
+in flight, each keeping its one connection alive between requests. Without ``SSL_CERT_FILE`` the server's
 certificate is checked against certifi's CA bundle.
 
 ``base_url`` is kept whole: ``https://NAME.openai.azure.com/openai/deployments/D?api-version=V``
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY_CHARS = 300
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-CONNECTIONS_PER_CLIENT = 8
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 TokenLimitParam = Literal["max_tokens", "max_completion_tokens"]
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -201,6 +200,7 @@ class OpenAICompatibleBackend:
             urllib.parse.urlunsplit(address._replace(path=address.path.rstrip("/") + endpoint))
             for endpoint in ("/chat/completions", "/models")
         )
+        self._chat_address = httpx.URL(self.chat_url)  # parsed once, not per request
         self.model = model
         self.api_key_env = api_key_env
         self.headers = dict(headers or {})
@@ -225,7 +225,7 @@ class OpenAICompatibleBackend:
         self.response_format = ResponseFormatNegotiation()  # sent until refused under auto
         self._https = address.scheme == "https"
         self._clients: list[httpx.AsyncClient] = []
-        self._next_client = 0
+        self._idle_clients: list[httpx.AsyncClient] = []
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._ssl: ssl.SSLContext | None = None
         self._secrets: list[str] = []
@@ -270,6 +270,7 @@ class OpenAICompatibleBackend:
 
     async def aclose(self) -> None:
         clients, self._clients, self._client_loop = self._clients, [], None
+        self._idle_clients = []
         for client in clients:
             await client.aclose()
 
@@ -327,10 +328,10 @@ class OpenAICompatibleBackend:
                 return completion
 
     async def _attempt(self, payload: bytes) -> Completion:
-        client = self._get_client()
+        client = self._take_client()
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with client.stream("POST", self.chat_url, content=payload) as response:
+                async with client.stream("POST", self._chat_address, content=payload) as response:
                     status, headers = response.status_code, response.headers
                     body = await self._read_capped(response, status)
         except TimeoutError:
@@ -345,6 +346,9 @@ class OpenAICompatibleBackend:
             raise _Retryable(
                 f"connection error ({type(error).__name__}: {error or 'no detail'})"
             ) from None
+        finally:
+            if not client.is_closed:
+                self._idle_clients.append(client)
         if status == 200:
             return self._parse(body)
         detail = self._redact(body.decode("utf-8", errors="replace")[:MAX_ERROR_BODY_CHARS])
@@ -422,22 +426,23 @@ class OpenAICompatibleBackend:
         )
 
     # -- helpers ------------------------------------------------------------------------------
-    def _get_client(self) -> httpx.AsyncClient:
-        """A client of the running loop, taken in turn from a few.
+    def _take_client(self) -> httpx.AsyncClient:
+        """A client of the running loop that no other request is using (given back after).
 
-        httpcore's pool looks at every connection it holds for each request (each look costs
-        ~0.1 ms of CPU), so one client with 64 connections spends ~6 ms of CPU per request;
-        clients of at most ``CONNECTIONS_PER_CLIENT`` connections each keep that small.
-        Connections belong to one loop: a new loop (a new ``asyncio.run``) gets new clients,
-        which read the key and headers again.
+        httpcore's pool looks at every connection it holds, and checks each idle one's socket,
+        whenever a request starts or ends: one client of 64 connections spent ~6 ms of CPU per
+        request on that. A client per request in flight, with its one keep-alive connection,
+        makes that look a single one. Connections belong to one loop: a new loop (a new
+        ``asyncio.run``) gets new clients, which read the key and headers again.
         """
         loop = asyncio.get_running_loop()
-        if not self._clients or self._client_loop is not loop:
-            count = -(-max(self.max_connections, 1) // CONNECTIONS_PER_CLIENT)
-            self._clients = [self._new_client() for _ in range(count)]
-            self._client_loop = loop
-        self._next_client = (self._next_client + 1) % len(self._clients)
-        return self._clients[self._next_client]
+        if self._client_loop is not loop:
+            self._clients, self._idle_clients, self._client_loop = [], [], loop
+        if self._idle_clients:
+            return self._idle_clients.pop()
+        client = self._new_client()
+        self._clients.append(client)
+        return client
 
     def _new_client(self) -> httpx.AsyncClient:
         headers = {"User-Agent": "vlit", "Content-Type": "application/json"}
@@ -451,10 +456,9 @@ class OpenAICompatibleBackend:
             secrets.append(headers[name])
         self._secrets = [secret for secret in secrets if len(secret) >= 4]
         limits = httpx.Limits(
-            # No cap of its own: the session bounds the requests in flight, and a request
-            # waiting here for a connection would spend its timeout waiting.
+            # One request at a time uses a client (see _take_client).
             max_connections=None,
-            max_keepalive_connections=CONNECTIONS_PER_CLIENT,
+            max_keepalive_connections=1,
             keepalive_expiry=30.0,
         )
         return httpx.AsyncClient(
