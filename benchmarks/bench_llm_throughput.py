@@ -10,12 +10,14 @@ requests. The journal's cost is shown two ways: extra client CPU per request of 
 run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
 on a shared machine the other processes' load lowers the percentages.
 
-``--old-src DIR`` also runs the session (journal off) with the vlit package found in ``DIR``
-(say an older version: ``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``)
-in a child process against the same endpoint, right after the current one, and prints both.
+``--old-src DIR`` also compares this vlit with the one found in ``DIR`` (say an older version:
+``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``): each runs the session
+(journal off) in a child process of its own against the same endpoint, the two alternating
+``--repeat`` times; a second table shows, for each, the median throughput as a share of C/L and
+the median client CPU milliseconds per request.
 
 Run:  .venv/bin/python benchmarks/bench_llm_throughput.py [--latency-ms 50] [--seconds 2.0]
-      [--old-src DIR]
+      [--old-src DIR [--repeat 3]]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,10 +166,11 @@ def journal_microseconds(directory: Path, count: int) -> float:
     return elapsed / count * 1e6
 
 
-def old_stack_run(
-    endpoint: Endpoint, source: str, count: int, concurrency: int, tag: str
+def child_run(
+    endpoint: Endpoint, source: str | None, count: int, concurrency: int, tag: str
 ) -> Timing:
-    """``timed_run`` (journal off) with the vlit package in ``source``, in a child process."""
+    """``timed_run`` (journal off) in a child process, with the vlit package in ``source``
+    (``None``: this one)."""
     server_cpu_started = endpoint.cpu_s()
     done = subprocess.run(
         [sys.executable, __file__, "--child-url", endpoint.url, "--child-count", str(count)]
@@ -174,7 +178,7 @@ def old_stack_run(
         capture_output=True,
         text=True,
         check=True,
-        env=os.environ | {"PYTHONPATH": source},
+        env=os.environ if source is None else os.environ | {"PYTHONPATH": source},
     )
     elapsed, cpu = (float(value) for value in done.stdout.split())
     return Timing(elapsed, cpu, endpoint.cpu_s() - server_cpu_started, count)
@@ -186,6 +190,7 @@ def child(url: str, count: int, concurrency: int, tag: str) -> None:
         base_url=url, model="bench-model", max_connections=concurrency
     )
     session = LlmSession(backend, concurrency=concurrency)
+    session.run(requests_for(8, f"{tag}-warmup"))  # imports done, as for timed_run's warmup
     requests = requests_for(count, tag)
     started, cpu_started = time.perf_counter(), time.process_time()
     outcomes = session.run(requests)
@@ -200,6 +205,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="ideal duration per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--old-src", help="a src/ folder of another vlit to compare with")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each stack with --old-src")
     parser.add_argument("--child-url", help=argparse.SUPPRESS)
     parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-tag", help=argparse.SUPPRESS)
@@ -208,7 +214,7 @@ def main() -> None:
         child(args.child_url, args.child_count, args.concurrency[0], args.child_tag)
         return
     latency = args.latency_ms / 1000
-    olds = []
+    compared: list[tuple[int, int, float, dict[str | None, list[Timing]]]] = []
 
     load_before = os.getloadavg()
     endpoint = Endpoint(args.latency_ms)
@@ -229,8 +235,12 @@ def main() -> None:
             assert replay.requests_sent == 0
             rows.append((concurrency, count, ideal, base, off, on, replay))
             if args.old_src:
-                old = old_stack_run(endpoint, args.old_src, count, concurrency, f"old{concurrency}")
-                olds.append((concurrency, count, ideal, off, old))
+                runs: dict[str | None, list[Timing]] = {None: [], args.old_src: []}
+                for turn in range(args.repeat):
+                    for source, timings in runs.items():
+                        tag = f"{'old' if source else 'new'}{concurrency}-{turn}"
+                        timings.append(child_run(endpoint, source, count, concurrency, tag))
+                compared.append((concurrency, count, ideal, runs))
         micro = journal_microseconds(directory, 3000)
     endpoint.stop()
     load_after = os.getloadavg()
@@ -269,14 +279,18 @@ def main() -> None:
     print(
         f"journal overhead per request: {overhead}; lookup + commit timed directly: {micro:.0f} µs"
     )
-    for concurrency, count, ideal, off, old in olds:
+    if compared:
         print(
-            f"C={concurrency}: this stack {count / off.elapsed_s:.0f} req/s "
-            f"({count / off.elapsed_s / ideal:.0%} of C/L), {off.cpu_s / count * 1e3:.2f} ms CPU "
-            f"per request; {args.old_src}: {count / old.elapsed_s:.0f} req/s "
-            f"({count / old.elapsed_s / ideal:.0%}), {old.cpu_s / count * 1e3:.2f} ms CPU per "
-            f"request (journal off, same endpoint, run right after)"
+            f"\nThis vlit against {args.old_src}: each in a child process, journal off, same "
+            f"endpoint, alternating; medians of {args.repeat} runs"
         )
+        print(f"{'C':>3} {'requests':>8} | {'stack':<28} {'% of C/L':>8} {'CPU ms/request':>14}")
+    for concurrency, count, ideal, runs in compared:
+        for source, timings in runs.items():
+            share = statistics.median(count / timing.elapsed_s / ideal for timing in timings)
+            cpu_ms = statistics.median(timing.cpu_s / count * 1e3 for timing in timings)
+            name = "this vlit" if source is None else source
+            print(f"{concurrency:>3} {count:>8} | {name:<28} {share:>8.0%} {cpu_ms:>14.2f}")
     print(
         "load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f} "
         "on {} cores".format(*load_before, *load_after, os.cpu_count())
