@@ -10,14 +10,15 @@ requests. The journal's cost is shown two ways: extra client CPU per request of 
 run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
 on a shared machine the other processes' load lowers the percentages.
 
-``--old-src DIR`` also compares this vlit with the one found in ``DIR`` (say an older version:
-``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``): each runs the session
+``--old-src DIR [DIR ...]`` also compares this vlit with the ones found in each ``DIR`` (say an
+older version: ``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``): each runs
+the session
 (journal off) in a child process of its own against the same endpoint, the two alternating
 ``--repeat`` times; a second table shows, for each, the median throughput as a share of C/L and
 the median client CPU milliseconds per request.
 
 Run:  .venv/bin/python benchmarks/bench_llm_throughput.py [--latency-ms 50] [--seconds 2.0]
-      [--old-src DIR [--repeat 3]]
+      [--old-src DIR [DIR ...] [--repeat 3]]
 """
 
 from __future__ import annotations
@@ -204,7 +205,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=2.0, help="ideal duration per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--old-src", help="a src/ folder of another vlit to compare with")
+    parser.add_argument(
+        "--old-src", nargs="+", default=[], help="src/ folders of other vlits to compare with"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each stack with --old-src")
     parser.add_argument("--child-url", help=argparse.SUPPRESS)
     parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
@@ -235,7 +238,8 @@ def main() -> None:
             assert replay.requests_sent == 0
             rows.append((concurrency, count, ideal, base, off, on, replay))
             if args.old_src:
-                runs: dict[str | None, list[Timing]] = {None: [], args.old_src: []}
+                runs: dict[str | None, list[Timing]] = {None: []}
+                runs.update((source, []) for source in args.old_src)
                 for turn in range(args.repeat):
                     for source, timings in runs.items():
                         tag = f"{'old' if source else 'new'}{concurrency}-{turn}"
@@ -281,8 +285,8 @@ def main() -> None:
     )
     if compared:
         print(
-            f"\nThis vlit against {args.old_src}: each in a child process, journal off, same "
-            f"endpoint, alternating; medians of {args.repeat} runs"
+            f"\nThis vlit against {', '.join(args.old_src)}: each in a child process, journal "
+            f"off, same endpoint, alternating; medians of {args.repeat} runs"
         )
         print(f"{'C':>3} {'requests':>8} | {'stack':<28} {'% of C/L':>8} {'CPU ms/request':>14}")
     for concurrency, count, ideal, runs in compared:
