@@ -83,16 +83,20 @@ _EXACT = {"only", "just", "exactly", "single"}
 _DEFINITE = {"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "our",
              "your", "both", "each", "every"}  # fmt: skip
 _MODALS = {"should", "must", "ought", "could", "might", "may", "would"}
+_HEDGES = {"could", "might", "may"}  # modals of possibility: they hedge, they do not advise
 _CONDITIONAL_MARKS = {"if", "unless", "whether"}
 _GENERIC = re.compile(r"\b(like|such as) (this|these|that|those)\b", re.IGNORECASE)
 _PAST_TIME = {"ago", "earlier", "previously", "once", "yesterday", "last", "before", "formerly"}
 _EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spot", "notice",
                     "find", "feature", "depict", "have", "there", "visible"}  # fmt: skip
 _EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
+_QUANTIFIER_DEPS = ("det", "neg", "amod", "preconj")
+_MISSING = {"missing", "gone", "absent"}
 _NEGATIVE_SUBJECTS = {"neither", "none", "nobody", "nothing", "noone"}
 _PERSON_PRONOUNS = {"he", "she", "they", "i", "we", "you", "someone", "somebody", "everyone",
                     "nobody", "anyone", "who"}  # fmt: skip
 _CONTRAST = {"only", "just", "but", "except", "instead"}
+_SCENE_WORDS = {"image", "picture", "photo", "photograph", "scene", "view", "shot", "frame"}
 
 _EXISTENTIAL_QUESTION = re.compile(
     r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|"
@@ -198,12 +202,40 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
     if _RELATION_QUESTION.search(question.text) or any(
         child.dep_ in ("acl", "relcl") for child in target.head.children
     ):
-        return []  # "No" to "Is there a person riding the motorcycle?" denies the riding
+        # "No" to "Is there a person riding the motorcycle?" denies the riding, not the
+        # motorcycle the question takes as given
+        return [
+            Mention(c.category, c.kind, c.span.text, "present", _PRESUPPOSED)
+            for c in asked
+            if c is not target and _definite(c.head)
+        ]
+    asked_for = existence_target(question)
+    if asked_for is None or not (
+        target.span.start <= asked_for.i < target.span.end or target.head in asked_for.conjuncts
+    ):
+        return []  # "Is there a mirror above the sink?": the sink is not what is asked about
     denied = [target] + [c for c in asked[1:] if c.head in target.head.conjuncts]
     return [
         Mention(c.category, c.kind, c.span.text, "absent", "'No' to an existence question")
         for c in denied
     ]
+
+
+_PRESUPPOSED = "'No' to a relation question: its definite object is taken as given"
+
+
+def existence_target(question: Doc) -> Token | None:
+    """The noun whose existence a question asks about: "mirror" in "Is there a mirror above
+    the sink?", "laptop" in "Does the image contain a laptop?" (the first noun that is not
+    the picture itself)."""
+    for token in question:
+        if token.lower_ in _SCENE_WORDS:
+            continue
+        if token.pos_ in ("NOUN", "PROPN") or (
+            token.pos_ == "PRON" and token.dep_ != "expl" and token.lower_ not in ("you", "i", "we")
+        ):
+            return token
+    return None
 
 
 # --- finding the words ------------------------------------------------------------------
@@ -301,14 +333,15 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
         and (head.lower_ in _BEFORE_OF or lemma in _BEFORE_OF)
     ):
         return "sense: a group or part noun before 'of' ('a couple of boats')"
-    context = _CONTEXT_EXCLUSIONS.get(lemma)
+    context = _CONTEXT_EXCLUSIONS.get(lemma) if len(candidate.span) == 1 else None
     if context and any(t.lower_ in context for t in head.sent if t.i != head.i):
         return f"sense: '{lemma}' in this context ('wooden ties')"
     in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
     animals = {o.category for o in in_sentence if o.category in _ANIMALS}
     if candidate.category == "person" and lemma in _KIN:
-        if any(c.lower_ == "its" for c in head.children) or (
-            animals and not any(o.category == "person" for o in in_sentence)
+        possessed = [c for c in head.children if c.dep_ == "poss"]
+        if any(c.lower_ == "its" for c in possessed) or (
+            possessed and animals and not any(o.category == "person" for o in in_sentence)
         ):
             return "sense: a kin word for an animal ('its mother')"
     if lemma in _YOUNG and animals - {candidate.category}:
@@ -350,6 +383,8 @@ def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
     if outer is None:
         return None
     lemma = outer.lemma_.lower()
+    if _verb_read_as_noun(outer):
+        return True, "compound: counted (the head is the sentence's verb: 'A herder shelters')"
     if lemma in _KEEP_MODIFIER or outer.lower_ in _KEEP_MODIFIER:
         return True, "compound: counted (the vehicle of a driver or rider)"
     if candidate.category in _ANIMALS and (lemma in _KIN or lemma in _YOUNG):
@@ -361,6 +396,17 @@ def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
     return True, _COUNTED
 
 
+def _verb_read_as_noun(token: Token) -> bool:
+    """A sentence's root read as a noun in a sentence with no verb at all, followed by a
+    preposition or the end ("A cow herder shelters under ..."): it is the verb."""
+    if token.dep_ != "ROOT" or token.tag_ not in ("NNS", "VBZ"):
+        return False
+    if any(t.pos_ in ("VERB", "AUX") for t in token.sent):
+        return False
+    after = token.doc[token.i + 1] if token.i + 1 < len(token.doc) else None
+    return after is None or after.pos_ in ("ADP", "PUNCT", "ADV", "DET")
+
+
 def _names_object_in_compound(candidate: _Candidate) -> bool:
     found = compound_rule(candidate)
     return found is None or found[0]
@@ -370,19 +416,47 @@ def _names_object_in_compound(candidate: _Candidate) -> bool:
 
 
 def _claim(candidate: _Candidate) -> tuple[Claim, str]:
-    reason = non_claim_rule(candidate)
+    hedged = hedge_rule(candidate)
+    reason = non_claim_rule(candidate, hedged=hedged is not None)
     if reason is not None:
         return "none", reason
-    return negation_rule(candidate)
+    claim, rule = negation_rule(candidate)
+    return claim, hedged if hedged is not None and claim == "present" else rule
 
 
-def non_claim_rule(candidate: _Candidate) -> str | None:
-    """Hypotheticals, advice, generic statements, examples and past causes claim nothing."""
+def hedge_rule(candidate: _Candidate) -> str | None:
+    """A modal that hedges what is in the picture still claims it: "a dog might be hiding",
+    "there may be a cat", "it could be a dog"; so does one whose subject is a definite
+    object of the picture ("the toilet could use a cleaning"). None for other modals."""
+    head = candidate.head
+    verb = _clause_verb(_first_conjunct(head))
+    if verb is None:
+        return None
+    modal = next((c for c in verb.children if c.dep_ == "aux" and c.lower_ in _HEDGES), None)
+    if modal is None:
+        return None
+    progressive = verb.tag_ == "VBG" and any(c.lemma_ == "be" for c in verb.children)
+    if verb.lemma_ == "be" or progressive:
+        return f"present: hedged ('{modal.lower_} be')"
+    if head.dep_ == "nsubj" and head.head == verb and _definite(head):
+        return f"present: definite subject of '{modal.lower_}'"
+    return None
+
+
+def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None:
+    """Hypotheticals, advice, generic statements, examples, purposes and past causes claim
+    nothing (``hedged``: the mention's own modal only hedges, see ``hedge_rule``)."""
     head = candidate.head
     sent = head.sent
+    own_verb = _clause_verb(_first_conjunct(head)) if hedged else None
     for ancestor in [head, *head.ancestors]:
         for child in ancestor.children:
-            if child.dep_ == "aux" and child.lower_ in _MODALS and not _seen(ancestor):
+            if (
+                child.dep_ == "aux"
+                and child.lower_ in _MODALS
+                and not _seen(ancestor)
+                and ancestor != own_verb
+            ):
                 return f"no claim: '{child.lower_}' (hypothetical or advice)"
             if child.dep_ == "mark" and child.lower_ in _CONDITIONAL_MARKS:
                 return f"no claim: '{child.lower_}' clause (hypothetical)"
@@ -407,7 +481,24 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
         return "no claim: a kind given by examples ('plants such as ferns')"
     if _past_cause(candidate):
         return "no claim: a past event ('hit by a car')"
+    if _purpose(head):
+        return "no claim: who something is for ('clean for the guests to use')"
     return None
+
+
+def _purpose(head: Token) -> bool:
+    """Whether a noun names who something is meant for: the subject of "for ... to use", or
+    the object of "for" after an adjective ("best suited for one cook, not for families")."""
+    verb = head.head
+    if head.dep_ == "nsubj" and any(c.dep_ == "mark" and c.lower_ == "for" for c in verb.children):
+        return True
+    token = _first_conjunct(head)
+    while token.dep_ == "pobj" and token.head.lower_ == "for":
+        owner = token.head.head
+        if owner.pos_ == "ADJ" or owner.tag_ == "VBN":
+            return True
+        token = _first_conjunct(owner)  # "for one cook, not for families": up to the cook
+    return False
 
 
 def _seen(verb: Token) -> bool:
@@ -451,6 +542,8 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
         return "absent", "absent: 'without'"
     if first.head.lower_ == "of" and first.head.head.lower_ in ("empty", "free", "devoid"):
         return "absent", f"absent: '{first.head.head.lower_} of'"
+    if _said_missing(first):
+        return "absent", "absent: said to be missing or removed"
     verb = _clause_verb(first)
     quantifier = _negative_quantifier(candidate, first)
     if quantifier is not None:
@@ -472,6 +565,16 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     return "none", "no claim: indefinite object of a negated relation"
 
 
+def _said_missing(token: Token) -> bool:
+    """The subject of "is missing", "is gone", "has been removed"."""
+    if token.dep_ not in ("nsubj", "nsubjpass"):
+        return False
+    verb = token.head
+    words = {verb.lower_} | {c.lower_ for c in verb.children if c.dep_ == "acomp"}
+    removed = token.dep_ == "nsubjpass" and verb.lemma_.lower() == "remove"
+    return removed or bool(words & _MISSING)
+
+
 def _first_conjunct(token: Token) -> Token:
     while token.dep_ == "conj" and token.head != token:
         token = token.head
@@ -491,12 +594,14 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     head = candidate.head
     for token in (head, first):
         for child in token.children:
-            if child.lower_ in ("no", "zero", "neither") and child.dep_ in ("det", "neg", "amod"):
+            if child.lower_ in ("no", "zero", "neither") and child.dep_ in _QUANTIFIER_DEPS:
                 return child.lower_
-            if child.dep_ == "neg" or child.lower_ == "not":
+            if (child.dep_ == "neg" or child.lower_ == "not") and child.i < token.i:
                 return "not"
         if token.head.lower_ in ("neither", "none") and token.head.i < token.i:
             return token.head.lower_
+        if _not_before(token):
+            return "not"
     start = candidate.span[0].i
     before = [t.lower_ for t in head.doc[max(start - 3, 0) : start]]
     if "not" in before and any(w in ("a", "one", "any", "single") for w in before):
@@ -506,11 +611,28 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     return None
 
 
+def _not_before(token: Token) -> bool:
+    """A "not" right before the noun phrase that belongs to another noun: "sacks, not
+    backpacks", "an elephant, not a horse" (not the "not" of a verb)."""
+    edge = token.left_edge.i
+    if edge == 0:
+        return False
+    before = token.doc[edge - 1]
+    return before.lower_ == "not" and before.head.pos_ in ("NOUN", "PROPN")
+
+
 def _negated(verb: Token) -> bool:
+    """Whether a verb is negated: by "not", or by a subject that is ("nobody", "neither
+    chef", "no dog")."""
     for child in verb.children:
         if child.dep_ == "neg":
             return True
-        if child.dep_ in ("nsubj", "nsubjpass") and child.lower_ in _NEGATIVE_SUBJECTS:
+        if child.dep_ in ("nsubj", "nsubjpass") and (
+            child.lower_ in _NEGATIVE_SUBJECTS
+            or any(
+                g.dep_ in _QUANTIFIER_DEPS and g.lower_ in ("no", "neither") for g in child.children
+            )
+        ):
             return True
         if child.dep_ in ("aux", "auxpass") and any(c.dep_ == "neg" for c in child.children):
             return True
@@ -570,6 +692,11 @@ def exact_number(head: Token) -> int | None:
     numbers = [c for c in head.children if c.dep_ == "nummod"] + _number_before(head)
     if any(c.dep_ == "amod" and c.lower_ == "single" for c in head.children):
         return 1
+    if _a_pair_of(head) or (
+        head.tag_ == "NNS"
+        and any(c.dep_ in ("det", "predet") and c.lower_ == "both" for c in head.children)
+    ):
+        return 2  # "a pair of trucks", "both dogs"
     for child in numbers:
         text = child.lower_.replace(",", "")
         value = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
@@ -585,6 +712,13 @@ def exact_number(head: Token) -> int | None:
                 return None  # "one dog sits on the mat": one of them, not a total
         return value
     return None
+
+
+def _a_pair_of(head: Token) -> bool:
+    if head.dep_ != "pobj" or head.head.lower_ != "of":
+        return False
+    pair = head.head.head
+    return pair.lower_ == "pair" and any(c.lower_ in ("a", "one") for c in pair.children)
 
 
 def _number_before(head: Token) -> list[Token]:
