@@ -92,6 +92,7 @@ _EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spo
 _EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
 _QUANTIFIER_DEPS = ("det", "neg", "amod", "preconj")
 _MISSING = {"missing", "gone", "absent"}
+_NO_DET = ("no", "neither")
 _NEGATIVE_SUBJECTS = {"neither", "none", "nobody", "nothing", "noone"}
 _PERSON_PRONOUNS = {"he", "she", "they", "i", "we", "you", "someone", "somebody", "everyone",
                     "nobody", "anyone", "who"}  # fmt: skip
