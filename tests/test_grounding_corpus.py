@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from grounding_corpus import CHECKS, coco_records, corpus_samples, load_corpus, score
 from vlit.quality.grounding import AnnotationGrounding, asked_objects, find_mentions
-from vlit.quality.grounding.vocabulary import COCO_SYNONYMS
+from vlit.quality.grounding.vocabulary import COCO_SYNONYMS, lookup_phrase
 from vlit.schema import ImageRecord, Sample, Turn
 
 pytestmark = pytest.mark.model  # loads the real spaCy pipeline
@@ -204,3 +204,114 @@ def test_property_counts_and_absence_follow_the_annotations(
 
 def test_a_modal_of_sight_still_claims(stage: AnnotationGrounding) -> None:
     assert claims(stage, "A giraffe could be seen in the distance.")["giraffe"][0] == "present"
+
+
+def test_a_not_negates_the_noun_phrase_it_stands_before(stage: AnnotationGrounding) -> None:
+    found = claims(stage, "They are carrying sacks, not backpacks.")
+    assert found["backpack"][0] == "none"
+    found = claims(stage, "The animal the man is riding is an elephant, not a horse.")
+    assert found["elephant"][0] == "present" and found["horse"][0] == "none"
+    assert claims(stage, "There is a sink, not a toilet.")["toilet"][0] == "absent"
+
+
+def test_a_negative_subject_negates_its_verb(stage: AnnotationGrounding) -> None:
+    found = claims(stage, "Neither chef is holding a spoon.")
+    assert found["person"][0] == "present" and found["spoon"][0] == "none"
+    found = claims(stage, "Neither a toilet nor a sink can be seen.")
+    assert found["toilet"][0] == "absent" and found["sink"][0] == "absent"
+
+
+def test_a_no_denies_what_the_question_asks_existence_of(stage: AnnotationGrounding) -> None:
+    assert stage.nlp is not None
+    nlp = stage.nlp
+    assert asked_objects(nlp("Is there a mirror above the sink?"), "No.", []) == []
+    [laptop] = asked_objects(nlp("Does the image contain a laptop?"), "No.", [])
+    assert (laptop.category, laptop.claim) == ("laptop", "absent")
+    [toilet] = asked_objects(nlp("Is there a bathtub and a toilet?"), "No.", [])
+    assert (toilet.category, toilet.claim) == ("toilet", "absent")
+
+
+@pytest.mark.parametrize(
+    "text, category",
+    [
+        ("A dog might be hiding under the bench.", "dog"),
+        ("There may be a cat behind the door.", "cat"),
+        ("It could be a dog.", "dog"),
+        ("The toilet could use a good cleaning.", "toilet"),
+    ],
+)
+def test_a_hedge_still_claims(stage: AnnotationGrounding, text: str, category: str) -> None:
+    claim, rule = claims(stage, text)[category]
+    assert claim == "present" and ("hedged" in rule or "definite subject" in rule), rule
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "You could put a plant by the window.",
+        "A vase would look nice on the table.",
+        "The bathroom is clean for the guests to use.",
+        "Galley kitchens are best suited for one cook, not for families.",
+        "The kitchen is big enough for two people.",
+    ],
+)
+def test_advice_and_purposes_claim_nothing(stage: AnnotationGrounding, text: str) -> None:
+    found = claims(stage, text)
+    assert found and all(claim == "none" for claim, _ in found.values()), found
+
+
+def test_missing_or_removed_is_absent(stage: AnnotationGrounding) -> None:
+    assert claims(stage, "The sink has been removed.")["sink"][0] == "absent"
+    assert claims(stage, "One cup is missing from the set.")["cup"][0] == "absent"
+    assert claims(stage, "The seat of the toilet is missing.")["toilet"][0] == "present"
+
+
+def test_a_pair_and_both_count_two(stage: AnnotationGrounding) -> None:
+    assert stage.nlp is not None
+    [trucks] = find_mentions(stage.nlp("There is a pair of trucks at the corner."))
+    assert trucks.number == 2
+    [dogs] = find_mentions(stage.nlp("Both dogs look up at the camera."))
+    assert dogs.number == 2
+
+
+def test_a_fixed_phrase_is_not_excluded_by_its_own_words(stage: AnnotationGrounding) -> None:
+    assert claims(stage, "The truck bed is loaded with bags.")["truck"][0] == "present"
+    assert "bed" not in claims(stage, "The truck bed is loaded with bags.")
+
+
+def test_a_root_verb_read_as_a_noun_keeps_its_subject(stage: AnnotationGrounding) -> None:
+    found = claims(stage, "A cow herder shelters under a floral umbrella.")
+    assert found["person"][0] == "present" and found["umbrella"][0] == "present"
+
+
+def test_a_pronoun_is_a_person_unless_it_stands_for_an_animal(stage: AnnotationGrounding) -> None:
+    assert "person" not in claims(stage, "The cat is curled up on the sofa; she looks calm.")
+    assert claims(stage, "The only animal is the cat she is holding.")["person"][0] == "present"
+    assert claims(stage, "A woman holds a cat; she smiles.")["person"][0] == "present"
+
+
+def test_a_kin_word_is_an_animal_only_when_possessed(stage: AnnotationGrounding) -> None:
+    found = claims(stage, "There is no dog; the baby is lying beside a stuffed bear.")
+    assert found["person"][0] == "present" and found["dog"][0] == "absent"
+    assert set(claims(stage, "A baby elephant walks beside its mother.")) == {"elephant"}
+
+
+@pytest.mark.parametrize(
+    "word, category",
+    [
+        ("sedan", "car"), ("suv", "car"), ("pickup", "truck"), ("fire engine", "truck"),
+        ("puppy", "dog"), ("kitten", "cat"), ("tabby", "cat"), ("stallion", "horse"),
+        ("pony", "horse"), ("calf", "cow"), ("lamb", "sheep"), ("jetliner", "airplane"),
+        ("airliner", "airplane"), ("yacht", "boat"), ("canoe", "boat"), ("kayak", "boat"),
+        ("skateboarder", "person"), ("surfer", "person"), ("pedestrian", "person"),
+        ("toddler", "person"), ("vendor", "person"), ("laborer", "person"),
+        ("policemen", "person"), ("passersby", "person"), ("cellphone", "cell phone"),
+        ("smartphone", "cell phone"), ("notebook computer", "laptop"), ("sofa", "couch"),
+        ("armchair", "chair"), ("stool", "chair"), ("monitor", "tv"), ("television", "tv"),
+        ("fridge", "refrigerator"), ("microwave oven", "microwave"), ("doughnut", "donut"),
+        ("hot dog", "hot dog"), ("sub sandwich", "sandwich"), ("wiimote", "remote"),
+    ],
+)  # fmt: skip
+def test_vocabulary_names_common_synonyms_and_role_nouns(word: str, category: str) -> None:
+    found = lookup_phrase(word)
+    assert found is not None and found[0] == category

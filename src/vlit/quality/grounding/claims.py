@@ -337,6 +337,8 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     context = _CONTEXT_EXCLUSIONS.get(lemma) if len(candidate.span) == 1 else None
     if context and any(t.lower_ in context for t in head.sent if t.i != head.i):
         return f"sense: '{lemma}' in this context ('wooden ties')"
+    if candidate.pronoun and _animal_antecedent(candidate, others):
+        return "sense: a pronoun for the animal named before ('the cat ... she')"
     in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
     animals = {o.category for o in in_sentence if o.category in _ANIMALS}
     if candidate.category == "person" and lemma in _KIN:
@@ -348,6 +350,24 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     if lemma in _YOUNG and animals - {candidate.category}:
         return "sense: the young of another animal ('the elephant and her calf')"
     return None
+
+
+def _animal_antecedent(pronoun: _Candidate, others: list[_Candidate]) -> bool:
+    """Whether "he"/"she" stands for the animal named last, with no person named before it
+    ("The cat ... she looks up"; not "the cat she is holding", whose clause is the cat's).
+    """
+    named = [
+        o
+        for o in others
+        if o.span.start < pronoun.span.start
+        and not (o.pronoun or o.nobody)
+        and (o.category in _ANIMALS or o.category == "person")
+    ]
+    if not named or named[-1].category == "person" or any(o.category == "person" for o in named):
+        return False
+    animal = named[-1].head
+    verb = pronoun.head.head
+    return animal not in pronoun.head.ancestors and animal.head != verb
 
 
 def _next_noun(token: Token) -> Token | None:
