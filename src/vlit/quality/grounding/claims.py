@@ -60,6 +60,7 @@ _BEFORE_OF = word_set("before_of_not_objects")
 _KIN = word_set("kin_nouns")
 _YOUNG = word_set("young_animal_nouns")
 _ANIMALS = word_set("animal_categories")
+_VEHICLES = word_set("vehicle_categories")
 _NOBODY = word_set("nobody_words")
 _PERSON_PRONOUN_WORDS = word_set("person_pronouns")
 _COLOUR_CATEGORIES = word_set("colour_categories")
@@ -100,9 +101,10 @@ _CONTRAST = {"only", "just", "but", "except", "instead"}
 _SCENE_WORDS = {"image", "picture", "photo", "photograph", "scene", "view", "shot", "frame"}
 
 _EXISTENTIAL_QUESTION = re.compile(
-    r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|"
-    r"do you see|can you see|could you see|"
-    r"does (the|this) (image|picture|photo|scene) (have|contain|show|include))\b",
+    r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|is an?|"
+    r"are some|(do|can|could) you (see|spot|find|notice)|"
+    r"does (the|this) (image|picture|photo|photograph|scene) "
+    r"(have|contain|show|include|feature|depict))\b",
     re.IGNORECASE,
 )
 _RELATION_QUESTION = re.compile(r"^\s*(is anyone|is anybody|is someone|is somebody)\b", re.I)
@@ -337,6 +339,8 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     context = _CONTEXT_EXCLUSIONS.get(lemma) if len(candidate.span) == 1 else None
     if context and any(t.lower_ in context for t in head.sent if t.i != head.i):
         return f"sense: '{lemma}' in this context ('wooden ties')"
+    if any(c.dep_ == "poss" and _names(c, _VEHICLES) for c in head.children):
+        return "sense: a part of the vehicle that owns it ('the pickup's bed')"
     if candidate.pronoun and _animal_antecedent(candidate, others):
         return "sense: a pronoun for the animal named before ('the cat ... she')"
     in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
@@ -350,6 +354,11 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     if lemma in _YOUNG and animals - {candidate.category}:
         return "sense: the young of another animal ('the elephant and her calf')"
     return None
+
+
+def _names(token: Token, categories: frozenset[str]) -> bool:
+    named = lookup_phrase(token.lemma_.lower()) or lookup_phrase(token.lower_)
+    return named is not None and named[0] in categories
 
 
 def _animal_antecedent(pronoun: _Candidate, others: list[_Candidate]) -> bool:
@@ -448,7 +457,8 @@ def _claim(candidate: _Candidate) -> tuple[Claim, str]:
 def hedge_rule(candidate: _Candidate) -> str | None:
     """A modal that hedges what is in the picture still claims it: "a dog might be hiding",
     "there may be a cat", "it could be a dog"; so does one whose subject is a definite
-    object of the picture ("the toilet could use a cleaning"). None for other modals."""
+    object of the picture ("the toilet could use a cleaning", "a cat could hide behind the
+    plant": the plant). None for other modals, and for indefinite mentions."""
     head = candidate.head
     verb = _clause_verb(_first_conjunct(head))
     if verb is None:
@@ -459,8 +469,8 @@ def hedge_rule(candidate: _Candidate) -> str | None:
     progressive = verb.tag_ == "VBG" and any(c.lemma_ == "be" for c in verb.children)
     if verb.lemma_ == "be" or progressive:
         return f"present: hedged ('{modal.lower_} be')"
-    if head.dep_ == "nsubj" and head.head == verb and _definite(head):
-        return f"present: definite subject of '{modal.lower_}'"
+    if _definite(head):
+        return f"present: definite, under '{modal.lower_}' ('hide behind the plant')"
     return None
 
 
@@ -566,6 +576,8 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     if _said_missing(first):
         return "absent", "absent: said to be missing or removed"
     verb = _clause_verb(first)
+    if _contrasted_conjunct(head) and _negative_quantifier(candidate, head) is None:
+        return "present", "present: after 'only'/'just'/'but' in a list"
     quantifier = _negative_quantifier(candidate, first)
     if quantifier is not None:
         if verb is None or _existence(verb, first, loose=True):
@@ -696,6 +708,16 @@ def _definite(token: Token) -> bool:
         c.dep_ in ("det", "poss") and (c.lower_ in _DEFINITE or c.tag_ == "POS" or c.dep_ == "poss")
         for c in token.children
     )
+
+
+def _contrasted_conjunct(token: Token) -> bool:
+    """Whether a later conjunct, or one between it and the first, follows "only", "just" or
+    "but": "I can't spot any zebras, just two elephants and their rider"."""
+    while token.dep_ == "conj" and token.head != token:
+        if _after_contrast(token):
+            return True
+        token = token.head
+    return False
 
 
 def _after_contrast(token: Token) -> bool:
