@@ -349,3 +349,50 @@ def test_a_definite_object_under_could_is_there(stage: AnnotationGrounding) -> N
     assert found["cat"][0] == "none" and found["potted plant"][0] == "present"
     found = claims(stage, "If the skater fell, he could hit one of the chairs.")
     assert all(claim == "none" for claim, _ in found.values()), found
+
+
+def test_short_answers_take_their_objects_from_the_question(stage: AnnotationGrounding) -> None:
+    assert stage.nlp is not None
+    nlp = stage.nlp
+    [dogs] = asked_objects(nlp("How many dogs are there?"), "Two.", [])
+    assert (dogs.category, dogs.claim, dogs.number) == ("dog", "present", 2)
+    [dogs] = asked_objects(nlp("How many dogs are there?"), "About five.", [])
+    assert (dogs.claim, dogs.number) == ("present", None)
+    [none] = asked_objects(nlp("How many cats are there?"), "None.", [])
+    assert (none.category, none.claim) == ("cat", "absent")
+    found = asked_objects(nlp("Is the man riding a bike?"), "Yes.", [])
+    assert {(m.category, m.claim) for m in found} == {("person", "present"), ("bicycle", "present")}
+    assert asked_objects(nlp("Is the man riding a bike?"), "No, he is walking.", []) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "There doesn't appear to be a microwave in the room.",
+        "I don't think there is a microwave in this kitchen.",
+        "There is no sign of a microwave.",
+        "The kitchen lacks a microwave.",
+    ],
+)
+def test_other_ways_to_say_absent(stage: AnnotationGrounding, text: str) -> None:
+    assert claims(stage, text)["microwave"][0] == "absent"
+
+
+def test_an_absence_with_an_exception_claims_nothing(stage: AnnotationGrounding) -> None:
+    found = claims(stage, "Apart from the man in the mirror, there are no people here.")
+    assert found["person"][0] == "none"
+    assert claims(stage, "There are no other dogs.")["dog"][0] == "none"
+
+
+def test_a_habitual_statement_about_a_kind_claims_nothing(stage: AnnotationGrounding) -> None:
+    assert claims(stage, "Birthday parties often include cake.")["cake"][0] == "none"
+    assert claims(stage, "The dog often sleeps by the toilet.")["toilet"][0] == "present"
+
+
+def test_tagger_misreadings_of_nouns(stage: AnnotationGrounding) -> None:
+    assert claims(stage, "A single oven stands to the left.")["oven"][0] == "present"
+    assert (
+        claims(stage, "She wears an orange skirt, and an orange rests on the counter.")["orange"][0]
+        == "present"
+    )
+    assert "bicycle" not in claims(stage, "He shows a bicycle helmet to a customer.")

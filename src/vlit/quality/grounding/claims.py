@@ -87,12 +87,29 @@ _MODALS = {"should", "must", "ought", "could", "might", "may", "would"}
 _HEDGES = {"could", "might", "may"}  # modals of possibility: they hedge, they do not advise
 _CONDITIONAL_MARKS = {"if", "unless", "whether"}
 _GENERIC = re.compile(r"\b(like|such as) (this|these|that|those)\b", re.IGNORECASE)
+_FREQUENCY = {
+    "often",
+    "usually",
+    "typically",
+    "generally",
+    "commonly",
+    "normally",
+    "always",
+    "sometimes",
+    "frequently",
+    "rarely",
+    "seldom",
+}
 _PAST_TIME = {"ago", "earlier", "previously", "once", "yesterday", "last", "before", "formerly"}
 _EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spot", "notice",
                     "find", "feature", "depict", "have", "there", "visible"}  # fmt: skip
 _EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
 _QUANTIFIER_DEPS = ("det", "neg", "amod", "preconj")
 _MISSING = {"missing", "gone", "absent"}
+_EXCEPTIONS = {"apart", "except", "besides", "aside", "excluding"}
+_TRACE_NOUNS = {"sign", "trace", "evidence", "hint", "indication"}
+_RAISING = {"appear", "seem", "think", "believe", "look", "suppose", "expect", "guess"}
+_NOMINAL_DEPS = ("nsubj", "nsubjpass", "dobj", "pobj", "attr", "appos", "dative")
 _NO_DET = ("no", "neither")
 _NEGATIVE_SUBJECTS = {"neither", "none", "nobody", "nothing", "noone"}
 _PERSON_PRONOUNS = {"he", "she", "they", "i", "we", "you", "someone", "somebody", "everyone",
@@ -108,6 +125,15 @@ _EXISTENTIAL_QUESTION = re.compile(
     re.IGNORECASE,
 )
 _RELATION_QUESTION = re.compile(r"^\s*(is anyone|is anybody|is someone|is somebody)\b", re.I)
+_COUNT_QUESTION = re.compile(r"^\s*how many\b", re.IGNORECASE)
+_YES_NO_QUESTION = re.compile(
+    r"^\s*(is|are|was|were|does|do|did|can|could|has|have|will)\b", re.IGNORECASE
+)
+_LEADING_NUMBER = re.compile(
+    r"^\W*(?:there (?:are|is)\s+|i (?:can )?(?:see|count)\s+)?"
+    r"(?:(?:about|around|approximately|roughly|nearly|maybe)\s+)?([a-z]+|\d+)\b",
+    re.IGNORECASE,
+)
 _NO_ANSWER = re.compile(r"^\s*(no|nope)\b", re.IGNORECASE)
 _YES_ANSWER = re.compile(r"^\s*(yes|yeah|yep)\b", re.IGNORECASE)
 
@@ -176,15 +202,22 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
     return mentions
 
 
-def is_existence_question(text: str) -> bool:
-    """Whether a question asks if something is in the image ("Is there a cat?")."""
-    return _EXISTENTIAL_QUESTION.search(text) is not None
+def question_needs_parse(question: str, answer: str) -> bool:
+    """Whether the answer's claims depend on the question: an existence or "how many"
+    question, or any yes/no question answered "Yes"."""
+    return (
+        _EXISTENTIAL_QUESTION.search(question) is not None
+        or _COUNT_QUESTION.search(question) is not None
+        or (
+            _YES_NO_QUESTION.search(question) is not None and _YES_ANSWER.search(answer) is not None
+        )
+    )
 
 
 def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
-    """What a yes/no answer claims about the objects an existence question asks about."""
-    if not _EXISTENTIAL_QUESTION.search(question.text):
-        return []
+    """What a short answer claims about the objects its question names: "Yes"/"No" to an
+    existence question, "Yes" to any yes/no question ("Is the man riding a bike?"), a bare
+    number to a "how many" question ("Two.")."""
     asked = [
         c
         for c in _candidates(question)
@@ -192,14 +225,18 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
     ]
     if not asked:
         return []
-    if _YES_ANSWER.search(answer):
+    if _COUNT_QUESTION.search(question.text):
+        return counted_answer(asked[0], answer, answer_mentions)
+    existence = _EXISTENTIAL_QUESTION.search(question.text) is not None
+    if _YES_ANSWER.search(answer) and (existence or _YES_NO_QUESTION.search(question.text)):
         named = {m.words.split()[-1].lower(): m.category for m in answer_mentions}
+        rule = "'Yes' to an existence question" if existence else "'Yes' to a question about it"
         return [
-            Mention(c.category, c.kind, c.span.text, "present", "'Yes' to an existence question")
+            Mention(c.category, c.kind, c.span.text, "present", rule)
             for c in asked
             if named.get(c.head.lower_, c.category) == c.category
         ]
-    if not _NO_ANSWER.search(answer):
+    if not existence or not _NO_ANSWER.search(answer):
         return []
     target = asked[0]
     if _RELATION_QUESTION.search(question.text) or any(
@@ -225,6 +262,29 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
 
 
 _PRESUPPOSED = "'No' to a relation question: its definite object is taken as given"
+
+
+def counted_answer(asked: _Candidate, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
+    """A "how many X" question answered by a number alone ("Two.", "There are three.",
+    "None."): X claimed with that count (absent for zero). An answer that names X itself
+    is read on its own."""
+    if any(m.category == asked.category for m in answer_mentions):
+        return []
+    found = _LEADING_NUMBER.search(answer)
+    if found is None:
+        return []
+    word = found.group(1).lower()
+    value = int(word) if word.isdigit() else _NUMBER_WORDS.get(word)
+    if word in ("none", "no") or value == 0:
+        return [Mention(asked.category, asked.kind, asked.span.text, "absent", _COUNTED_ZERO)]
+    if value is None:
+        return []
+    number = None if set(found.group(0).lower().split()) & _APPROXIMATE else value
+    rule = "a number answering 'how many'"
+    return [Mention(asked.category, asked.kind, asked.span.text, "present", rule, number)]
+
+
+_COUNTED_ZERO = "'none' answering 'how many'"
 
 
 def existence_target(question: Doc) -> Token | None:
@@ -298,8 +358,8 @@ def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
 def _noun_like(first: Token, head: Token) -> bool:
     """A noun, a person pronoun, or a word the small tagger misread as a verb right after a
     determiner ("rides a moped"), unless a noun follows it ("an orange shirt")."""
-    if head.pos_ in ("NOUN", "PROPN"):
-        return True
+    if head.pos_ in ("NOUN", "PROPN") or head.dep_ in _NOMINAL_DEPS:
+        return True  # "a single oven stands": a subject, whatever the tagger says
     if head.pos_ in ("ADJ", "ADV") and _next_noun(head) is not None:
         return True  # "the oven door", "the toaster oven": a noun the tagger read otherwise
     if head.pos_ == "PRON":
@@ -322,7 +382,11 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     doc = head.doc
     after = doc[head.i + 1] if head.i + 1 < len(doc) else None
     lemma = head.lemma_.lower()
-    if candidate.category in _COLOUR_CATEGORIES and len(candidate.span) == 1:
+    if (
+        candidate.category in _COLOUR_CATEGORIES
+        and len(candidate.span) == 1
+        and not _article_noun(head)
+    ):
         if after is not None and (
             after.pos_ in ("NOUN", "PROPN")
             or (after.lower_ in ("and", ",", "-", "/", "or") and _next_is_colour(after))
@@ -393,6 +457,20 @@ def _next_noun(token: Token) -> Token | None:
     return None
 
 
+def _article_noun(token: Token) -> bool:
+    """ "an orange rests on the counter": "a"/"an" cannot take the plural-looking word after
+    it, so that word is a verb and this one the noun."""
+    doc = token.doc
+    before = doc[token.i - 1] if token.i > 0 else None
+    after = doc[token.i + 1] if token.i + 1 < len(doc) else None
+    return (
+        before is not None
+        and before.lower_ in ("a", "an")
+        and after is not None
+        and after.tag_ in ("NNS", "VBZ")
+    )
+
+
 def _next_is_colour(token: Token) -> bool:
     doc = token.doc
     return token.i + 1 < len(doc) and doc[token.i + 1].lower_ in _COLOURS
@@ -451,6 +529,8 @@ def _claim(candidate: _Candidate) -> tuple[Claim, str]:
     if reason is not None:
         return "none", reason
     claim, rule = negation_rule(candidate)
+    if claim == "absent" and _excepted(candidate):
+        return "none", "no claim: an absence with an exception ('apart from the man, no people')"
     return claim, hedged if hedged is not None and claim == "present" else rule
 
 
@@ -505,6 +585,8 @@ def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None
             return "no claim: 'if' clause (hypothetical)"
     if _GENERIC.search(sent.text):
         return "no claim: a generic statement ('kitchens like this')"
+    if _habitual_kind(head):
+        return "no claim: a generic statement ('parties often include cake')"
     such_as = _such_as_index(sent)
     if such_as is not None and head.i > such_as:
         return "no claim: an example after 'such as'"
@@ -515,6 +597,20 @@ def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None
     if _purpose(head):
         return "no claim: who something is for ('clean for the guests to use')"
     return None
+
+
+def _habitual_kind(head: Token) -> bool:
+    """In a clause about a kind: a bare plural subject with "often", "usually", "typically"
+    ... ("Birthday parties often include cake")."""
+    verb = _clause_verb(head)
+    if verb is None or not any(c.lower_ in _FREQUENCY for c in verb.children):
+        return False
+    return any(
+        c.dep_ in ("nsubj", "nsubjpass")
+        and c.tag_ == "NNS"
+        and not any(d.dep_ in ("det", "poss", "nummod") for d in c.children)
+        for c in verb.children
+    )
 
 
 def _purpose(head: Token) -> bool:
@@ -574,7 +670,7 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     if first.head.lower_ == "of" and first.head.head.lower_ in ("empty", "free", "devoid"):
         return "absent", f"absent: '{first.head.head.lower_} of'"
     if _said_missing(first):
-        return "absent", "absent: said to be missing or removed"
+        return "absent", "absent: said to be missing, removed or lacking"
     verb = _clause_verb(first)
     if _contrasted_conjunct(head) and _negative_quantifier(candidate, head) is None:
         return "present", "present: after 'only'/'just'/'but' in a list"
@@ -585,6 +681,9 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
         if quantifier in ("neither", "none"):
             return "present", f"present: '{quantifier}' presupposes them"
         return "none", f"no claim: '{quantifier}' negates a relation ('nobody is riding it')"
+    if verb is not None and not _negated(verb) and _negated_above(verb):
+        # "There doesn't appear to be a microwave", "I don't think there is a sink"
+        return "absent", f"absent: negated '{verb.head.lemma_.lower()}' over 'there is'"
     if verb is None or not _negated(verb):
         return "present", "present: noun phrase"
     if _after_contrast(first):
@@ -598,8 +697,23 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     return "none", "no claim: indefinite object of a negated relation"
 
 
+def _excepted(candidate: _Candidate) -> bool:
+    """ "no other people", or "apart from the man ..., no people": the sentence names one of
+    the category as the exception, so the absence claim is about the others."""
+    head = candidate.head
+    if any(c.lower_ in ("other", "else") for c in head.children):
+        return True
+    sent = head.sent
+    if not any(t.lower_ in _EXCEPTIONS for t in sent) and "other than" not in sent.text.lower():
+        return False
+    category = frozenset({candidate.category})
+    return any(t.i != head.i and t.pos_ in ("NOUN", "PROPN") and _names(t, category) for t in sent)
+
+
 def _said_missing(token: Token) -> bool:
-    """The subject of "is missing", "is gone", "has been removed"."""
+    """The subject of "is missing", "is gone", "has been removed"; the object of "lacks"."""
+    if token.dep_ == "dobj" and token.head.lemma_.lower() == "lack":
+        return True
     if token.dep_ not in ("nsubj", "nsubjpass"):
         return False
     verb = token.head
@@ -633,6 +747,12 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
                 return "not"
         if token.head.lower_ in ("neither", "none") and token.head.i < token.i:
             return token.head.lower_
+        if token.dep_ == "pobj" and token.head.lower_ == "of":
+            trace = token.head.head  # "no sign of a microwave"
+            if trace.lemma_.lower() in _TRACE_NOUNS and any(
+                c.lower_ == "no" for c in trace.children
+            ):
+                return f"no {trace.lower_} of"
         if _not_before(token):
             return "not"
     start = candidate.span[0].i
@@ -642,6 +762,16 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     if head.dep_ == "conj" and any(c.lower_ == "nor" for c in first.children):
         return "nor"
     return None
+
+
+def _negated_above(verb: Token) -> bool:
+    """A clause under a negated "appear", "seem", "think" ... is negated by it."""
+    return (
+        verb.dep_ in ("xcomp", "ccomp")
+        and verb.head.lemma_.lower() in _RAISING
+        and _negated(verb.head)
+        and _existence(verb, verb, loose=False)
+    )
 
 
 def _not_before(token: Token) -> bool:
@@ -676,8 +806,12 @@ def _existence(verb: Token, token: Token, *, loose: bool) -> bool:
     """Whether ``verb`` says something exists (there is, see, visible; with ``loose``, also a
     plain "X is on the table")."""
     lemma = verb.lemma_.lower()
+    if lemma in _RAISING and any(c.dep_ == "xcomp" and c.lemma_ == "be" for c in verb.children):
+        return any(c.dep_ == "expl" for c in verb.children)  # "there doesn't appear to be"
     if lemma == "be":
         if any(c.dep_ == "expl" for c in verb.children):
+            return True
+        if verb.dep_ == "xcomp" and any(c.dep_ == "expl" for c in verb.head.children):
             return True
         if any(c.dep_ == "acomp" and c.lower_ in _EXISTENCE_COMPLEMENTS for c in verb.children):
             return True
