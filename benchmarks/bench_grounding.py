@@ -40,6 +40,8 @@ GROUPS = {
     "d": "batch 1 dev (d...)",
     "n": "batch 2 (n..., written before vlit ran on it)",
     "m": "batch 3 (m..., written before vlit ran on it)",
+    "k": "batch 4 (k..., written before vlit ran on it)",
+    "j": "batch 5 (j..., written before vlit ran on it)",
 }
 
 

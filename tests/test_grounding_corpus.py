@@ -356,6 +356,8 @@ def test_short_answers_take_their_objects_from_the_question(stage: AnnotationGro
     nlp = stage.nlp
     [dogs] = asked_objects(nlp("How many dogs are there?"), "Two.", [])
     assert (dogs.category, dogs.claim, dogs.number) == ("dog", "present", 2)
+    [dog] = asked_objects(nlp("How many dogs are there?"), "Just one.", [])
+    assert dog.number == 1
     [dogs] = asked_objects(nlp("How many dogs are there?"), "About five.", [])
     assert (dogs.claim, dogs.number) == ("present", None)
     [none] = asked_objects(nlp("How many cats are there?"), "None.", [])

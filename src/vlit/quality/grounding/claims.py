@@ -131,7 +131,8 @@ _YES_NO_QUESTION = re.compile(
 )
 _LEADING_NUMBER = re.compile(
     r"^\W*(?:there (?:are|is)\s+|i (?:can )?(?:see|count)\s+)?"
-    r"(?:(?:about|around|approximately|roughly|nearly|maybe)\s+)?([a-z]+|\d+)\b",
+    r"(?:(?:about|around|approximately|roughly|nearly|maybe|just|only|exactly)\s+)?"
+    r"([a-z]+|\d+)\b",
     re.IGNORECASE,
 )
 _NO_ANSWER = re.compile(r"^\s*(no|nope)\b", re.IGNORECASE)
