@@ -388,3 +388,13 @@ def test_tagger_misreadings_of_nouns(stage: AnnotationGrounding) -> None:
         == "present"
     )
     assert "bicycle" not in claims(stage, "He shows a bicycle helmet to a customer.")
+
+
+def test_a_yes_to_alternatives_claims_the_one_named(stage: AnnotationGrounding) -> None:
+    assert stage.nlp is not None
+    nlp = stage.nlp
+    answer = "Yes, a backpack."
+    found = asked_objects(
+        nlp("Does the man have a backpack or a suitcase?"), answer, find_mentions(nlp(answer))
+    )
+    assert {m.category for m in found} == {"person", "backpack"}

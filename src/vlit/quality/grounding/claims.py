@@ -234,7 +234,7 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
         rule = "'Yes' to an existence question" if existence else "'Yes' to a question about it"
         return [
             Mention(c.category, c.kind, c.span.text, "present", rule)
-            for c in asked
+            for c in _chosen(asked, answer_mentions)
             if named.get(c.head.lower_, c.category) == c.category
         ]
     if not existence or not _NO_ANSWER.search(answer):
@@ -263,6 +263,17 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
 
 
 _PRESUPPOSED = "'No' to a relation question: its definite object is taken as given"
+
+
+def _chosen(asked: list[_Candidate], answer_mentions: list[Mention]) -> list[_Candidate]:
+    """Of the alternatives of "Is there a cat or a dog?", those the answer names ("Yes, a
+    cat."); all of them when it names none."""
+    alternatives = [c for c in asked if any(t.lower_ == "or" for t in c.head.head.children)]
+    alternatives += [c for c in asked if any(t.lower_ == "or" for t in c.head.children)]
+    named = {m.category for m in answer_mentions}
+    if not alternatives or not named & {c.category for c in alternatives}:
+        return asked
+    return [c for c in asked if c not in alternatives or c.category in named]
 
 
 def counted_answer(asked: _Candidate, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
