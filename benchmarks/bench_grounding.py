@@ -42,6 +42,7 @@ GROUPS = {
     "m": "batch 3 (m..., written before vlit ran on it)",
     "k": "batch 4 (k..., written before vlit ran on it)",
     "j": "batch 5 (j..., written before vlit ran on it)",
+    "g": "batch 6 (g..., written before vlit ran on it)",
 }
 
 

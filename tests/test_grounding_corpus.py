@@ -337,6 +337,8 @@ def test_a_noun_a_vehicle_owns_is_its_part(stage: AnnotationGrounding) -> None:
 def test_a_definite_object_under_could_is_there(stage: AnnotationGrounding) -> None:
     found = claims(stage, "A cat could easily hide behind the potted plant.")
     assert found["cat"][0] == "none" and found["potted plant"][0] == "present"
+    found = claims(stage, "There might be a rack by the sinks, and a bowl sits on the counter.")
+    assert found["bowl"][0] == "present"  # the modal does not reach the second clause
     found = claims(stage, "If the skater fell, he could hit one of the chairs.")
     assert all(claim == "none" for claim, _ in found.values()), found
 

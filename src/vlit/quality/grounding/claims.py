@@ -572,10 +572,12 @@ def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None
     head = candidate.head
     sent = head.sent
     own_verb = _clause_verb(_first_conjunct(head)) if hedged else None
+    modal_reaches = True  # a modal does not reach a conjoined clause with its own subject
     for ancestor in [head, *head.ancestors]:
         for child in ancestor.children:
             if (
-                child.dep_ == "aux"
+                modal_reaches
+                and child.dep_ == "aux"
                 and child.lower_ in _MODALS
                 and not _seen(ancestor)
                 and ancestor != own_verb
@@ -595,6 +597,10 @@ def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None
             for c in ancestor.children
         ):
             return "no claim: 'if' clause (hypothetical)"
+        if ancestor.dep_ == "conj" and any(
+            c.dep_ in ("nsubj", "nsubjpass", "expl") for c in ancestor.children
+        ):
+            modal_reaches = False
     if _GENERIC.search(sent.text):
         return "no claim: a generic statement ('kitchens like this')"
     if _habitual_kind(head):
