@@ -357,6 +357,7 @@ def test_short_answers_take_their_objects_from_the_question(stage: AnnotationGro
     found = asked_objects(nlp("Is the man riding a bike?"), "Yes.", [])
     assert {(m.category, m.claim) for m in found} == {("person", "present"), ("bicycle", "present")}
     assert asked_objects(nlp("Is the man riding a bike?"), "No, he is walking.", []) == []
+    assert asked_objects(nlp("Would a dog fit through the gap?"), "Yes.", []) == []
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,7 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
             Mention(c.category, c.kind, c.span.text, "present", rule)
             for c in _chosen(asked, answer_mentions)
             if named.get(c.head.lower_, c.category) == c.category
+            and (existence or _claim(c)[0] == "present")  # not "Would a dog fit here?"
         ]
     if not existence or not _NO_ANSWER.search(answer):
         return []
