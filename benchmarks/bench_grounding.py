@@ -6,7 +6,7 @@ tree first on ``PYTHONPATH`` scores tests/data/grounding/corpus.jsonl with
 ``AnnotationGrounding`` and prints:
 
 - precision / recall of the four checks (mentions, hallucinated, false absent, count errors)
-  on the dev part, the held-out part and the whole corpus;
+  on the dev part, the held-out part, the whole corpus and each batch of the corpus README;
 - mistakes (false positives + false negatives) per cause class of the corpus;
 - throughput: answers grounded per second (the corpus cycled ``--repeat`` times, spaCy loaded
   before timing, best of ``--rounds``).
@@ -32,6 +32,26 @@ TESTS = ROOT / "tests"
 COCO_TINY = ROOT.parent / "shared" / "data" / "coco_tiny"
 
 
+# The corpus splits, and the batches of its README by id prefix (written at different times).
+GROUPS = {
+    "dev": "split dev (all batches)",
+    "heldout": "split heldout",
+    "all": "whole corpus",
+    "d": "batch 1 dev (d...)",
+    "n": "batch 2 (n..., written before vlit ran on it)",
+    "m": "batch 3 (m..., written before vlit ran on it)",
+    "k": "batch 4 (k..., written before vlit ran on it)",
+    "j": "batch 5 (j..., written before vlit ran on it)",
+    "g": "batch 6 (g..., written before vlit ran on it)",
+}
+
+
+def in_group(group: str, item: dict[str, str]) -> bool:
+    if group in ("dev", "heldout"):
+        return item["split"] == group
+    return group == "all" or item["id"].startswith(group)
+
+
 def measure(repeat: int, rounds: int, spacy_model: str | None) -> dict[str, object]:
     """Run in the subprocess: accuracy and throughput of the vlit found on sys.path."""
     sys.path.insert(0, str(TESTS))
@@ -44,8 +64,8 @@ def measure(repeat: int, rounds: int, spacy_model: str | None) -> dict[str, obje
     stage.setup()
     results = stage(corpus_samples(items))
     figures: dict[str, dict[str, list[float]]] = {}
-    for split in ("dev", "heldout", "all"):
-        chosen = [i for i, item in enumerate(items) if split in ("all", item["split"])]
+    for split in GROUPS:
+        chosen = [i for i, item in enumerate(items) if in_group(split, item)]
         scores = score([items[i] for i in chosen], [results[i] for i in chosen])
         figures[split] = {c: [scores.precision(c), scores.recall(c)] for c in CHECKS}
     by_cause: Counter[str] = Counter()
@@ -89,8 +109,8 @@ def main() -> None:
     corpus = [json.loads(line) for line in (TESTS / "data/grounding/corpus.jsonl").open()]
     splits = Counter(item["split"] for item in corpus)
     print(f"corpus: {len(corpus)} answers ({splits['dev']} dev, {splits['heldout']} held-out)")
-    for split in ("dev", "heldout", "all"):
-        print(f"\n{split}: precision / recall")
+    for split, title in GROUPS.items():
+        print(f"\n{title}: precision / recall")
         print(f"| check | {' | '.join(results)} |")
         print("|---|" + "---|" * len(results))
         checks = next(iter(results.values()))["figures"][split]  # type: ignore[index]

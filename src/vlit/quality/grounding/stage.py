@@ -45,7 +45,7 @@ from vlit.quality.grounding.claims import (
     Mention,
     asked_objects,
     find_mentions,
-    is_existence_question,
+    question_needs_parse,
 )
 from vlit.quality.grounding.ocr import ocr_claim_matches, ocr_claims
 from vlit.runners.base import Resources
@@ -190,12 +190,18 @@ class AnnotationGrounding:
                 self.counts[f"not_checked_{reason}"] += 1
                 continue
             todo.append((sample, record))
-        texts = [turn.text for sample, _ in todo for turn in sample.turns if _needs_parse(turn)]
+        wanted = [_needs_parse(sample.turns) for sample, _ in todo]
+        texts = [
+            turn.text
+            for (sample, _), needs in zip(todo, wanted, strict=True)
+            for turn, parse in zip(sample.turns, needs, strict=True)
+            if parse
+        ]
         docs = iter(self.nlp.pipe(texts, batch_size=64))
-        for sample, record in todo:
+        for (sample, record), needs in zip(todo, wanted, strict=True):
             parsed = [
-                (turn.role, turn.text, next(docs) if _needs_parse(turn) else None)
-                for turn in sample.turns
+                (turn.role, turn.text, next(docs) if parse else None)
+                for turn, parse in zip(sample.turns, needs, strict=True)
             ]
             report = check_sample(parsed, record)
             objects = objects_checkable(record)
@@ -216,9 +222,17 @@ class AnnotationGrounding:
         return batch
 
 
-def _needs_parse(turn: Turn) -> bool:
-    """Answers are parsed; questions only when they ask whether something is there."""
-    return turn.role != "user" or is_existence_question(turn.text)
+def _needs_parse(turns: Sequence[Turn]) -> list[bool]:
+    """Answers are parsed; a question only when the answer after it depends on it (see
+    ``question_needs_parse``)."""
+    needs = []
+    for index, turn in enumerate(turns):
+        if turn.role != "user":
+            needs.append(True)
+            continue
+        after = turns[index + 1].text if index + 1 < len(turns) else ""
+        needs.append(question_needs_parse(turn.text, after))
+    return needs
 
 
 def check_sample(

@@ -68,6 +68,7 @@ _IRREGULAR_PLURALS = {
     "calves": "calf",
     "shelves": "shelf",
     "ties": "tie",
+    "passersby": "passerby",
 }
 
 
@@ -94,6 +95,8 @@ def singular(word: str) -> str:
         return _IRREGULAR_PLURALS[word]
     if word in _LOOKUP:
         return word
+    if word.endswith("men") and word[:-3] + "man" in _LOOKUP:
+        return word[:-3] + "man"  # "policemen", "firemen"
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
     if word.endswith(("ches", "shes", "xes", "sses")):
