@@ -91,7 +91,7 @@ def main() -> None:
         for kind in validity.NEAR_COPY_KINDS:
             for copies in (1, 5):
                 copied = validity.with_near_duplicates(base, copies, kind)
-                rows.append((f"R [{name}]", f"near-copies per response ({kind[:11]})",
+                rows.append((f"R [{name}]", f"near-copies per response ({kind.split()[0]})",
                              str(copies), r_value(copied)))  # fmt: skip
         rows.append((f"R [{name}]", "LLaVA slice vs demo templates", "LLaVA slice",
                      r_value(validity.response_samples(llava))))  # fmt: skip
