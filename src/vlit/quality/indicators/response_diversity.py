@@ -79,7 +79,10 @@ def _punctuation(characters: range) -> re.Pattern[str]:
     return re.compile(f"[{spans}]+")
 
 
-_ASCII_PUNCTUATION = _punctuation(range(128))
+# ASCII punctuation to spaces, as a bytes table (much faster than a regex on ASCII text)
+_ASCII_PUNCTUATION = bytes(
+    32 if code < 128 and unicodedata.category(chr(code))[0] == "P" else code for code in range(256)
+)
 _ALL_PUNCTUATION = functools.cache(lambda: _punctuation(range(sys.maxunicode + 1)))
 
 
@@ -87,9 +90,13 @@ def response_key(text: str) -> str:
     """What a response says, for telling responses apart: Unicode NFKC, casefolded,
     punctuation replaced by spaces, whitespace collapsed (``"A dog runs!"`` -> ``"a dog runs"``).
     A response of punctuation only keeps its punctuation."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    punctuation = _ASCII_PUNCTUATION if folded.isascii() else _ALL_PUNCTUATION()
-    return " ".join(punctuation.sub(" ", folded).split()) or " ".join(folded.split())
+    if text.isascii():  # NFKC leaves ASCII as it is, and casefold is lower
+        folded = text.lower()
+        spaced = folded.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
+    else:
+        folded = unicodedata.normalize("NFKC", text).casefold()
+        spaced = _ALL_PUNCTUATION().sub(" ", folded)
+    return " ".join(spaced.split()) or " ".join(folded.split())
 
 
 def log_clusters(count: int) -> float | None:
