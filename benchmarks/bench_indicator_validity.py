@@ -88,8 +88,11 @@ def main() -> None:
         base = llava[:300]
         rows.append((f"R [{name}]", "near-copies per response", "0",
                      r_value(validity.response_samples(base))))  # fmt: skip
-        rows.append((f"R [{name}]", "near-copies per response", "5",
-                     r_value(validity.with_near_duplicates(base, 5))))  # fmt: skip
+        for kind in validity.NEAR_COPY_KINDS:
+            for copies in (1, 5):
+                copied = validity.with_near_duplicates(base, copies, kind)
+                rows.append((f"R [{name}]", f"near-copies per response ({kind.split()[0]})",
+                             str(copies), r_value(copied)))  # fmt: skip
         rows.append((f"R [{name}]", "LLaVA slice vs demo templates", "LLaVA slice",
                      r_value(validity.response_samples(llava))))  # fmt: skip
         rows.append((f"R [{name}]", "LLaVA slice vs demo templates", "demo templates",

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vlit.collect.coco import CocoCollector
 from vlit.demo_data import materialize_demo
@@ -22,7 +24,7 @@ from vlit.quality.indicators.complexity import (
 from vlit.quality.indicators.embeddings import load_embedder
 from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
 from vlit.quality.indicators.labels import RuleTaskLabeller
-from vlit.quality.indicators.response_diversity import ResponseDiversityIndicator
+from vlit.quality.indicators.response_diversity import ResponseDiversityIndicator, response_key
 from vlit.schema import Sample
 
 pytestmark = pytest.mark.model
@@ -87,19 +89,43 @@ def test_r_on_a_fixed_subsample_does_not_follow_size(
     assert None not in logs and max(logs) - min(logs) < 0.6, logs
 
 
-def test_near_duplicates_do_not_raise_r(
-    llava_slice: Path, embedder: Any, embedding_cache: Path
+@pytest.mark.parametrize("kind", [None, *validity.NEAR_COPY_KINDS])
+def test_near_duplicates_do_not_change_r(
+    llava_slice: Path, embedder: Any, embedding_cache: Path, kind: str | None
 ) -> None:
     base = validity.llava_responses(llava_slice)[:300]
     alone = response_diversity(validity.response_samples(base), embedder, embedding_cache)
-    copied = validity.with_near_duplicates(base, 5)
-    merged = response_diversity(copied, embedder, embedding_cache)
-    assert merged["distinct_responses"] > 3 * alone["distinct_responses"]
-    assert merged["points"] < 1.25 * alone["points"]  # nearly all 1,500 copies were merged
-    assert merged["log_clusters"] <= alone["log_clusters"] + 0.5
-    # without merging, the copies alone would make clusters: the test can fail
-    unmerged = response_diversity(copied, embedder, embedding_cache, near_duplicate_distance=0)
-    assert unmerged["log_clusters"] > alone["log_clusters"] + 1.0
+    for copies in (1, 3, 5):
+        copied = validity.with_near_duplicates(base, copies, kind)
+        texts = {turn for sample in copied for turn in sample.assistant_turns()}
+        assert len(texts) > (1 + 0.9 * min(copies, 3)) * len(base)  # the copies are other texts
+        result = response_diversity(copied, embedder, embedding_cache)
+        measured = ("clusters", "log_clusters", "points", "eps", "cluster_sizes")
+        assert {k: result[k] for k in measured} == {k: alone[k] for k in measured}, (kind, copies)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    words=st.lists(
+        st.from_regex(r"[a-zA-Z0-9\u00e9\u00df]{1,8}", fullmatch=True), min_size=1, max_size=8
+    ),
+    data=st.data(),
+)
+def test_a_response_key_ignores_case_punctuation_and_spacing_only(
+    words: list[str], data: st.DataObject
+) -> None:
+    marks = st.sampled_from(
+        [" ", "  ", "\t", "\u00a0", "\u3000", ", ", ". ", "! ", " - ", "\uff0c"]
+    )
+    gaps = [data.draw(marks) for _ in words]
+    end = data.draw(st.sampled_from(["", ".", "!", " ?", "...", "\uff0e"]))
+    cased = [data.draw(st.sampled_from([w, w.upper(), w.lower(), w.title()])) for w in words]
+    copy = "".join(g + w for g, w in zip(gaps, cased, strict=True)) + end
+    key = " ".join(words).casefold()
+    assert response_key(copy) == response_key(" ".join(words)) == key
+    # one letter changed is another response
+    changed = [*words[:-1], words[-1] + "x"]
+    assert response_key(" ".join(changed)) != key
 
 
 def _demo_template_samples(folder: Path) -> list[Sample]:

@@ -1,11 +1,19 @@
 """Response diversity (R): sentence embeddings of the responses, DBSCAN, log of the clusters.
 
 One text per sample: its assistant turns joined (the embedder truncates long texts, MiniLM at
-256 tokens). **What is clustered**: the distinct response texts, a seeded random subsample of
-``subsample_size`` of them (default 5,000; all when fewer), so datasets of different sizes are
-measured on the same number of points; then near-duplicates (cosine distance at most
-``near_duplicate_distance``, default 0.05) are merged into one point, so copies of a response
-do not make a cluster of their own. Vectors come through ``EmbeddingCache`` (``RUN/embeddings/``).
+256 tokens). **What is clustered**: the distinct responses, where two responses are the same
+when their ``response_key`` is (Unicode NFKC, casefolded, punctuation dropped, whitespace
+collapsed), so copies that differ in punctuation, case, spacing or Unicode form are one
+response, however many there are; a seeded random subsample of ``subsample_size`` of these keys
+(default 5,000; all when fewer), so datasets of different sizes are measured on the same number
+of points; each key is embedded, and keys within cosine distance ``near_duplicate_distance``
+(default 0.03) of each other are merged into one point, represented by the shortest. 0.03 is
+measured (``benchmarks/bench_near_duplicate_distances.py``): at most 1% of the closest
+*different* captions (another person's caption of the same COCO image, the nearest caption of
+another image or LLaVA record) lie that close, with MiniLM and with WordLlama; at 0.05 it is up
+to 2.4%. Wordier copies ("The image shows ..." added, a one-letter typo) lie 0.01 to 0.4 apart,
+as far as different captions do, so no embedding distance tells them apart: they count as
+different responses. Vectors come through ``EmbeddingCache`` (``RUN/embeddings/``).
 
 **How eps is chosen** (``eps="auto"``): the eps at which DBSCAN finds the most clusters.
 ``ClusterSweep`` gives the exact cluster count for every eps at once (from the minimum spanning
@@ -28,8 +36,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
+import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -52,6 +64,39 @@ EPS_RULE = "most clusters"
 CURVE_EPS = np.round(np.arange(0.0, 1.0001, 0.01), 2)  # the sweep as stored for the plot
 LARGEST_CLUSTER_SHARE = 0.5  # above this share of the points, one cluster dominates
 NOISE_SHARE = 0.95  # above this share, nearly everything is noise
+
+
+def _punctuation(characters: range) -> re.Pattern[str]:
+    """A pattern for runs of Unicode punctuation (categories P*) among ``characters``."""
+    ranges: list[list[int]] = []
+    for code in characters:
+        if unicodedata.category(chr(code))[0] == "P":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    spans = "".join(re.escape(chr(low)) + "-" + re.escape(chr(high)) for low, high in ranges)
+    return re.compile(f"[{spans}]+")
+
+
+# ASCII punctuation to spaces, as a bytes table (much faster than a regex on ASCII text)
+_ASCII_PUNCTUATION = bytes(
+    32 if code < 128 and unicodedata.category(chr(code))[0] == "P" else code for code in range(256)
+)
+_ALL_PUNCTUATION = functools.cache(lambda: _punctuation(range(sys.maxunicode + 1)))
+
+
+def response_key(text: str) -> str:
+    """What a response says, for telling responses apart: Unicode NFKC, casefolded,
+    punctuation replaced by spaces, whitespace collapsed (``"A dog runs!"`` -> ``"a dog runs"``).
+    A response of punctuation only keeps its punctuation."""
+    if text.isascii():  # NFKC leaves ASCII as it is, and casefold is lower
+        folded = text.lower()
+        spaced = folded.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
+    else:
+        folded = unicodedata.normalize("NFKC", text).casefold()
+        spaced = _ALL_PUNCTUATION().sub(" ", folded)
+    return " ".join(spaced.split()) or " ".join(folded.split())
 
 
 def log_clusters(count: int) -> float | None:
@@ -96,7 +141,7 @@ class ResponseDiversityIndicator:
         eps_source: str | None = None,
         min_samples: int = 5,
         subsample_size: int = 5_000,
-        near_duplicate_distance: float = 0.05,
+        near_duplicate_distance: float = 0.03,
         seed: int = 0,
     ) -> None:
         self.embedder = embedder
@@ -124,15 +169,17 @@ class ResponseDiversityIndicator:
         self._points = None
 
     def points(self) -> ResponsePoints:
-        """Distinct texts, subsampled, embedded, near-duplicates merged (computed once)."""
+        """Distinct keys, subsampled, embedded, near-duplicates merged (computed once)."""
         if self._points is not None:
             return self._points
-        distinct = sorted(set(self.texts))
+        distinct = sorted({response_key(text) for text in set(self.texts)})
         rng = np.random.default_rng(self.seed)
         size = min(self.subsample_size, len(distinct))
         chosen = np.sort(rng.choice(len(distinct), size=size, replace=False))
+        # shortest first, so a merged group of near-copies is represented by its shortest text
+        texts = sorted((distinct[i] for i in chosen), key=lambda key: (len(key), key))
         cache = EmbeddingCache(self.cache_dir)
-        vectors = cache.embed(self.embedder, [distinct[i] for i in chosen])
+        vectors = cache.embed(self.embedder, texts)
         self.cache_hits, self.cache_misses = cache.hits, cache.misses
         distances = cosine_distance_matrix(vectors) if size else np.zeros((0, 0), np.float32)
         keep = merge_near_duplicates(distances, self.near_duplicate_distance)

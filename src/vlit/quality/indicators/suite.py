@@ -62,7 +62,7 @@ class IndicatorSettings:
     eps_source: str | None = None  # how a numeric eps was chosen (e.g. shared by datasets)
     min_samples: int = 5
     subsample_size: int = 5_000
-    near_duplicate_distance: float = 0.05
+    near_duplicate_distance: float = 0.03
     parse_limit: int = 5000
     seed: int = 0
 

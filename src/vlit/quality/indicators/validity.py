@@ -6,7 +6,8 @@ adaptation templates and generation examples. One property is varied, the rest h
 
 - ``topic_mix``: responses about ``topics`` different images (each a caption or two or three of
   that image), at a fixed size: response diversity R should rise with ``topics``;
-- ``with_near_duplicates``: every response also as near-identical copies: R should not rise;
+- ``with_near_duplicates``: every response also as near-identical copies (punctuation, case,
+  spacing and Unicode forms): R should not change;
 - ``task_mix`` / ``skewed_tasks``: ``kinds`` adaptation tasks, or one task taking ``share`` of
   the samples: T should rise with the kinds, the balance variance with the share;
 - ``phrasing_mix``: ``phrasings`` distinct instruction phrasings per task, repeated to a size:
@@ -92,23 +93,49 @@ def topic_mix(captions: dict[int, list[str]], *, topics: int, size: int, seed: i
     return response_samples(texts, prefix=f"t{topics}-")
 
 
-def near_copies(text: str, copies: int) -> list[str]:
-    """``copies`` near-identical versions of ``text`` (punctuation and case changes)."""
+def _punctuation_copies(text: str) -> list[str]:
     stripped = text.rstrip(" .!")
-    variants = [
-        stripped + ".",
-        stripped,
-        stripped + "!",
-        stripped[:1].upper() + stripped[1:] + ".",
-        stripped.lower(),
-        stripped + " .",
+    return [stripped + ".", stripped, stripped + "!", stripped + " ...", stripped + "?!"]
+
+
+def _case_copies(text: str) -> list[str]:
+    alternating = "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(text))
+    return [text.upper(), text.title(), text[:1].upper() + text[1:], alternating, text.lower()]
+
+
+def _spacing_copies(text: str) -> list[str]:
+    words = text.split()
+    return [
+        "  ".join(words),
+        "\u00a0".join(words),  # no-break spaces
+        " " + "\t".join(words) + "\n",
+        text.replace(",", "\uff0c").replace(".", "\uff0e"),  # full-width punctuation
+        "\u3000".join(words),  # ideographic spaces
     ]
-    return [variants[i % len(variants)] for i in range(copies)]
 
 
-def with_near_duplicates(responses: Sequence[str], copies: int) -> list[Sample]:
-    """Every response followed by ``copies`` near-identical copies of it."""
-    texts = [variant for text in responses for variant in [text, *near_copies(text, copies)]]
+# kinds of near-identical copy, each five versions of a text
+NEAR_COPY_KINDS = {
+    "punctuation": _punctuation_copies,
+    "case": _case_copies,
+    "spacing and Unicode forms": _spacing_copies,
+}
+
+
+def near_copies(text: str, copies: int, kind: str | None = None) -> list[str]:
+    """``copies`` near-identical versions of ``text``: of one kind of ``NEAR_COPY_KINDS``, or
+    (``None``) of all kinds in turn."""
+    kinds = [kind] if kind is not None else list(NEAR_COPY_KINDS)
+    rounds = zip(*(NEAR_COPY_KINDS[k](text) for k in kinds), strict=True)
+    versions = [v for v in dict.fromkeys(v for versions in rounds for v in versions) if v != text]
+    return [versions[i % len(versions)] for i in range(copies)]
+
+
+def with_near_duplicates(
+    responses: Sequence[str], copies: int, kind: str | None = None
+) -> list[Sample]:
+    """Every response followed by ``copies`` near-identical copies of it (see ``near_copies``)."""
+    texts = [variant for text in responses for variant in [text, *near_copies(text, copies, kind)]]
     return response_samples(texts, prefix="nd")
 
 
