@@ -104,6 +104,23 @@ def test_near_duplicates_do_not_change_r(
         assert {k: result[k] for k in measured} == {k: alone[k] for k in measured}, (kind, copies)
 
 
+@pytest.mark.parametrize("kind", list(validity.WORDY_COPY_KINDS))
+def test_wordier_near_copies_barely_change_r(
+    llava_slice: Path, embedder: Any, embedding_cache: Path, kind: str
+) -> None:
+    """A prefix added ("The image shows ...") or a typo: joined by the character rules before
+    embedding, the original standing for its copies (without the rules R rose by 0.3 to 4.0)."""
+    base = validity.llava_responses(llava_slice)[:300]
+    alone = response_diversity(validity.response_samples(base), embedder, embedding_cache)
+    for copies in (1, 3, 5):
+        copied = validity.with_near_duplicates(base, copies, kind)
+        keys = {response_key(turn) for sample in copied for turn in sample.assistant_turns()}
+        assert len(keys) > (1 + 0.9 * copies) * len(base)  # the copies are other keys
+        result = response_diversity(copied, embedder, embedding_cache)
+        measured = ("clusters", "log_clusters", "points")  # a border point may change cluster
+        assert {k: result[k] for k in measured} == {k: alone[k] for k in measured}, (kind, copies)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     words=st.lists(

@@ -73,6 +73,9 @@ def _reused(
             min_samples=int(ruler["min_samples"]),
             subsample_size=int(ruler["subsample_size"]),
             near_duplicate_distance=float(ruler["near_duplicate_distance"]),
+            near_copy_similarity=float(
+                ruler.get("near_copy_similarity", settings.near_copy_similarity)
+            ),
             seed=int(ruler["seed"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:

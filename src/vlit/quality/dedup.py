@@ -18,6 +18,9 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import NDArray
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from vlit.errors import ConfigError
 from vlit.schema import Sample
@@ -134,3 +137,155 @@ def _same_image(identities: list[str | None], index: int, original: int) -> list
         if identity is not None and identity == identities[original]
         else []
     )
+
+
+def near_copy_groups(
+    texts: list[str],
+    *,
+    similarity: float,
+    edit_max_length: int = 64,
+    prefix_words: int = 4,
+) -> NDArray[np.int64]:
+    """A group number per text, texts joined (transitively) when one is a near-copy of the other:
+    they are about as long and their byte 4-gram sets have Jaccard similarity at least
+    ``similarity`` (``ngram_pairs``); or,
+    both at most ``edit_max_length`` long, one character differs (``one_edit_pairs``: short texts,
+    where one typo changes too many n-grams); or one is the other with up to ``prefix_words``
+    words put before it (``prefix_pairs``: "the image shows a dog" and "a dog")."""
+    found = [
+        ngram_pairs(texts, threshold=similarity),
+        one_edit_pairs(texts, max_length=edit_max_length),
+        prefix_pairs(texts, words=prefix_words),
+    ]
+    left = np.concatenate([pair[0] for pair in found])
+    right = np.concatenate([pair[1] for pair in found])
+    graph = coo_matrix(
+        (np.ones(left.size, dtype=np.int8), (left, right)), shape=(len(texts), len(texts))
+    )
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def central_members(texts: list[str], groups: NDArray[np.int64]) -> NDArray[np.int64]:
+    """One index per group, sorted: its shortest member; among several, the one whose byte
+    4-grams the other members share most (mean over its n-grams of how many members have it),
+    so a caption, not one of its typo copies, stands for them; then the earlier index."""
+    grams, owner = _byte_ngrams(texts, 4)
+    pairs = np.unique(np.stack([groups[owner], grams, owner], axis=1), axis=0)  # distinct n-grams
+    _, slot, popularity = np.unique(pairs[:, :2], axis=0, return_inverse=True, return_counts=True)
+    members = pairs[:, 2]
+    total = np.bincount(members, popularity[slot.ravel()], len(texts)).astype(np.float64)
+    score = total / np.maximum(np.bincount(members, minlength=len(texts)), 1)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    order = np.lexsort((np.arange(len(texts)), -score, lengths, groups))
+    first = np.r_[True, groups[order][1:] != groups[order][:-1]]
+    return np.sort(order[first]).astype(np.int64)
+
+
+Pairs = tuple[NDArray[np.int64], NDArray[np.int64]]
+
+
+def _pairs(found: list[tuple[int, int]]) -> Pairs:
+    array = np.array(found, dtype=np.int64).reshape(-1, 2)
+    return array[:, 0], array[:, 1]
+
+
+def one_edit_pairs(texts: list[str], *, max_length: int) -> Pairs:
+    """Pairs of texts (each at most ``max_length`` long) that become the same when one character
+    is deleted from one or from each: a character inserted, dropped, replaced, or two neighbours
+    swapped (deletion neighbourhoods, as SymSpell finds them)."""
+    first: dict[str, int] = {}
+    found: list[tuple[int, int]] = []
+    for index, text in enumerate(texts):
+        if len(text) > max_length:
+            continue
+        for variant in {text, *(text[:i] + text[i + 1 :] for i in range(len(text)))}:
+            other = first.setdefault(variant, index)
+            if other != index:
+                found.append((other, index))
+    return _pairs(found)
+
+
+def prefix_pairs(texts: list[str], *, words: int) -> Pairs:
+    """Pairs of a text and the same text with 1 to ``words`` words put before it."""
+    index_of = {text: index for index, text in enumerate(texts)}
+    found = []
+    for index, text in enumerate(texts):
+        split = text.split(" ", words)
+        for drop in range(1, len(split)):
+            other = index_of.get(" ".join(split[drop:]))
+            if other is not None and other != index:
+                found.append((other, index))
+    return _pairs(found)
+
+
+def ngram_pairs(
+    texts: list[str],
+    *,
+    threshold: float,
+    length_ratio: float = 0.9,
+    size: int = 4,
+    bands: int = 30,
+    rows: int = 4,
+    seed: int = 1,
+) -> Pairs:
+    """Pairs of texts of about the same length (the shorter at least ``length_ratio`` of the
+    longer: not a text and the text with a sentence added) whose sets of ``size``-byte n-grams
+    (of their UTF-8) have Jaccard similarity at least ``threshold``. Candidates come from
+    MinHash LSH (``bands`` bands of ``rows`` hashes: a pair at Jaccard 0.8 is a candidate with
+    probability 1 - (1 - 0.8^4)^30 > 0.9999, at 0.6 0.985), and every candidate's exact Jaccard
+    is checked, so no pair below ``threshold`` is returned."""
+    count = len(texts)
+    if count < 2:
+        return _pairs([])
+    grams, owner = _byte_ngrams(texts, size)
+    membership = csr_matrix(
+        (np.ones(grams.size, dtype=np.int32), (owner, grams)), shape=(count, 1 << (8 * size))
+    )
+    membership.sum_duplicates()
+    membership.data[:] = 1
+    starts = membership.indptr[:-1]
+    rng = np.random.default_rng(seed)
+    multipliers = rng.integers(1, 1 << 63, size=bands * rows, dtype=np.uint64) | np.uint64(1)
+    offsets = rng.integers(0, 1 << 63, size=bands * rows, dtype=np.uint64)
+    distinct = membership.indices.astype(np.uint64)  # each row's distinct n-grams, row by row
+    left: list[NDArray[np.int64]] = []
+    right: list[NDArray[np.int64]] = []
+    for band in range(bands):
+        key = np.zeros(count, dtype=np.uint64)
+        for row in range(band * rows, (band + 1) * rows):
+            hashed = (distinct * multipliers[row] + offsets[row]) >> np.uint64(32)
+            key = key * np.uint64(0x100000001B3) ^ np.minimum.reduceat(hashed, starts)
+        order = np.argsort(key, kind="stable")
+        first = np.r_[True, key[order][1:] != key[order][:-1]]
+        leader = order[np.maximum.accumulate(np.where(first, np.arange(count), 0))]
+        left.append(leader[~first])
+        right.append(order[~first])
+    candidates = np.unique(np.stack([np.concatenate(left), np.concatenate(right)], axis=1), axis=0)
+    if not candidates.size:
+        return _pairs([])
+    pairs_left, pairs_right = candidates[:, 0], candidates[:, 1]
+    shared = np.asarray(membership[pairs_left].multiply(membership[pairs_right]).sum(axis=1))
+    sizes = np.diff(membership.indptr)
+    close = shared.ravel() >= threshold * (sizes[pairs_left] + sizes[pairs_right] - shared.ravel())
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+    shorter = np.minimum(lengths[pairs_left], lengths[pairs_right])
+    close &= shorter >= length_ratio * np.maximum(lengths[pairs_left], lengths[pairs_right])
+    return pairs_left[close].astype(np.int64), pairs_right[close].astype(np.int64)
+
+
+def _byte_ngrams(texts: list[str], size: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Every ``size``-byte n-gram of each text's UTF-8 as an integer, and the text it is of. A
+    text shorter than ``size`` bytes is one n-gram, padded with zero bytes."""
+    encoded = [text.encode("utf-8") for text in texts]
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    data = np.frombuffer((b"\0" * size).join([*encoded, b""]), dtype=np.uint8).astype(np.int64)
+    starts = np.r_[0, np.cumsum(lengths + size)[:-1]].astype(np.int64)
+    counts = np.maximum(lengths - size + 1, 1)
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+    positions = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
+        counts.sum(), dtype=np.int64
+    )
+    grams = np.zeros(positions.size, dtype=np.int64)
+    for byte in range(size):
+        grams |= data[positions + byte] << (8 * byte)
+    return grams, owner

@@ -49,6 +49,7 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import NDArray
 
+from vlit.quality.dedup import central_members, near_copy_groups
 from vlit.quality.indicators.clustering import (
     ClusterSweep,
     cosine_dbscan,
@@ -142,6 +143,7 @@ class ResponseDiversityIndicator:
         min_samples: int = 5,
         subsample_size: int = 5_000,
         near_duplicate_distance: float = 0.03,
+        near_copy_similarity: float = 0.8,
         seed: int = 0,
     ) -> None:
         self.embedder = embedder
@@ -151,6 +153,7 @@ class ResponseDiversityIndicator:
         self.min_samples = min_samples
         self.subsample_size = subsample_size
         self.near_duplicate_distance = near_duplicate_distance
+        self.near_copy_similarity = near_copy_similarity
         self.seed = seed
         self.texts: list[str] = []
         self.cache_hits = 0
@@ -172,12 +175,19 @@ class ResponseDiversityIndicator:
         """Distinct keys, subsampled, embedded, near-duplicates merged (computed once)."""
         if self._points is not None:
             return self._points
-        distinct = sorted({response_key(text) for text in set(self.texts)})
+        # keys in order of first appearance, so among copies the earliest can stand for the rest
+        seen = {
+            key: rank
+            for rank, key in enumerate(dict.fromkeys(map(response_key, dict.fromkeys(self.texts))))
+        }
+        distinct = sorted(seen)
         rng = np.random.default_rng(self.seed)
         size = min(self.subsample_size, len(distinct))
         chosen = np.sort(rng.choice(len(distinct), size=size, replace=False))
-        # shortest first, so a merged group of near-copies is represented by its shortest text
-        texts = sorted((distinct[i] for i in chosen), key=lambda key: (len(key), key))
+        # shortest (then earliest) first: a merged group is represented by its shortest text
+        texts = sorted((distinct[i] for i in chosen), key=lambda key: (len(key), seen[key]))
+        groups = near_copy_groups(texts, similarity=self.near_copy_similarity)
+        texts = [texts[i] for i in central_members(texts, groups)]
         cache = EmbeddingCache(self.cache_dir)
         vectors = cache.embed(self.embedder, texts)
         self.cache_hits, self.cache_misses = cache.hits, cache.misses
@@ -214,6 +224,7 @@ class ResponseDiversityIndicator:
             "min_samples": self.min_samples,
             "subsample_size": self.subsample_size,
             "near_duplicate_distance": self.near_duplicate_distance,
+            "near_copy_similarity": self.near_copy_similarity,
             "seed": self.seed,
         }
         return {

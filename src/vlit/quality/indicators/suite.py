@@ -63,6 +63,7 @@ class IndicatorSettings:
     min_samples: int = 5
     subsample_size: int = 5_000
     near_duplicate_distance: float = 0.03
+    near_copy_similarity: float = 0.8
     parse_limit: int = 5000
     seed: int = 0
 
@@ -192,6 +193,7 @@ def compute_indicators(
                 min_samples=settings.min_samples,
                 subsample_size=settings.subsample_size,
                 near_duplicate_distance=settings.near_duplicate_distance,
+                near_copy_similarity=settings.near_copy_similarity,
                 seed=settings.seed,
             )
         )
@@ -265,6 +267,7 @@ def shared_settings(
             min_samples=settings.min_samples,
             subsample_size=settings.subsample_size,
             near_duplicate_distance=settings.near_duplicate_distance,
+            near_copy_similarity=settings.near_copy_similarity,
             seed=settings.seed,
         )
         _feed(indicator, samples)

@@ -114,19 +114,39 @@ def _spacing_copies(text: str) -> list[str]:
     ]
 
 
+PREFIXES = ("The image shows ", "This picture shows ", "In the photo, ", "We can see ", "Here is ")
+
+
+def _prefix_copies(text: str) -> list[str]:
+    return [prefix + text[:1].lower() + text[1:] for prefix in PREFIXES]
+
+
+def _typo_copies(text: str) -> list[str]:
+    """Five versions, each with two neighbouring letters of one word swapped (seeded by text)."""
+    rng = random.Random(text)
+    pairs = [
+        i for i in range(len(text) - 1) if text[i : i + 2].isalpha() and text[i] != text[i + 1]
+    ]
+    chosen = rng.sample(pairs, min(5, len(pairs)))
+    return [text[:i] + text[i + 1] + text[i] + text[i + 2 :] for i in chosen]
+
+
 # kinds of near-identical copy, each five versions of a text
 NEAR_COPY_KINDS = {
     "punctuation": _punctuation_copies,
     "case": _case_copies,
     "spacing and Unicode forms": _spacing_copies,
 }
+# wordier copies: a prefix added, a typo (the normalised key differs from the text's)
+WORDY_COPY_KINDS = {"prefix": _prefix_copies, "typo": _typo_copies}
 
 
 def near_copies(text: str, copies: int, kind: str | None = None) -> list[str]:
-    """``copies`` near-identical versions of ``text``: of one kind of ``NEAR_COPY_KINDS``, or
-    (``None``) of all kinds in turn."""
+    """``copies`` near-identical versions of ``text``: of one kind of ``NEAR_COPY_KINDS`` or
+    ``WORDY_COPY_KINDS``, or (``None``) of all ``NEAR_COPY_KINDS`` in turn."""
     kinds = [kind] if kind is not None else list(NEAR_COPY_KINDS)
-    rounds = zip(*(NEAR_COPY_KINDS[k](text) for k in kinds), strict=True)
+    makers = NEAR_COPY_KINDS | WORDY_COPY_KINDS
+    rounds = zip(*(makers[k](text) for k in kinds), strict=False)
     versions = [v for v in dict.fromkeys(v for versions in rounds for v in versions) if v != text]
     return [versions[i % len(versions)] for i in range(copies)]
 
