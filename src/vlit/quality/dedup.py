@@ -169,12 +169,17 @@ def central_members(texts: list[str], groups: NDArray[np.int64]) -> NDArray[np.i
     """One index per group, sorted: its shortest member; among several, the one whose byte
     4-grams the other members share most (mean over its n-grams of how many members have it),
     so a caption, not one of its typo copies, stands for them; then the earlier index."""
-    grams, owner = _byte_ngrams(texts, 4)
-    pairs = np.unique(np.stack([groups[owner], grams, owner], axis=1), axis=0)  # distinct n-grams
-    _, slot, popularity = np.unique(pairs[:, :2], axis=0, return_inverse=True, return_counts=True)
-    members = pairs[:, 2]
-    total = np.bincount(members, popularity[slot.ravel()], len(texts)).astype(np.float64)
-    score = total / np.maximum(np.bincount(members, minlength=len(texts)), 1)
+    sizes = np.bincount(groups)
+    shared = np.flatnonzero(sizes[groups] > 1)  # only members of a group of several need a score
+    score = np.zeros(len(texts))
+    if shared.size:
+        grams, owner = _byte_ngrams([texts[i] for i in shared], 4)
+        distinct = np.unique((owner << 32) | grams)  # each member's distinct n-grams
+        member = shared[distinct >> 32]
+        in_group = (groups[member] << 32) | (distinct & 0xFFFFFFFF)
+        _, slot, popularity = np.unique(in_group, return_inverse=True, return_counts=True)
+        total = np.bincount(member, popularity[slot], len(texts)).astype(np.float64)
+        score = total / np.maximum(np.bincount(member, minlength=len(texts)), 1)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     order = np.lexsort((np.arange(len(texts)), -score, lengths, groups))
     first = np.r_[True, groups[order][1:] != groups[order][:-1]]
@@ -224,7 +229,7 @@ def ngram_pairs(
     threshold: float,
     length_ratio: float = 0.9,
     size: int = 4,
-    bands: int = 30,
+    bands: int = 12,
     rows: int = 4,
     seed: int = 1,
 ) -> Pairs:
@@ -232,8 +237,8 @@ def ngram_pairs(
     longer: not a text and the text with a sentence added) whose sets of ``size``-byte n-grams
     (of their UTF-8) have Jaccard similarity at least ``threshold``. Candidates come from
     MinHash LSH (``bands`` bands of ``rows`` hashes: a pair at Jaccard 0.8 is a candidate with
-    probability 1 - (1 - 0.8^4)^30 > 0.9999, at 0.6 0.985), and every candidate's exact Jaccard
-    is checked, so no pair below ``threshold`` is returned."""
+    probability 1 - (1 - 0.8^4)^12 = 0.998, at 0.9 > 0.9999), and every candidate's exact
+    Jaccard is checked, so no pair below ``threshold`` is returned."""
     count = len(texts)
     if count < 2:
         return _pairs([])
