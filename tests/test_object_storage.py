@@ -17,8 +17,8 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
+from random_models import save_random_clip
 from vlit.cli import app
-from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 from vlit.runners.base import RunnerSettings, build_runner
 from vlit.stages import score as score_stage

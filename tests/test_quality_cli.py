@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llm_servers import Response, ScriptedServer
+from random_models import save_random_clip
 from vlit.cli import main
-from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
 

@@ -19,10 +19,10 @@ import yaml
 from typer.testing import CliRunner
 
 from llm_servers import Response, ScriptedServer
+from random_models import save_random_clip
 from recipe_parts import coco_tiny_collect
 from vlit.cli import app
 from vlit.errors import ConfigError, InputFileError, VlitError
-from vlit.quality.random_models import save_random_clip
 from vlit.recipe import Recipe, load_recipe, parse_recipe
 from vlit.rundir import RunDir
 from vlit.stages import collect as collect_stage
