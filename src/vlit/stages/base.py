@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vlit.generate.generator import ProgressCallback
 from vlit.rundir import RunDir
@@ -53,13 +53,17 @@ def reused(
     kind: type[S], run: RunDir, outputs: tuple[str, ...], settings: dict[str, Any], name: str
 ) -> S | None:
     """The saved summary of stage ``name`` when its ``outputs`` are committed, current and made
-    with ``settings`` (`vlit run` refreshes only what is stale); None otherwise."""
+    with ``settings`` (`vlit run` refreshes only what is stale); None otherwise, or when the
+    saved summary is not one of ``kind``."""
     if not all(run.is_up_to_date(stage, settings) for stage in outputs):
         return None
     previous = run.load_meta().get("summaries", {}).get(name)
     if not isinstance(previous, dict):
         return None
-    return kind.model_validate({**previous, "up_to_date": True})
+    try:
+        return kind.model_validate({**previous, "up_to_date": True})
+    except ValidationError:  # saved by another version of vlit: run the stage again
+        return None
 
 
 def batch_counter(progress: ProgressCallback | None, step: str) -> Callable[[int], None] | None:
