@@ -13,16 +13,16 @@ import pytest
 from llm_servers import ModelServer, Response, ScriptedServer
 from vlit.collect import CocoCollector
 from vlit.errors import LlmError
-from vlit.generate.generator import GenerationSettings
 from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.generate.schemas import conversation_shape, read_complexity, read_verdict
-from vlit.generate.stage import generate_run
 from vlit.llm.base import ChatRequest, Choice, LlmBackend, Message
 from vlit.llm.journal import LlmJournal, request_key
 from vlit.llm.session import LlmSession
 from vlit.quality.indicators.complexity import expected_score
 from vlit.quality.judge import parse_verdict
 from vlit.rundir import RunDir
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import GenerateSettings
 
 # Small enough to finish in ~60 tokens: one pair of short texts.
 SHAPE = conversation_shape(pairs=(1, 1), answer_chars=80, max_tokens=64)
@@ -133,8 +133,8 @@ def test_generate_keeps_raw_text_and_records_the_fallback(
 
     scripted_server.refuse_response_format = True
     scripted_server.add_rule(answer)
-    settings = GenerationSettings(modes={"detailed": 1.0}, n=1, max_tokens=256)
-    summary = generate_run(run, settings=settings, backend=scripted_server.backend())
+    settings = GenerateSettings(modes=["detailed"], n=1, max_tokens=256)
+    summary = generate_stage.run(run, settings, backend=scripted_server.backend()).to_json()
     assert summary["structured"]["setting"] == "auto"
     assert summary["structured"]["refusal"] is not None
     assert summary["samples_ok"] + summary["samples_failed"].get(FAILURE_NO_TURNS, 0) == 2

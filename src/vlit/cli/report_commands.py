@@ -15,6 +15,7 @@ from vlit.cli.common import console, emit_summary
 from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError, InputFileError
 from vlit.images import is_url
+from vlit.llm.config import LLM_CONCURRENCY
 from vlit.quality.indicators.embeddings import embedder_spec, load_embedder
 from vlit.quality.indicators.suite import (
     IndicatorSettings,
@@ -27,9 +28,12 @@ from vlit.report.html import DatasetView
 from vlit.report.table import comparison_json, indicator_rows
 from vlit.rundir import RunDir
 from vlit.selection import select_to_budget
+from vlit.stages.report import ReportSettings
 from vlit.storage import open_run_dir
 
 LABELLER_NAMES = ("rules", "taggpt")
+_REPORT = ReportSettings()
+_INDICATORS = IndicatorSettings()
 
 
 def register(app: typer.Typer) -> None:
@@ -142,11 +146,13 @@ def report_command(
             help="DBSCAN eps (cosine distance), or 'auto': the eps with the most clusters, "
             "chosen once over all the runs given.",
         ),
-    ] = "auto",
-    min_samples: Annotated[int, typer.Option("--min-samples", help="DBSCAN min_samples.")] = 5,
+    ] = str(_INDICATORS.eps),
+    min_samples: Annotated[
+        int, typer.Option("--min-samples", help="DBSCAN min_samples.")
+    ] = _INDICATORS.min_samples,
     subsample: Annotated[
         int, typer.Option("--subsample", help="Distinct responses clustered for R.")
-    ] = 5_000,
+    ] = _INDICATORS.subsample_size,
     reuse_settings: Annotated[
         Path | None,
         typer.Option(
@@ -157,12 +163,16 @@ def report_command(
     ] = None,
     parse_limit: Annotated[
         int, typer.Option("--parse-limit", help="Most samples parsed by spaCy for O/G.")
-    ] = 5000,
+    ] = _INDICATORS.parse_limit,
     complexity_samples: Annotated[
         int, typer.Option("--complexity-samples", help="Samples scored by the LLM (1-10).")
     ] = 500,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="LLM requests at once.")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="LLM requests at once.")
+    ] = LLM_CONCURRENCY,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of every random choice.")
+    ] = _REPORT.seed,
 ) -> None:
     """Compute the dataset indicators of each run, write RUN/indicators.json, compare them."""
     if labeller not in LABELLER_NAMES:
@@ -179,7 +189,7 @@ def report_command(
     settings = _settings(eps, min_samples, subsample, parse_limit, seed)
     if reuse_settings is not None:
         settings, embedder = _reused(reuse_settings, settings, embedder)
-    embedder = embedder or "minilm"
+    embedder = embedder or _REPORT.embedder
     embedding_model = None if embedder == "none" else load_embedder(embedder)
     if labeller == "taggpt" and embedding_model is None:
         raise ConfigError("--labeller taggpt merges tags by embedding", fix="drop --embedder none")

@@ -147,13 +147,15 @@ class Completion:
 class Outcome:
     """What a session returns per request: the choices, or why there are none.
 
-    ``from_journal`` is true when the answer came from the journal (no request was sent).
+    ``from_journal`` is true when the answer came from the journal (no request was sent);
+    ``budget_refused`` when the session's budget did not let the request through.
     """
 
     request: ChatRequest
     choices: list[Choice] = field(default_factory=list)
     error: str | None = None
     from_journal: bool = False
+    budget_refused: bool = False
 
     @property
     def ok(self) -> bool:

@@ -24,9 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,15 @@ class CorrectnessJudge:
             if journal is None and self.journal_path is not None:
                 journal = LlmJournal(self.journal_path)
             self.session = LlmSession(self.backend, journal=journal, concurrency=self.concurrency)
+
+    def worker_copy(self, share_journal: Callable[[Path], Journal]) -> CorrectnessJudge:
+        """The copy a runner's workers use: the run's journal shared through
+        ``share_journal(path)``, so no two workers pay for one request; fresh counts."""
+        if self.journal_path is None:
+            return self
+        remote = copy.copy(self)
+        remote.journal, remote.counts = share_journal(self.journal_path), Counter()
+        return remote
 
     def request_for(self, reference: str, sample: Sample) -> ChatRequest:
         return ChatRequest(

@@ -154,7 +154,7 @@ def _sample_html(sample: Sample) -> str:
     if sample.image:
         parts.append(f" &middot; {escape(sample.image)}")
     if sample.drop_reason:
-        parts.append(f" &middot; dropped: {escape(sample.drop_reason)}")
+        parts.append(f" &middot; dropped: {escape(str(sample.drop_reason))}")
     parts.append("</div>")
     for turn in sample.turns[:4]:
         text = turn.text if len(turn.text) <= MAX_TURN_CHARS else turn.text[:MAX_TURN_CHARS] + "…"
@@ -172,7 +172,8 @@ def _examples(view: DatasetView) -> str:
                 group.append(sample)
     by_reason: dict[str, list[Sample]] = {}
     for sample in view.dropped:
-        group = by_reason.setdefault(sample.drop_reason or "unknown", [])
+        reason = str(sample.drop_reason) if sample.drop_reason is not None else "unknown"
+        group = by_reason.setdefault(reason, [])
         if len(group) < EXAMPLES_PER_GROUP:
             group.append(sample)
     html = ["<h3>Examples per task</h3>"]
