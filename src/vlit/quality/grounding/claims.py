@@ -8,8 +8,10 @@ and the words are kept with the mention (and end up in the sample's provenance):
 1. **Word sense** (``sense_rule``): a colour ("an orange and white cat"), a group or part noun
    before "of" ("a couple of boats", "a jet of water"), a word read as something else in its
    sentence ("wooden ties"), a kin word for an animal ("its mother"), the young of another
-   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed") and a
-   pronoun for the animal named before ("the cat ... she") name no object.
+   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed"), a toy
+   animal ("a rubber duck"), a word of a proper name ("past a Burger King"), an indefinite
+   owner ("a child's bicycle") and a pronoun for the animal named before ("the cat ... she")
+   name no object. A line break ends a phrase and a compound (bulleted lists).
 2. **Compounds** (``compound_rule``): the first noun of "bike lane" or "passenger train" names no
    object (a use, or a kind of the head object); of "laptop screen", "bus driver" it does (a
    part or a role of it). The small parser also reads many verbs as nouns ("A zebra grazes"):
@@ -17,7 +19,8 @@ and the words are kept with the mention (and end up in the sample's provenance):
 3. **No claim** (``non_claim_rule``): inside a hypothetical ("if", "would", "could"), advice
    ("should", "must"), a generic statement ("kitchens like this", "parties often include
    cake"), an example after "such as", a purpose ("clean for the guests to use") or a past
-   cause ("hit by a car") nothing is claimed present. A hedge still claims (``hedge_rule``:
+   cause ("hit by a car", "the fork that someone left", "when an old sink was ripped out")
+   nothing is claimed present. A hedge still claims (``hedge_rule``:
    "a dog might be hiding", "there may be a cat", and definite objects under "could").
 4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", "no sign of",
    "lacks", "is missing", or a negated verb of existence ("I don't see a cat", "There isn't a
@@ -26,10 +29,13 @@ and the words are kept with the mention (and end up in the sample's provenance):
    of a list. A negated relation ("The cat is not sitting on the laptop", "Nobody is riding
    it", "Neither chef is holding a spoon") claims nothing about the indefinite objects it
    governs; its subject and definite objects stay present. An absence with an exception
-   ("apart from the man, no people") claims nothing.
+   ("apart from the man, no people") claims nothing. "no" may sit on the first word of a name
+   ("no stop sign"). An answer that also claims the object present does not deny it ("not a
+   bike; a bicycle is parked behind him", in ``stage.py``).
 5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup", "a pair of
-   trucks", "both dogs" are exact claims; "one dog sits" (one of them), "two of the people" (a
-   subset) and "about ten" are not.
+   trucks", "both dogs" are exact claims; "one dog sits" (one of them) and "about ten" are
+   not, nor is the number of a numbered list ("2. A sink"). A subset ("eight of the
+   cyclists", ``subset_number``) is a lower bound: an error only when larger than the total.
 
 Questions (``asked_objects``): for "Is there a cat (on the desk)?" a "Yes" claims what the
 question names and a "No" denies what it asks existence of (the cat; not the sink of "Is there
