@@ -193,11 +193,20 @@ def report_command(
             staged.enter_context(open_run_dir(given, writer="vlit report", must_exist=True)).root
             for given in runs
         ]
-        loaded_runs = [load_run(path) for path in paths]
+        in_memory = llm_base_url is not None  # an LLM labels or scores the samples held
+        loaded_runs = [load_run(path, with_samples=in_memory) for path in paths]
         if len(loaded_runs) > 1 and embedding_model is not None:
             # one ruler: a data-chosen eps is chosen once over all the runs
             settings = shared_settings(
-                [(loaded.samples, loaded.root / "embeddings") for loaded in loaded_runs],
+                [
+                    (
+                        [loaded.samples]
+                        if in_memory
+                        else usable_batches(RunDir(path), loaded.stage),
+                        loaded.root / "embeddings",
+                    )
+                    for path, loaded in zip(paths, loaded_runs, strict=True)
+                ],
                 embedder=embedding_model,
                 settings=settings,
             )
@@ -219,7 +228,7 @@ def report_command(
                 on_step=_announcer(name),
                 loaded=loaded,
             )
-            console.print(f"{name}: {len(view.samples)} samples from {view.report['stage']}/")
+            console.print(f"{name}: {view.report['samples']} samples from {view.report['stage']}/")
             views.append(view)
     if html is not None:
         write_html(views, html)

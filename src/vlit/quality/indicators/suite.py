@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,18 +80,20 @@ class LoadedRun:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def load_run(path: str | os.PathLike[str]) -> LoadedRun:
+def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> LoadedRun:
     """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
-    samples marked dropped are left out (and counted)."""
+    samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
+    samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
     run, stage = report_stage(path)
     excluded = {"failed": 0, "dropped": 0}
-    samples = [s for batch in usable_batches(run, stage, excluded) for s in batch]
+    batches = usable_batches(run, stage, excluded) if with_samples else ()
+    samples = [s for batch in batches for s in batch]
     records = (
         {record.image_id: record for record in run.read_records()}
         if run.has_stage("records")
         else {}
     )
-    dropped = list(run.read_samples("dropped")) if run.has_stage("dropped") else []
+    dropped = list(run.read_samples("dropped")) if with_samples and run.has_stage("dropped") else []
     return LoadedRun(
         root=run.root,
         name=run.root.name,
@@ -316,17 +318,17 @@ def _flags(details: dict[str, Any]) -> dict[str, str]:
 
 
 def shared_settings(
-    datasets: list[tuple[list[Sample], str | os.PathLike[str] | None]],
+    datasets: list[tuple[Iterable[list[Sample]], str | os.PathLike[str] | None]],
     *,
     embedder: Embedder,
     settings: IndicatorSettings,
 ) -> IndicatorSettings:
-    """``settings`` with one eps for all ``datasets`` ((samples, embedding cache folder)):
-    where they together have the most response clusters. A given eps is kept as it is."""
+    """``settings`` with one eps for all ``datasets`` ((batches of samples, embedding cache
+    folder)): where they together have the most response clusters. A given eps is kept."""
     if not isinstance(settings.eps, str):
         return settings
     indicators = []
-    for samples, cache_dir in datasets:
+    for batches, cache_dir in datasets:
         indicator = ResponseDiversityIndicator(
             embedder=embedder,
             cache_dir=cache_dir,
@@ -335,7 +337,8 @@ def shared_settings(
             near_duplicate_distance=settings.near_duplicate_distance,
             seed=settings.seed,
         )
-        _feed(indicator, samples)
+        for batch in batches:
+            indicator.update(batch)
         indicators.append(indicator)
     return replace(
         settings,
