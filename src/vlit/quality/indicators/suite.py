@@ -85,6 +85,7 @@ def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> Load
     samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
     samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
     run, stage = report_stage(path)
+    run.check_current(stage)  # a stale stage stops the command before its work
     excluded = {"failed": 0, "dropped": 0}
     batches = usable_batches(run, stage, excluded) if with_samples else ()
     samples = [s for batch in batches for s in batch]
