@@ -189,19 +189,23 @@ def _streaming_indicators(
         QualityScoresIndicator(),
     ]
     if embedder is not None:
-        indicators.append(
-            ResponseDiversityIndicator(
-                embedder=embedder,
-                cache_dir=cache_dir,
-                eps=settings.eps,
-                eps_source=settings.eps_source,
-                min_samples=settings.min_samples,
-                subsample_size=settings.subsample_size,
-                near_duplicate_distance=settings.near_duplicate_distance,
-                seed=settings.seed,
-            )
-        )
+        indicators.append(_response_diversity(embedder, cache_dir, settings))
     return indicators
+
+
+def _response_diversity(
+    embedder: Embedder, cache_dir: str | os.PathLike[str] | None, settings: IndicatorSettings
+) -> ResponseDiversityIndicator:
+    return ResponseDiversityIndicator(
+        embedder=embedder,
+        cache_dir=cache_dir,
+        eps=settings.eps,
+        eps_source=settings.eps_source,
+        min_samples=settings.min_samples,
+        subsample_size=settings.subsample_size,
+        near_duplicate_distance=settings.near_duplicate_distance,
+        seed=settings.seed,
+    )
 
 
 def _report(
@@ -330,14 +334,7 @@ def shared_settings(
         return settings
     indicators = []
     for batches, cache_dir in datasets:
-        indicator = ResponseDiversityIndicator(
-            embedder=embedder,
-            cache_dir=cache_dir,
-            min_samples=settings.min_samples,
-            subsample_size=settings.subsample_size,
-            near_duplicate_distance=settings.near_duplicate_distance,
-            seed=settings.seed,
-        )
+        indicator = _response_diversity(embedder, cache_dir, settings)
         for batch in batches:
             indicator.update(batch)
         indicators.append(indicator)
