@@ -130,9 +130,12 @@ def test_simcse_style_checkpoint_uses_cls_pooling(tmp_path: Path) -> None:
 def test_r_subsample_is_the_same_bottom_k_in_any_batching(
     responses: list[str], cuts: list[int], size: int
 ) -> None:
-    """R keeps the ``subsample_size`` distinct texts of smallest seeded hash and one hash per
-    response: however the stream is cut into batches and workers merged."""
-    from vlit.quality.indicators.response_diversity import ResponseDiversityIndicator
+    """R keeps the ``subsample_size`` distinct response keys of smallest seeded hash and one hash
+    per response: however the stream is cut into batches and workers merged."""
+    from vlit.quality.indicators.response_diversity import (
+        ResponseDiversityIndicator,
+        response_key,
+    )
     from vlit.schema import Sample, Turn
 
     texts = responses[:300] + responses[:50]  # 50 repeated responses
@@ -155,6 +158,6 @@ def test_r_subsample_is_the_same_bottom_k_in_any_batching(
     merged = parts[0]
     for part in parts[1:]:
         merged.merge(part)
-    distinct = sorted(set(texts), key=whole._hash)
+    distinct = sorted({response_key(t) for t in texts}, key=whole._hash)
     assert sorted(whole.kept.values()) == sorted(distinct[:size])
     assert merged.kept == whole.kept and merged.responses == whole.responses == len(texts)
