@@ -172,6 +172,7 @@ def score_stage(recipe: Recipe, run: RunDir, progress: ProgressCallback | None) 
         clip_decode=section.clip_decode,
         judge=judge is not None,
         judge_votes=judge.votes if judge is not None else 3,
+        judge_structured=judge.structured if judge is not None else "auto",
         llm=llm.to_config(concurrency=recipe.generate.concurrency) if llm is not None else None,
         grounding=section.grounding,
         spacy_model=section.spacy_model,

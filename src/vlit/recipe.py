@@ -237,6 +237,9 @@ class JudgeSection(Section):
 
     enabled: bool = True
     votes: int = Field(default=3, ge=1)
+    structured: Literal["auto", "json_schema", "json_object", "off"] = Field(
+        default="auto", description="structured output: constrain verdicts to their schema"
+    )
     llm: LlmSection | None = None  # None: the recipe's `llm`
 
 

@@ -8,6 +8,7 @@ import typer
 
 from vlit.cli.common import TokenLimitParamOption, emit_summary, progress_bar, stage_rows
 from vlit.errors import ConfigError
+from vlit.llm.base import structured_setting
 from vlit.llm.config import LlmConfig
 from vlit.llm.openai_compatible import TOKEN_LIMIT_PARAMS, parse_header
 from vlit.quality.grounding import SPACY_MODEL
@@ -65,6 +66,14 @@ def score_command(
         bool, typer.Option("--judge", help="Ask an LLM judge for correctness (C).")
     ] = False,
     judge_n: Annotated[int, typer.Option("--judge-n", help="Votes per sample.")] = 3,
+    structured: Annotated[
+        str,
+        typer.Option(
+            "--structured",
+            help="auto|json_schema|json_object|off: constrain each judge verdict to its JSON "
+            "schema (auto: where the endpoint can).",
+        ),
+    ] = "auto",
     llm_base_url: Annotated[
         str | None,
         typer.Option("--llm-base-url", help="OpenAI-compatible endpoint of the judge."),
@@ -139,6 +148,7 @@ def score_command(
         decode_workers=decode_workers,
         judge=judge,
         judge_votes=judge_n,
+        judge_structured=structured_setting(structured),
         llm=llm,
         grounding=not no_grounding,
         spacy_model=spacy_model,

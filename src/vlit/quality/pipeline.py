@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from vlit.errors import ConfigError, ModelUnavailableError
 from vlit.images import is_url
+from vlit.llm.base import StructuredSetting
 from vlit.llm.config import LlmConfig, build_backend
 from vlit.quality.filtering import (
     FailedGenerationFilter,
@@ -59,6 +60,7 @@ class ScoreOptions:
     decode_workers: int = 2
     judge: bool = False
     judge_votes: int = 3
+    judge_structured: StructuredSetting = "auto"
     llm: LlmConfig | None = None
     grounding: bool = True
     spacy_model: str = SPACY_MODEL  # grounding's parser: a pipeline's name or folder
@@ -148,6 +150,7 @@ def score_run(
             journal_path=run.journal_path,
             records=records,
             votes=options.judge_votes,
+            structured=options.judge_structured,
             seed=options.seed,
             concurrency=options.llm.concurrency,
         )
