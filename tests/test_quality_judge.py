@@ -187,7 +187,7 @@ def test_real_small_model_verdicts_parse_under_the_schema(smollm_server: ModelSe
         backend=smollm_server.backend(),
         records={"391895": RECORD},
         votes=3,
-        max_tokens=48,
+        max_tokens=64,
         temperature=0.8,
         seed=7,
     )
