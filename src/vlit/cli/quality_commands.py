@@ -79,6 +79,14 @@ def score_command(
         bool, typer.Option("--judge", help="Ask an LLM judge for correctness (C).")
     ] = False,
     judge_n: Annotated[int, typer.Option("--judge-n", help="Votes per sample.")] = _JUDGE.votes,
+    structured: Annotated[
+        str,
+        typer.Option(
+            "--structured",
+            help="auto|json_schema|json_object|off: constrain each judge verdict to its JSON "
+            "schema (auto: where the endpoint can).",
+        ),
+    ] = _JUDGE.structured,
     llm_base_url: Annotated[
         str | None,
         typer.Option("--llm-base-url", help="OpenAI-compatible endpoint of the judge."),
@@ -143,7 +151,7 @@ def score_command(
             "clip_batch_size": clip_batch_size,
             "clip_decode": clip_decode,
             "decode_workers": decode_workers,
-            "judge": {"votes": judge_n} if judge else None,
+            "judge": {"votes": judge_n, "structured": structured} if judge else None,
             "grounding": not no_grounding,
             "spacy_model": spacy_model,
             "lint": not no_lint,

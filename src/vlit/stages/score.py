@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from vlit.errors import ConfigError, ModelUnavailableError
+from vlit.llm.base import StructuredSetting
 from vlit.llm.config import LlmConfig, build_backend
 from vlit.quality.grounding import SPACY_MODEL, AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
@@ -39,6 +40,9 @@ class JudgeSettings(Settings):
 
     enabled: bool = True
     votes: int = Field(default=3, ge=1)
+    structured: StructuredSetting = Field(
+        default="auto", description="structured output: constrain verdicts to their schema"
+    )
     llm: LlmSettings | None = None  # None: the recipe's `llm`
 
 
@@ -63,6 +67,7 @@ class ScoreSettings(Settings):
         recorded = self.model_dump(mode="json", exclude=how_fast)
         judge = self.judge if self.judge is not None and self.judge.enabled else None
         recorded["judge_votes"] = judge.votes if judge is not None else None
+        recorded["judge_structured"] = judge.structured if judge is not None else None
         if judge is not None and judge_llm is not None:
             recorded["llm"] = {"base_url": judge_llm.base_url, "model": judge_llm.model}
         recorded["seed"] = seed
@@ -154,6 +159,7 @@ def run(
             journal_path=run.journal_path,
             records=records,
             votes=judge_settings.votes,
+            structured=judge_settings.structured,
             seed=seed,
             concurrency=judge_llm.concurrency,
         )
