@@ -7,8 +7,9 @@ Three tables, each as multiples of a baseline measured in the same process:
    of the same bytes (which only handles the clean ones, and loses repeated keys);
 2. planning per image: clue + prompt assembly (+ drawing the region copy, + adaptation),
    against `visual_clue` alone;
-3. a whole `generate_run` over the 50 coco_tiny images against an in-process scripted endpoint
-   with no latency (so the LLM costs nothing), first run versus rerun from the journal.
+3. a whole generate stage (`vlit.stages.generate.run`) over the 50 coco_tiny images against an
+   in-process scripted endpoint with no latency (so the LLM costs nothing), first run versus
+   rerun from the journal.
 
     .venv/bin/python benchmarks/bench_generate.py [--repeat 200]
 """
@@ -26,10 +27,11 @@ from typing import Any
 
 from vlit.clue import visual_clue
 from vlit.collect import CocoCollector
-from vlit.generate.generator import ConversationGenerator, GenerationSettings
+from vlit.generate.generator import ConversationGenerator
 from vlit.generate.parse import parse_conversation
-from vlit.generate.stage import generate_run
 from vlit.rundir import RunDir
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import GenerateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT.parent / "shared" / "data" / "coco_tiny"
@@ -92,7 +94,9 @@ def bench_planning(records: list[Any], work: Path) -> None:
     ):
         images = work / label.split()[0]
         generator = ConversationGenerator(
-            settings=GenerationSettings(modes=modes), images_dir=images, generator_info={}
+            settings=GenerateSettings(modes=modes).generation(),
+            images_dir=images,
+            generator_info={},
         )
         per = timed(lambda g=generator: [g.plan(r) for r in records], 1) / len(records)
         print(f"{label:<40}{per * 1e3:>9.2f} ms{per / base:>10.1f}")
@@ -110,17 +114,17 @@ def bench_run(records: list[Any], work: Path) -> None:
     try:
         run = RunDir(work / "run")
         run.write_records(records)
-        settings = GenerationSettings(modes={"conversation": 1.0, "negative": 1.0}, n=5)
+        settings = GenerateSettings(modes=["conversation", "negative"], n=5, concurrency=8)
         backend = server.backend()
         start = time.perf_counter()
-        first = generate_run(run, settings=settings, backend=backend, concurrency=8)
+        first = generate_stage.run(run, settings, backend=backend).to_json()
         first_s = time.perf_counter() - start
         start = time.perf_counter()
-        again = generate_run(run, settings=settings, backend=backend, concurrency=8)
+        again = generate_stage.run(run, settings, backend=backend).to_json()
         again_s = time.perf_counter() - start
     finally:
         server.stop()
-    print(f"\ngenerate_run, {first['samples']} samples from {first['requests']} requests")
+    print(f"\nthe generate stage, {first['samples']} samples from {first['requests']} requests")
     print(f"{'run':<34}{'seconds':>10}{'samples/s':>12}{'x first':>10}")
     for label, seconds, summary in (
         ("first (zero-latency endpoint)", first_s, first),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,9 +37,9 @@ from PIL import Image
 from vlit.quality.device_images import DeviceImages, nvjpeg_decoder, nvjpeg_unavailable_reason
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
 from vlit.quality.matching import ClipMatchingScorer
-from vlit.quality.random_models import save_random_clip
 from vlit.schema import Sample, Turn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test builders
 COCO_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny" / "train2017"
 CLIP_SPEC = PreprocessSpec(resize_shortest_edge=224, crop=(224, 224))
 
@@ -162,6 +163,8 @@ def main() -> None:
     print(f"nvjpeg: {nvjpeg_unavailable_reason(str(device)) or 'available'}\n")
     print("| shape | row | per s | x bare image tower (sdpa) |")
     print("|---|---|---|---|")
+    from random_models import save_random_clip
+
     for shape in args.shapes.split(","):
         checkpoint = save_random_clip(workdir / shape, shape=shape)  # type: ignore[arg-type]
         bare = bench_bare_tower(checkpoint, device, dtype, "sdpa", count, batch)

@@ -2,11 +2,12 @@
 
 For each vlit source tree (``--baseline-src``, e.g. ``main`` unpacked by
 ``git archive main | tar -x -C /tmp/base-13``, and this tree's ``src``) a subprocess with that
-tree first on ``PYTHONPATH`` scores tests/data/grounding/corpus.jsonl with
+tree first on ``PYTHONPATH`` scores tests/data/grounding/corpus.jsonl and heldout2.jsonl with
 ``AnnotationGrounding`` and prints:
 
 - precision / recall of the four checks (mentions, hallucinated, false absent, count errors)
-  on the dev part, the held-out part, the whole corpus and each batch of the corpus README;
+  on the dev part, the held-out part, the whole corpus, each batch of the corpus README and,
+  as its own group, the blind heldout2 file;
 - mistakes (false positives + false negatives) per cause class of the corpus;
 - throughput: answers grounded per second (the corpus cycled ``--repeat`` times, spaCy loaded
   before timing, best of ``--rounds``).
@@ -43,10 +44,13 @@ GROUPS = {
     "k": "batch 4 (k..., written before vlit ran on it)",
     "j": "batch 5 (j..., written before vlit ran on it)",
     "g": "batch 6 (g..., written before vlit ran on it)",
+    "heldout2": "heldout2.jsonl (written blind, scored on its own)",
 }
 
 
 def in_group(group: str, item: dict[str, str]) -> bool:
+    if group == "heldout2" or item["split"] == "heldout2":
+        return group == item["split"]
     if group in ("dev", "heldout"):
         return item["split"] == group
     return group == "all" or item["id"].startswith(group)
@@ -55,10 +59,17 @@ def in_group(group: str, item: dict[str, str]) -> bool:
 def measure(repeat: int, rounds: int, spacy_model: str | None) -> dict[str, object]:
     """Run in the subprocess: accuracy and throughput of the vlit found on sys.path."""
     sys.path.insert(0, str(TESTS))
-    from grounding_corpus import CHECKS, coco_records, corpus_samples, load_corpus, score
+    from grounding_corpus import (
+        CHECKS,
+        HELDOUT2,
+        coco_records,
+        corpus_samples,
+        load_corpus,
+        score,
+    )
     from vlit.quality.grounding import AnnotationGrounding
 
-    items = load_corpus()
+    items = load_corpus() + load_corpus(HELDOUT2)
     options = {"spacy_model": spacy_model} if spacy_model else {}
     stage = AnnotationGrounding(records=coco_records(COCO_TINY), **options)
     stage.setup()
@@ -109,6 +120,8 @@ def main() -> None:
     corpus = [json.loads(line) for line in (TESTS / "data/grounding/corpus.jsonl").open()]
     splits = Counter(item["split"] for item in corpus)
     print(f"corpus: {len(corpus)} answers ({splits['dev']} dev, {splits['heldout']} held-out)")
+    heldout2 = (TESTS / "data/grounding/heldout2.jsonl").read_text().splitlines()
+    print(f"heldout2: {len(heldout2)} answers (the mistakes per cause and throughput include it)")
     for split, title in GROUPS.items():
         print(f"\n{title}: precision / recall")
         print(f"| check | {' | '.join(results)} |")

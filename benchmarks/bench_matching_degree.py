@@ -39,9 +39,9 @@ import torch
 from PIL import Image
 
 from vlit.quality.matching import MD_TEXT_PREFIX, ClipMatchingScorer, conversation_text
-from vlit.quality.random_models import save_random_clip
 from vlit.schema import Sample, Turn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test builders
 COCO_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny" / "train2017"
 
 _QUESTIONS = [
@@ -247,6 +247,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / f"clip-{args.shape}"
     if not (checkpoint / "config.json").exists():
+        from random_models import save_random_clip
+
         save_random_clip(checkpoint, shape=args.shape, seed=0)
     samples = make_samples(args.samples, args.images, args.words)
     words = np.mean([sum(len(t.text.split()) for t in s.turns) for s in samples])

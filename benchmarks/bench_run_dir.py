@@ -4,13 +4,16 @@ memory.
 Builds a LLaVA file of N varied conversations about the 50 real COCO images in
 ``../shared/data/coco_tiny`` (questions and answers recombined from the COCO captions, the VQA v2
 questions and the LLaVA slice's captions, so no two samples are the same text by construction)
-and a run holding those images' records (for grounding), then runs each stage as its own `vlit`
-process and reports its wall time and peak RSS. With
-``--compare SRC`` the same stages also run on another checkout's ``src`` (for example the commit
-before a change), interleaved, so both columns come from the same session.
+and a run holding those images' records (for grounding), then runs the four stages one after
+the other in ONE Python process (as `vlit.cli.main` would run each command) and reports each
+stage's wall time and peak RSS (the kernel's high-water mark, reset before each stage through
+``/proc/self/clear_refs``, so Linux only); the last column of a row is the process's peak so
+far. With ``--compare SRC`` the same pipeline also runs on another checkout's ``src`` (for
+example the commit before a change), alternating, so both come from the same session;
+``--repeat`` alternates several times.
 
     .venv/bin/python benchmarks/bench_run_dir.py --sizes 10000 40000
-    .venv/bin/python benchmarks/bench_run_dir.py --sizes 20000 --compare /tmp/old/src
+    .venv/bin/python benchmarks/bench_run_dir.py --sizes 20000 --compare /tmp/old/src --repeat 2
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,29 +75,51 @@ with open(dataset, "w") as handle:
 """
 
 
-def run_stage(argv: list[str], run: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of one `vlit` process."""
-    places = {"RUN": str(run), "FILE": str(run) + ".json", "IMAGES": str(IMAGES)}
-    command = [
-        sys.executable,
-        "-m",
-        "vlit",
-        *[places.get(a, a.replace("RUN", str(run))) for a in argv],
-    ]
+_PIPELINE = """
+import json, sys, time
+from vlit.cli import main
+
+def high_water_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+stages, out = json.loads(sys.argv[1]), sys.argv[2]
+rows, peak = [], 0.0
+for stage, argv in stages:
+    with open("/proc/self/clear_refs", "w") as reset:
+        reset.write("5")  # the high-water mark starts again from the current RSS
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if status != 0:
-        error = process.stderr.read().decode() if process.stderr else ""
-        raise SystemExit(f"{' '.join(command)} failed: {error[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    main(argv)
+    seconds, stage_peak = time.perf_counter() - started, high_water_mb()
+    peak = max(peak, stage_peak)
+    rows.append([stage, seconds, stage_peak, peak])
+with open(out, "w") as handle:
+    json.dump(rows, handle)
+"""
+
+
+def run_pipeline(run: Path, env: dict[str, str]) -> list[tuple[str, float, float, float]]:
+    """(stage, seconds, peak RSS MB of the stage, of the process so far) per stage, all four
+    run in one process."""
+    places = {"RUN": str(run), "FILE": str(run) + ".json", "IMAGES": str(IMAGES)}
+    stages = [
+        (stage, [places.get(a, a.replace("RUN", str(run))) for a in argv])
+        for stage, argv in STAGES.items()
+    ]
+    out = f"{run}.times.json"
+    command = [sys.executable, "-c", _PIPELINE, json.dumps(stages), out]
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise SystemExit(f"pipeline on {run} failed: {done.stderr.decode()[-2000:]}")
+    return [tuple(row) for row in json.loads(Path(out).read_text())]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
     parser.add_argument("--compare", type=Path, help="another checkout's src folder")
+    parser.add_argument("--repeat", type=int, default=1, help="alternations per size")
     args = parser.parse_args()
     versions = {"this": str(REPO / "src")}
     if args.compare is not None:
@@ -103,20 +127,26 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for size in args.sizes:
-            for name, src in versions.items():
-                env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
-                run = Path(scratch) / f"{name}-{size}"
-                dataset = f"{run}.json"
-                build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA), dataset]
-                subprocess.run(build, env=env, check=True)
-                for stage, argv in STAGES.items():
-                    seconds, peak = run_stage(argv, run, env)
-                    rows.append((name, size, stage, seconds, size / seconds, peak))
+            for repeat in range(args.repeat):
+                for name, src in versions.items():
+                    env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
+                    run = Path(scratch) / f"{name}-{size}-{repeat}"
+                    dataset = f"{run}.json"
+                    build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA), dataset]
+                    subprocess.run(build, env=env, check=True)
+                    for stage, seconds, peak, process_peak in run_pipeline(run, env):
+                        row = (name, size, stage, seconds, size / seconds, peak, process_peak)
+                        rows.append(row)
+                        print(*row, sep="\t", file=sys.stderr, flush=True)
     print(
-        f"{'code':<8} {'samples':>8} {'stage':<7} {'seconds':>8} {'samples/s':>10} {'peak MB':>8}"
+        f"{'code':<8} {'samples':>8} {'stage':<7} {'seconds':>8} {'samples/s':>10} "
+        f"{'peak MB':>8} {'so far':>7}"
     )
-    for name, size, stage, seconds, rate, peak in rows:
-        print(f"{name:<8} {size:>8} {stage:<7} {seconds:>8.1f} {rate:>10.0f} {peak:>8.0f}")
+    for name, size, stage, seconds, rate, peak, so_far in rows:
+        print(
+            f"{name:<8} {size:>8} {stage:<7} {seconds:>8.1f} {rate:>10.0f} {peak:>8.0f} "
+            f"{so_far:>7.0f}"
+        )
     print(json.dumps({"rows": rows}))
 
 

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from vlit.collect import CocoCollector
-from vlit.generate.generator import GenerationSettings
-from vlit.generate.stage import generate_run
 from vlit.quality.grounding import AnnotationGrounding, load_spacy
 from vlit.quality.lint import SampleLinter
 from vlit.rundir import RunDir
-from vlit.runners.base import Stage
+from vlit.runners.base import Step
 from vlit.runners.local import run_stages
 from vlit.schema import Sample
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import GenerateSettings
 
 SMALL_RUN = 32
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny"
@@ -74,7 +74,7 @@ def build_run(root: Path, data: Path, samples: int) -> tuple[RunDir, int]:
         instances=data / "annotations" / "instances_train2017.json",
     ).collect()
     run.write_records(result.records)
-    generate_run(run, settings=GenerationSettings(modes={"adaptation": 1.0}), backend=None)
+    generate_stage.run(run, GenerateSettings(modes=["adaptation"]))
     base = list(run.read_samples("samples"))
     if not base:
         raise SystemExit(f"no samples were generated from {data}")
@@ -89,7 +89,7 @@ def build_run(root: Path, data: Path, samples: int) -> tuple[RunDir, int]:
     return run, len(base)
 
 
-def make_stages(run: RunDir, grounding_concurrency: int | None) -> list[Stage]:
+def make_stages(run: RunDir, grounding_concurrency: int | None) -> list[Step]:
     records = {record.image_id: record for record in run.read_records()}
     grounding = AnnotationGrounding(records=records)
     if grounding_concurrency is not None:

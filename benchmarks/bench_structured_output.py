@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlit.chain import collect_into
 from vlit.demo import demo_recipe
-from vlit.generate.stage import generate_run
 from vlit.llm.local import LocalTransformersBackend
 from vlit.rundir import RunDir
+from vlit.stages import collect as collect_stage
+from vlit.stages import generate as generate_stage
 
 
 def measure(
@@ -34,10 +34,10 @@ def measure(
     recipe = demo_recipe(folder)
     run = RunDir(folder)
     assert recipe.collect is not None
-    collect_into(run, recipe.collect)
-    settings = recipe.generate.model_copy(update={"structured": setting, "n": n}).to_settings()
+    collect_stage.run(run, recipe.collect)
+    settings = recipe.generate.model_copy(update={"structured": setting, "n": n, "concurrency": 1})
     started = time.perf_counter()
-    summary = generate_run(run, settings=settings, backend=backend, concurrency=1)
+    summary = generate_stage.run(run, settings, backend=backend).to_json()
     seconds = time.perf_counter() - started
     accepted = summary["llm_generations_parsed"]
     return {

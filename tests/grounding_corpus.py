@@ -17,6 +17,7 @@ from typing import Any
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
 
 CORPUS = Path(__file__).resolve().parent / "data" / "grounding" / "corpus.jsonl"
+HELDOUT2 = CORPUS.with_name("heldout2.jsonl")  # written blind, scored on its own
 CHECKS = {  # check name -> (corpus label, provenance key)
     "mentions": ("p", "mentioned"),
     "hallucinated": ("h", "hallucinated"),

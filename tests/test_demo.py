@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from llm_servers import Response, ScriptedServer
-from vlit.chain import run_recipe
 from vlit.demo import demo_recipe, kept_by_origin
-from vlit.recipe import LlmSection
+from vlit.recipe import Recipe
 from vlit.rundir import RunDir
+from vlit.stages.generate import LlmSettings
+from vlit.stages.run_all import run_recipe
 
 
 def _answers(body: dict[str, Any]) -> Response:
@@ -33,13 +34,18 @@ def _answers(body: dict[str, Any]) -> Response:
     return Response.text(*texts[: int(body.get("n") or 1)])
 
 
+def _run(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Each stage's summary, as JSON."""
+    return {name: summary.to_json() for name, summary in run_recipe(recipe).items()}
+
+
 def test_demo_recipe_runs_every_stage(tmp_path: Path, scripted_server: ScriptedServer) -> None:
     scripted_server.add_rule(_answers)
     recipe = demo_recipe(tmp_path / "demo")
     recipe = recipe.model_copy(
-        update={"llm": LlmSection(kind="openai", base_url=scripted_server.url, model="scripted")}
+        update={"llm": LlmSettings(kind="openai", base_url=scripted_server.url, model="scripted")}
     )
-    summaries = run_recipe(recipe)
+    summaries = _run(recipe)
 
     assert list(summaries) == ["collect", "generate", "score", "filter", "report"]
     assert summaries["collect"]["images"] == 7
@@ -71,6 +77,6 @@ def test_demo_recipe_runs_every_stage(tmp_path: Path, scripted_server: ScriptedS
     HTMLParser().feed((run.root / "report.html").read_text(encoding="utf-8"))
     # A rerun answers every request from the journal.
     sent = len(scripted_server.requests)
-    again = run_recipe(recipe)
+    again = _run(recipe)
     assert len(scripted_server.requests) == sent and again["generate"]["requests_sent"] == 0
     assert again["filter"]["kept"] == filtered["kept"]

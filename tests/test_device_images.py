@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+from random_models import save_random_clip
 from vlit.errors import ConfigError
 from vlit.quality.device_images import DeviceImages, nvjpeg_unavailable_reason
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
 from vlit.quality.matching import ClipMatchingScorer
-from vlit.quality.random_models import save_random_clip
 from vlit.schema import Sample, Turn
 
 CLIP_SPEC = PreprocessSpec(resize_shortest_edge=224, crop=(224, 224))

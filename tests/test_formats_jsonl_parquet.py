@@ -15,6 +15,7 @@ from vlit.errors import InputFileError
 from vlit.formats import ImportContext
 from vlit.formats.jsonl import JsonlReader, JsonlWriter
 from vlit.formats.parquet import ParquetReader, ParquetWriter
+from vlit.reasons import Reason
 from vlit.schema import Sample, Turn
 
 PHOTOS = ["000000005802.jpg", "000000012448.jpg"]
@@ -41,7 +42,7 @@ def samples(coco_tiny: Path) -> list[Sample]:
             image=PHOTOS[1],
             image_root=root,
             turns=[Turn("user", "Where?"), Turn("assistant", "A street.")],
-            drop_reason="matching below 0.2",
+            drop_reason=Reason("matching_below_min", "0.2"),
         ),
         Sample(
             sample_id="s3",

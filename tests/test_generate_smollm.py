@@ -8,15 +8,14 @@ from typing import Any
 import pytest
 
 from vlit.collect import CocoCollector
-from vlit.generate.generator import GenerationSettings
-from vlit.generate.stage import generate_run
 from vlit.llm.config import build_backend
-from vlit.recipe import LlmSection
 from vlit.rundir import RunDir
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import GenerateSettings, LlmSettings
 
 
 def test_without_a_url_the_embedded_model_is_the_generator() -> None:
-    backend = build_backend(LlmSection().to_config(concurrency=1))
+    backend = build_backend(LlmSettings().to_config(concurrency=1))
     assert backend.describe()["kind"] == "local"
     assert "SmolLM2-135M" in backend.model_name
 
@@ -36,10 +35,8 @@ def test_one_image_one_mode_two_rollouts(
     )
     run = RunDir(tmp_path / "run")
     run.write_records(records[:1])
-    settings = GenerationSettings(
-        modes={"conversation": 1.0}, n=2, max_tokens=40, examples_per_request=1
-    )
-    summary = generate_run(run, settings=settings, backend=smollm_backend)
+    settings = GenerateSettings(modes=["conversation"], n=2, max_tokens=40, examples_per_request=1)
+    summary = generate_stage.run(run, settings, backend=smollm_backend).to_json()
     samples = list(run.read_samples("samples"))
     assert len(samples) == 2 and summary["requests_sent"] == 1
     assert summary["tokens_in"] > 300 and 0 < summary["tokens_out"] <= 2 * 40
@@ -53,6 +50,6 @@ def test_one_image_one_mode_two_rollouts(
     # The two rollouts are different draws from the model.
     texts = [s.provenance.get("raw_text") or [t.text for t in s.turns] for s in samples]
     assert texts[0] != texts[1]
-    again = generate_run(run, settings=settings, backend=smollm_backend)
+    again = generate_stage.run(run, settings, backend=smollm_backend).to_json()
     assert again["requests_sent"] == 0 and again["from_journal"] == 1
     assert [s.to_row() for s in run.read_samples("samples")] == [s.to_row() for s in samples]

@@ -20,14 +20,23 @@ from vlit.generate.generator import (
     SKIP_NO_ANNOTATION,
     SKIP_NO_IMAGE,
     SKIP_NO_REGION,
-    GenerationSettings,
 )
 from vlit.generate.parse import FAILURE_NO_TURNS, FAILURE_REFUSAL, FAILURE_TRUNCATED
-from vlit.generate.stage import FAILURE_BUDGET, generate_run
+from vlit.llm.base import LlmBackend
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, Sample
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import FAILURE_BUDGET, GenerateSettings
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def generate_run(
+    run: RunDir, settings: GenerateSettings, backend: LlmBackend, **changes: Any
+) -> dict[str, Any]:
+    """The generate stage's summary as JSON, with some ``settings`` changed."""
+    changed = GenerateSettings.model_validate(settings.model_dump() | changes)
+    return generate_stage.run(run, changed, backend=backend).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +120,9 @@ def test_counts_faults_and_rerun(
     scripted_server.add_rule(faults)
     scripted_server.add_rule(good_answers)
     run = _run(tmp_path / "run", [*chosen, ImageRecord(image_id="bare", file_name="bare.jpg")])
-    settings = GenerationSettings(modes={"conversation": 1.0, "negative": 1.0}, n=3)
+    settings = GenerateSettings(modes={"conversation": 1.0, "negative": 1.0}, n=3)
     backend = scripted_server.backend(max_retries=1, backoff_base_s=0.01)
-    summary = generate_run(run, settings=settings, backend=backend, concurrency=3)
+    summary = generate_run(run, settings, backend, concurrency=3)
 
     samples = _samples(run)
     ids = [s.sample_id for s in samples]
@@ -149,7 +158,7 @@ def test_counts_faults_and_rerun(
 
     # Rerun: only the two requests that failed for good are asked again.
     sent = len(scripted_server.requests)
-    again = generate_run(run, settings=settings, backend=backend, concurrency=3)
+    again = generate_run(run, settings, backend, concurrency=3)
     assert again["from_journal"] == 8 and again["requests_sent"] == 2
     assert len(scripted_server.requests) - sent >= 2
     assert [s.to_row() for s in _samples(run)] == [s.to_row() for s in samples]
@@ -160,17 +169,17 @@ def test_rerun_sends_nothing_and_writes_the_same_bytes(
 ) -> None:
     scripted_server.add_rule(good_answers)
     run = _run(tmp_path / "run", records[:6])
-    settings = GenerationSettings(
+    settings = GenerateSettings(
         modes={"conversation": 1.0, "region": 1.0, "detailed": 0.5, "adaptation": 1.0}, n=2
     )
     backend = scripted_server.backend()
-    first = generate_run(run, settings=settings, backend=backend)
+    first = generate_run(run, settings, backend)
     content = _shard_bytes(run)
     sent = len(scripted_server.requests)
     assert sent == first["requests"] == first["requests_sent"]
     detailed = first["samples_ok_by_mode"].get("detailed", 0)
     assert 0 < detailed < 6 * 2  # about half of the images get the detailed mode
-    second = generate_run(run, settings=settings, backend=backend)
+    second = generate_run(run, settings, backend)
     assert len(scripted_server.requests) == sent
     assert second["requests_sent"] == 0 and second["from_journal"] == first["requests"]
     assert _shard_bytes(run) == content
@@ -195,12 +204,12 @@ def test_request_budget_then_resume(
 ) -> None:
     scripted_server.add_rule(good_answers)
     run = _run(tmp_path / "run", records[:4])
-    settings = GenerationSettings(modes={"reasoning": 1.0}, n=2)
+    settings = GenerateSettings(modes={"reasoning": 1.0}, n=2)
     backend = scripted_server.backend()
-    limited = generate_run(run, settings=settings, backend=backend, max_requests=1)
+    limited = generate_run(run, settings, backend, max_requests=1)
     assert limited["budget_exhausted"] and limited["requests_sent"] == 1
     assert limited["samples_failed"] == {FAILURE_BUDGET: 6}
-    full = generate_run(run, settings=settings, backend=backend, concurrency=1)
+    full = generate_run(run, settings, backend, concurrency=1)
     assert not full["budget_exhausted"]
     assert full["requests_sent"] == 3 and full["from_journal"] == 1
     assert full["samples_ok"] == 8 and len(scripted_server.requests) == 4
@@ -220,11 +229,8 @@ def test_images_that_cannot_be_used_are_skipped(
     collected = JsonlCollector(jsonl_file=jsonl, images_dir=coco_tiny / "train2017").collect()
     assert collected.summary["images_missing_file"] == 1
     run = _run(tmp_path / "run", [no_boxes, *collected.records])
-    summary = generate_run(
-        run,
-        settings=GenerationSettings(modes={"region": 1.0, "conversation": 1.0}, n=2),
-        backend=scripted_server.backend(),
-    )
+    settings = GenerateSettings(modes={"region": 1.0, "conversation": 1.0}, n=2)
+    summary = generate_run(run, settings, scripted_server.backend())
     assert summary["samples_failed"] == {
         SKIP_NO_REGION: 2,  # no_boxes and "here" have no boxes at all
         SKIP_NO_IMAGE: 2,  # "gone": neither mode is asked for

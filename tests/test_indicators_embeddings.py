@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vlit.errors import ModelUnavailableError
 from vlit.quality.indicators.embeddings import (
@@ -121,3 +123,41 @@ def test_simcse_style_checkpoint_uses_cls_pooling(tmp_path: Path) -> None:
     assert embedder.pooling == "cls"
     assert vectors.shape == (2, 16)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(0, 300), max_size=4), size=st.integers(0, 40))
+def test_r_subsample_is_the_same_bottom_k_in_any_batching(
+    responses: list[str], cuts: list[int], size: int
+) -> None:
+    """R keeps the ``subsample_size`` distinct response keys of smallest seeded hash and one hash
+    per response: however the stream is cut into batches and workers merged."""
+    from vlit.quality.indicators.response_diversity import (
+        ResponseDiversityIndicator,
+        response_key,
+    )
+    from vlit.schema import Sample, Turn
+
+    texts = responses[:300] + responses[:50]  # 50 repeated responses
+    samples = [
+        Sample(f"s{i}", turns=[Turn("user", "Q?"), Turn("assistant", t)])
+        for i, t in enumerate(texts)
+    ]
+
+    def indicator() -> ResponseDiversityIndicator:
+        return ResponseDiversityIndicator(embedder=None, subsample_size=size, seed=3)  # type: ignore[arg-type]
+
+    whole = indicator()
+    whole.update(samples)
+    bounds = [0, *sorted(cuts), len(samples)]
+    parts = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        part = indicator()
+        part.update(samples[start:end])
+        parts.append(part)
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    distinct = sorted({response_key(t) for t in texts}, key=whole._hash)
+    assert sorted(whole.kept.values()) == sorted(distinct[:size])
+    assert merged.kept == whole.kept and merged.responses == whole.responses == len(texts)

@@ -17,10 +17,12 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
+from random_models import save_random_clip
 from vlit.cli import app
-from vlit.quality.pipeline import ScoreOptions, score_run
-from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
+from vlit.runners.base import RunnerSettings, build_runner
+from vlit.stages import score as score_stage
+from vlit.stages.score import ScoreSettings
 
 BUCKET = "vlit-images"
 
@@ -64,14 +66,11 @@ def _import(dataset: Path, images: str, out: Path) -> dict[str, Any]:
 
 
 def _md(run: Path, checkpoint: Path, runner: str) -> dict[str, Any]:
-    options = ScoreOptions(
-        clip=str(checkpoint),
-        grounding=False,
-        lint=False,
-        decode_workers=1,
-        runner=runner,  # type: ignore[arg-type]
+    settings = ScoreSettings(
+        clip_model=str(checkpoint), grounding=False, lint=False, decode_workers=1
     )
-    score_run(RunDir(run), options)
+    chosen = build_runner(RunnerSettings(kind=runner))  # type: ignore[arg-type]
+    score_stage.run(RunDir(run), settings, chosen)
     return {
         sample.sample_id: sample.scores.get("md", sample.provenance["quality"]["md"]["status"])
         for sample in RunDir(run).read_samples("scores")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llm_servers import Response, ScriptedServer
+from random_models import save_random_clip
 from vlit.cli import main
-from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
 
@@ -146,9 +146,9 @@ def test_score_then_filter(
     kept = [s.sample_id for s in run.read_samples("kept")]
     dropped = {s.sample_id: s.drop_reason for s in run.read_samples("dropped")}
     assert kept == ["clean"]
-    assert dropped["failed"] == "generation_failed: unparseable: no turns"
-    assert dropped["refusal"] == "lint_refusal"
-    assert dropped["hallucinated"].startswith("incorrect")
+    assert str(dropped["failed"]) == "generation_failed: unparseable: no turns"
+    assert str(dropped["refusal"]) == "lint_refusal"
+    assert dropped["hallucinated"] is not None and dropped["hallucinated"].code == "incorrect"
     meta = run.load_meta()["summaries"]
     assert meta["filter"]["kept"] == 1 and meta["score"]["samples"] == 5
 

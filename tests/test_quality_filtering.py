@@ -7,7 +7,7 @@ import pytest
 from vlit.errors import ConfigError
 from vlit.quality.filtering import (
     FailedGenerationFilter,
-    FilterChain,
+    FilterSequence,
     LintFilter,
     MaxScoreFilter,
     MinScoreFilter,
@@ -15,8 +15,9 @@ from vlit.quality.filtering import (
     RequireCorrectFilter,
     ScoreValues,
 )
-from vlit.quality.pipeline import FilterOptions, build_filters
+from vlit.reasons import Reason
 from vlit.schema import Sample, Turn
+from vlit.stages.filter import FilterSettings, build_filters
 
 
 def scored(sample_id: str, **scores: float) -> Sample:
@@ -38,7 +39,7 @@ def test_chain_counts_and_first_drop_wins() -> None:
         scored("unjudged", md=31, lint_flags=0),
         failed,
     ]
-    chain = FilterChain(
+    chain = FilterSequence(
         [
             FailedGenerationFilter(),
             MinScoreFilter(score="md", minimum=20),
@@ -50,11 +51,12 @@ def test_chain_counts_and_first_drop_wins() -> None:
     assert [s.sample_id for s in kept] == ["good", "unjudged"]
     reasons = {s.sample_id: s.drop_reason for s in dropped}
     assert reasons == {
-        "low": "md_below_min: 10",
-        "wrong": "incorrect: 0.33 of the valid votes said correct",
-        "refuses": "lint_refusal",  # lint runs before correctness: the first drop wins
-        "failed": "generation_failed: llm_error: timeout",
+        "low": Reason("md_below_min", "10"),
+        "wrong": Reason("incorrect", "0.33 of the valid votes said correct"),
+        "refuses": Reason("lint_refusal"),  # lint runs before correctness: the first drop wins
+        "failed": Reason("generation_failed", "llm_error: timeout"),
     }
+    assert str(reasons["failed"]) == "generation_failed: llm_error: timeout"
     summary = chain.summary()
     assert summary["generation"] == {"total": 6, "kept": 5, "dropped_generation_failed": 1}
     assert summary["md_min"] == {"total": 5, "kept": 4, "dropped_md_below_min": 1}
@@ -72,8 +74,8 @@ def test_quantile_threshold_uses_the_runs_own_scores() -> None:
     failed.failure_reason = "x"
     samples.append(failed)  # failed samples do not shift the quantile
     assert QuantileThreshold(0.3).resolve(samples, "md") == pytest.approx(3.7)
-    filters = build_filters(FilterOptions(min_md_quantile=0.3), ScoreValues.of_samples(samples))
-    kept, _ = FilterChain(filters).split(samples)
+    filters = build_filters(FilterSettings(min_md_quantile=0.3), ScoreValues.of_samples(samples))
+    kept, _ = FilterSequence(filters).split(samples)
     assert [s.sample_id for s in kept] == ["4", "5", "6", "7", "8", "9", "10"]
     with pytest.raises(ConfigError, match="outside"):
         QuantileThreshold(1.5)
@@ -88,12 +90,12 @@ def test_max_filters_and_option_checks() -> None:
         scored("c"),
     ]
     step = MaxScoreFilter(score="ground_hallucination_rate", maximum=0.25, reason="hallucination")
-    kept, dropped = FilterChain([step]).split(samples)
+    kept, dropped = FilterSequence([step]).split(samples)
     assert [s.sample_id for s in kept] == ["a", "c"]
-    assert dropped[0].drop_reason == "hallucination: 0.5"
+    assert dropped[0].drop_reason == Reason("hallucination", "0.5")
     assert step.counts["kept_unscored"] == 1
     with pytest.raises(ConfigError, match="both"):
-        build_filters(FilterOptions(min_md=1, min_md_quantile=0.1), samples)
+        build_filters(FilterSettings(min_md=1, min_md_quantile=0.1), samples)
     with pytest.raises(ConfigError, match="unknown lint flag"):
         LintFilter(flags=["refusals"])
     assert len(LintFilter(flags=["all"]).flags) > 10

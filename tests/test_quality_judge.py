@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_servers import Response, ScriptedServer
+from llm_servers import ModelServer, Response, ScriptedServer
+from vlit.llm.base import StructuredSetting
 from vlit.quality.judge import JUDGE_EXAMPLES, CorrectnessJudge, clue_for, parse_verdict
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
 
@@ -62,9 +63,9 @@ def test_majority_vote_abstentions_and_not_judged(
 ) -> None:
     answers = {
         "2-of-3-incorrect": Response.text(
-            "Verdict: incorrect\nReason: no moped.",
+            '{"verdict": "incorrect", "reason": "no moped."}',
             "Verdict: correct\nReason: matches.",
-            "Verdict: incorrect\nReason: wrong vehicle.",
+            '{"verdict": "incorrect", "reason": "wrong vehicle."}',
         ),
         "one-valid-vote": Response.text(
             "Looks fine to me!", "Verdict: correct\nReason: the moped is there.", "???"
@@ -120,11 +121,21 @@ def test_majority_vote_abstentions_and_not_judged(
     assert judge.counts["votes_unparseable"] == 5
     assert judge.counts["judged"] == 2 and judge.counts["incorrect"] == 1
 
-    # Each request asked for 3 votes at once and saw the examples and the clue.
+    # Each request asked for 3 votes at once, saw the examples and the clue, and carried the
+    # verdict schema; the server ignored it, and the votes that fail anyway keep their text.
     body = scripted_server.requests[0]
     assert body["n"] == 3
     assert body["messages"][0]["role"] == "system"
     assert len(body["messages"]) == 2 + 2 * len(JUDGE_EXAMPLES)
+    assert body["messages"][2]["content"] == judge.shape.render(
+        JUDGE_EXAMPLES[0].verdict, JUDGE_EXAMPLES[0].reason
+    )
+    for sent in scripted_server.requests:
+        assert sent["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": judge.shape.schema(), "strict": True},
+        }
+    assert record["structured"] == "auto"
 
     # A rerun over the same journal asks the server nothing new and gives the same result.
     sent = len(scripted_server.requests)
@@ -145,22 +156,45 @@ def test_majority_vote_abstentions_and_not_judged(
     assert rerun["2-of-3-incorrect"].scores["correct"] == 0.0
 
 
+def test_the_structured_setting_is_part_of_the_judges_journal_key(
+    scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_server.add_rule(lambda body: Response.text('{"verdict": "correct", "reason": "ok"}'))
+    journal = tmp_path / "journal.sqlite"
+
+    def judge_with(structured: StructuredSetting) -> Sample:
+        judge = CorrectnessJudge(
+            backend=scripted_server.backend(),
+            journal_path=journal,
+            votes=1,
+            structured=structured,
+        )
+        return judge([conversation("s", "391895", visual_clue="A man on a moped.")])[0]
+
+    for setting in ("auto", "off", "auto", "off"):
+        assert judge_with(setting).scores["correct"] == 1.0
+    # Changing the setting is a new request; going back to one already asked is resumed.
+    assert len(scripted_server.requests) == 2
+    assert "response_format" in scripted_server.requests[0]
+    assert "response_format" not in scripted_server.requests[1]
+
+
 @pytest.mark.model
-def test_real_small_model_verdict_is_parsed_or_recorded(smollm_server: object) -> None:
+def test_real_small_model_verdicts_parse_under_the_schema(smollm_server: ModelServer) -> None:
+    # SmolLM2 behind a real endpoint that honours response_format with the local backend's
+    # token mask: every vote is a verdict, though the 135M model rarely writes one unaided.
     judge = CorrectnessJudge(
-        backend=smollm_server.backend(),  # type: ignore[attr-defined]
+        backend=smollm_server.backend(),
         records={"391895": RECORD},
         votes=3,
-        max_tokens=16,
+        max_tokens=64,
         temperature=0.8,
         seed=7,
     )
     [sample] = judge([conversation("real", "391895")])
     record = sample.provenance["quality"]["correctness"]
-    assert record["status"] in ("judged", "not_judged: unparseable")
-    assert len(record["votes"]) == 3
-    for vote in record["votes"]:
-        assert vote["verdict"] in ("correct", "incorrect") or vote["raw"]
-    if record["status"] == "judged":
-        assert sample.scores["correct"] in (0.0, 1.0)
-        assert 0.0 <= sample.scores["correct_share"] <= 1.0
+    assert record["status"] == "judged", record
+    assert [vote["verdict"] in ("correct", "incorrect") for vote in record["votes"]] == [True] * 3
+    assert all(vote["reason"] and "raw" not in vote for vote in record["votes"])
+    assert sample.scores["correct"] in (0.0, 1.0)
+    assert smollm_server.requests[-1]["response_format"]["json_schema"]["name"] == "verdict"

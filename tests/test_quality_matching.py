@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from random_models import save_random_clip, save_random_siglip
 from vlit.errors import ModelUnavailableError
 from vlit.quality.clip_text import CausalTextTower, common_prefix_length
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_image
@@ -19,7 +20,6 @@ from vlit.quality.matching import (
     conversation_text,
     pair_texts,
 )
-from vlit.quality.random_models import save_random_clip, save_random_siglip
 from vlit.schema import Sample, Turn
 
 pytestmark = pytest.mark.model

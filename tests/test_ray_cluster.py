@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from random_models import save_random_clip
 from recipe_parts import coco_tiny_collect
-from vlit.quality.random_models import save_random_clip
 from vlit.rundir import RunDir
 
 VLIT = Path(sys.executable).parent / "vlit"

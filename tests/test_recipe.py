@@ -10,11 +10,13 @@ import yaml
 
 from llm_servers import Response, ScriptedServer
 from recipe_parts import coco_tiny_collect
-from vlit import chain as chain_module
-from vlit.chain import run_recipe
 from vlit.errors import ConfigError
 from vlit.recipe import Recipe, load_recipe, parse_recipe
 from vlit.rundir import RunDir
+from vlit.stages import report as report_module
+from vlit.stages import score as score_module
+from vlit.stages.run_all import run_recipe
+from vlit.stages.score import ScoreSettings, ScoreSummary
 
 SECRET = "sk-vlit-test-9c41e7-do-not-leak"
 
@@ -88,13 +90,13 @@ def test_values_are_checked() -> None:
 
 def test_defaults_follow_the_paper() -> None:
     recipe = parse_recipe({"run_dir": "r"})
-    settings = recipe.generate.to_settings()
+    settings = recipe.generate.generation()
     assert settings.temperature == 0.8 and settings.n == 5
     assert settings.examples_per_request == 2
     assert recipe.score is None and recipe.filter is None and recipe.report is None
     shares = parse_recipe(
         {"run_dir": "r", "generate": {"modes": {"conversation": 1.0, "region": 0.25}}}
-    ).generate.to_settings()
+    ).generate.generation()
     assert shares.modes == {"conversation": 1.0, "region": 0.25}
 
 
@@ -162,8 +164,8 @@ def test_run_recipe_end_to_end_without_leaking_the_key(
     progress: list[tuple[str, int, int | None]] = []
     summaries = run_recipe(recipe, progress=lambda *event: progress.append(event))
 
-    assert summaries["collect"]["images"] == 50
-    generate = summaries["generate"]
+    assert summaries["collect"].to_json()["images"] == 50
+    generate = summaries["generate"].to_json()
     assert 0 < generate["requests"] < 50  # about a fifth of the images get a conversation
     assert generate["samples_ok_by_mode"]["conversation"] == 2 * generate["requests"]
     assert generate["samples_ok_by_mode"]["adaptation"] > 300
@@ -190,7 +192,8 @@ def test_run_recipe_end_to_end_without_leaking_the_key(
 
     sent = len(scripted_server.requests)
     again = run_recipe(recipe)
-    assert len(scripted_server.requests) == sent and again["generate"]["requests_sent"] == 0
+    assert len(scripted_server.requests) == sent
+    assert again["generate"].to_json()["requests_sent"] == 0
 
 
 def test_later_stages_plug_in_by_section(
@@ -199,21 +202,21 @@ def test_later_stages_plug_in_by_section(
     scripted_server: ScriptedServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def count_stage(recipe: Recipe, run: RunDir, progress: Any) -> dict[str, Any]:
-        samples = list(run.read_samples("samples"))
-        return {
-            "seen": len(samples),
-            "clip_model": recipe.score.clip_model if recipe.score else None,
-        }
+    given: list[ScoreSettings] = []
 
-    def report_stage(recipe: Recipe, run: RunDir, progress: Any) -> dict[str, Any]:
+    def count_stage(run: RunDir, settings: ScoreSettings, runner: Any, **_: Any) -> ScoreSummary:
+        given.append(settings)
+        return ScoreSummary(input_stage="samples", samples=len(list(run.read_samples("samples"))))
+
+    def report_stage(*_: Any) -> None:
         raise AssertionError("the recipe has no report section, so this stage must not run")
 
-    monkeypatch.setitem(chain_module.LATER_STAGES, "score", count_stage)
-    monkeypatch.setitem(chain_module.LATER_STAGES, "report", report_stage)
+    monkeypatch.setattr(score_module, "run", count_stage)
+    monkeypatch.setattr(report_module, "run", report_stage)
     path = _write_recipe(tmp_path, coco_tiny, scripted_server.url, modes=["adaptation"])
     summaries = run_recipe(load_recipe(path))
     assert list(summaries) == ["collect", "generate", "score"]
-    assert summaries["score"]["seen"] == summaries["generate"]["samples"]
-    assert summaries["score"]["clip_model"] == "clip-vit-base-patch32"
-    assert summaries["generate"]["model"] is None and not scripted_server.requests
+    generated = summaries["generate"].to_json()
+    assert summaries["score"].to_json()["samples"] == generated["samples"]
+    assert [settings.clip_model for settings in given] == ["clip-vit-base-patch32"]
+    assert generated["model"] is None and not scripted_server.requests

@@ -19,18 +19,24 @@ import yaml
 from typer.testing import CliRunner
 
 from llm_servers import Response, ScriptedServer
+from random_models import save_random_clip
 from recipe_parts import coco_tiny_collect
-from vlit import chain as chain_module
-from vlit.chain import collect_into, run_recipe
 from vlit.cli import app
 from vlit.errors import ConfigError, InputFileError, VlitError
-from vlit.quality.random_models import save_random_clip
 from vlit.recipe import Recipe, load_recipe, parse_recipe
 from vlit.rundir import RunDir
+from vlit.stages import collect as collect_stage
+from vlit.stages import score as score_module
+from vlit.stages.run_all import run_recipe
 from vlit.storage import STAGING_ENV, StagedRunDir, fetch_input
 
 BUCKET = "vlit-runs"
 RUN_URL = f"s3://{BUCKET}/runs/r1"
+
+
+def _summaries(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Each stage's summary, as JSON."""
+    return {name: summary.to_json() for name, summary in run_recipe(recipe).items()}
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +111,13 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
 ) -> None:
     _answer_with_a_conversation(scripted_server)
     clip = save_random_clip(tmp_path / "clip", shape="tiny", seed=3)
-    local = run_recipe(
+    local = _summaries(
         _recipe(str(tmp_path / "local"), coco_tiny_collect(coco_tiny), scripted_server.url, clip)
     )
     sent_locally = len(scripted_server.requests)
 
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-1"))
-    remote = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
+    remote = _summaries(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
     assert len(scripted_server.requests) == 2 * sent_locally  # the same requests once more
     assert remote["generate"] == local["generate"]
     assert remote["filter"] == local["filter"]
@@ -171,7 +177,7 @@ def test_a_run_on_s3_gives_the_local_result_and_resumes_on_a_fresh_machine(
     assert {key: source[key] for key in coco_on_s3["sources"][0]} == coco_on_s3["sources"][0]
 
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-2"))  # nothing staged there
-    again = run_recipe(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
+    again = _summaries(_recipe(RUN_URL, coco_on_s3, scripted_server.url, clip))
     assert len(scripted_server.requests) == 2 * sent_locally  # all answers from the journal
     assert again["generate"]["requests_sent"] == 0
     assert again["generate"]["from_journal"] == local["generate"]["requests"]
@@ -187,12 +193,12 @@ def test_a_failing_stage_still_pushes_the_work_done(
     scripted_server: ScriptedServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken_score(recipe: Recipe, run: RunDir, progress: Any) -> dict[str, Any]:
+    def broken_score(*_: Any, **__: Any) -> None:
         raise VlitError("the scorer broke", fix="nothing: a test")
 
     url = f"s3://{BUCKET}/runs/failing"
     _answer_with_a_conversation(scripted_server)
-    monkeypatch.setitem(chain_module.LATER_STAGES, "score", broken_score)
+    monkeypatch.setattr(score_module, "run", broken_score)
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-1"))
     with pytest.raises(VlitError, match="the scorer broke"):
         run_recipe(_recipe(url, coco_on_s3, scripted_server.url))
@@ -204,7 +210,7 @@ def test_a_failing_stage_still_pushes_the_work_done(
 
     monkeypatch.undo()
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "machine-2"))
-    again = run_recipe(_recipe(url, coco_on_s3, scripted_server.url))
+    again = _summaries(_recipe(url, coco_on_s3, scripted_server.url))
     assert len(scripted_server.requests) == sent  # the pushed journal answered every request
     assert again["generate"]["from_journal"] == 20
     assert "scores/_manifest.json" in _bucket_files(s3, url)
@@ -378,7 +384,7 @@ def test_a_jsonl_source_on_s3_counts_a_missing_image_like_a_local_one(
         section = parse_recipe({"run_dir": "r", "collect": {"sources": [source]}}).collect
         assert section is not None
         run = RunDir(tmp_path / where)
-        summaries[where] = collect_into(run, section)["sources"][0]
+        summaries[where] = collect_stage.run(run, section).sources[0]
         records = {r.image_id: r for r in run.read_records()}
         assert (records["i0"].width, records["i0"].height) == (640, 479)  # from the header
         assert records["i2"].problems == [

@@ -155,3 +155,47 @@ def test_report_reuses_a_recorded_ruler_and_flags_degenerate_r(
     # one clear error naming the file (main() turns it into exit status 2)
     assert isinstance(refused.exception, InputFileError)
     assert "broken.json" in str(refused.exception) and "ruler" in str(refused.exception)
+
+
+def test_report_reads_the_run_shard_by_shard(
+    llava_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight shards, a failed and a dropped sample: `vlit report` never holds the whole stage,
+    and its indicators and HTML examples are those computed over the samples in memory."""
+    from vlit.quality.indicators import suite
+    from vlit.quality.indicators.embeddings import load_embedder
+    from vlit.report.html import DatasetView, render_html
+
+    root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
+    run = RunDir(root)
+    samples = list(run.read_samples("kept"))
+    samples[3].failure_reason = "generation: timeout"
+    samples[4].drop_reason = "lint: refusal"
+    run.write_samples("kept", samples, shard_size=25)
+    loaded = suite.load_run(root)
+    assert loaded.excluded == {"failed": 1, "dropped": 1}
+    settings = suite.IndicatorSettings()
+    expected = suite.compute_indicators(
+        loaded.samples, embedder=load_embedder("wordllama"), settings=settings
+    )
+    expected_html = render_html([DatasetView("run", expected, loaded.samples, loaded.dropped)])
+
+    def whole_stage(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the whole stage was loaded")
+
+    html = tmp_path / "report.html"
+    with monkeypatch.context() as patched:
+        patched.setattr(RunDir, "read_samples", whole_stage)
+        patched.setattr(suite, "compute_indicators", whole_stage)
+        argv = ["report", str(root), "--json", "--embedder", "wordllama", "--html", str(html)]
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    written = json.loads((root / "indicators.json").read_text())
+    assert written["table"] == expected["table"]
+    assert written["excluded"] == loaded.excluded and written["samples"] == 198
+
+    def examples(page: str) -> str:
+        return page.split("<h3>Examples per task</h3>")[1].split("<details>")[0]
+
+    assert examples(html.read_text()) == examples(expected_html)
+    assert "alert(1)" in examples(expected_html)  # the dropped stage's example

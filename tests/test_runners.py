@@ -18,8 +18,6 @@ import ray
 
 from llm_servers import Response, ScriptedServer
 from vlit.collect import CocoCollector
-from vlit.generate.generator import GenerationSettings
-from vlit.generate.stage import generate_run
 from vlit.llm.config import LlmConfig
 from vlit.quality.indicators.balance import TaskDistributionIndicator
 from vlit.quality.indicators.complexity import ComplexityProxyIndicator
@@ -27,10 +25,16 @@ from vlit.quality.indicators.instruction_diversity import InstructionDiversityIn
 from vlit.quality.indicators.labels import RuleTaskLabeller
 from vlit.quality.indicators.scores import QualityScoresIndicator
 from vlit.quality.judge import clue_for, judge_messages, render_conversation
-from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
 from vlit.rundir import RunDir
+from vlit.runners.base import RunnerSettings, build_runner
 from vlit.runners.local import compute_indicators
 from vlit.schema import Sample, Turn
+from vlit.stages import filter as filter_stage
+from vlit.stages import generate as generate_stage
+from vlit.stages import score as score_stage
+from vlit.stages.filter import FilterSettings
+from vlit.stages.generate import GenerateSettings
+from vlit.stages.score import JudgeSettings, ScoreSettings
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def adapted_run(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Pa
         instances=coco_tiny / "annotations" / "instances_train2017.json",
     ).collect()
     run.write_records(result.records)
-    generate_run(run, settings=GenerationSettings(modes={"adaptation": 1.0}), backend=None)
+    generate_stage.run(run, GenerateSettings(modes=["adaptation"]))
     samples = list(run.read_samples("samples"))
     # Plant errors on every fifth sample: an object that is not annotated, and a refusal.
     for index, sample in enumerate(samples[::5]):
@@ -69,8 +73,9 @@ def adapted_run(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Pa
 def _score_and_filter(source: Path, target: Path, runner: str) -> dict[str, Any]:
     shutil.copytree(source, target)
     run = RunDir(target)
-    summary = score_run(run, ScoreOptions(runner=runner))  # type: ignore[arg-type]
-    filter_run(run, FilterOptions(max_hallucination=0.0, drop_lint=("refusal",)))
+    chosen = build_runner(RunnerSettings(kind=runner))  # type: ignore[arg-type]
+    summary = score_stage.run(run, ScoreSettings(), chosen).to_json()
+    filter_stage.run(run, FilterSettings(max_hallucination=0.0, drop_lint=["refusal"]))
     outputs: dict[str, Any] = {
         stage: [sample.to_row() for sample in run.read_samples(stage)]
         for stage in ("scores", "kept", "dropped")
@@ -161,15 +166,10 @@ def test_the_judge_on_ray_shares_one_journal_and_replays_it(
         target = tmp_path / runner.split()[0]
         if not target.exists():
             shutil.copytree(adapted_run, target)
-        options = ScoreOptions(
-            runner=runner.split()[0],  # type: ignore[arg-type]
-            judge=True,
-            llm=llm,
-            lint=False,
-            grounding=False,
-        )
+        settings = ScoreSettings(judge=JudgeSettings(), lint=False, grounding=False)
+        chosen = build_runner(RunnerSettings(kind=runner.split()[0]))  # type: ignore[arg-type]
         before = scripted_server.received()
-        summary = score_run(RunDir(target), options)
+        summary = score_stage.run(RunDir(target), settings, chosen, judge_llm=llm).to_json()
         sent[runner] = scripted_server.received() - before
         judged[runner] = [dict(s.scores) for s in RunDir(target).read_samples("scores")]
         assert summary["correctness"]["judged"] == len(judged[runner])

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import random
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from vlit.cli import app
+from vlit.quality.indicators import suite
 from vlit.quality.indicators.balance import balance_statistics
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
-from vlit.selection import select_to_budget, water_fill
+from vlit.selection import plan_selection, select_to_budget, water_fill
 
 QUESTIONS = {
     "counting": "How many {0} can you see?",
@@ -102,3 +107,62 @@ def test_select_command_writes_selection_and_reports_before_after(
     )
     assert inside.exit_code == 0, inside.output
     assert len(list(run.read_samples("selected"))) == 30
+
+
+def test_select_command_reads_and_writes_shard_by_shard(
+    llava_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine input shards, a failed and a dropped sample: the command never reads the whole stage
+    at once, and picks what `select_to_budget` picks from the usable samples in memory."""
+    samples = _samples(llava_slice)
+    samples[7].failure_reason = "generation: timeout"
+    samples[8].drop_reason = "lint: refusal"
+    run = RunDir(tmp_path / "run")
+    run.write_samples("samples", samples, shard_size=50)
+    usable = [s for i, s in enumerate(_samples(llava_slice)) if i not in (7, 8)]
+    expected = select_to_budget(usable, size=60, seed=5)
+
+    def whole_stage(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the whole stage was loaded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RunDir, "read_samples", whole_stage)
+        patched.setattr(suite, "load_run", whole_stage)
+        argv = ["select", str(run.root), "--size", "60", "--seed", "5", "--json"]
+        result = CliRunner().invoke(app, [*argv, "--embedder", "none"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["selection"] == expected.summary
+    written = list(run.read_samples("selected"))
+    assert [s.sample_id for s in written] == [s.sample_id for s in expected.selected]
+    assert [s.labels for s in written] == [s.labels for s in expected.selected]
+    assert summary["before"]["task_diversity"] == 4
+
+
+def test_selection_keeps_about_a_hundred_bytes_per_sample(llava_slice: Path) -> None:
+    """Samples made on the fly: what grows with N is what `plan_selection` keeps per sample
+    (scores, task, band keys), not the samples (a selection holding them: several KB each)."""
+    captions = [r["conversations"][1]["value"] for r in json.loads(llava_slice.read_text())]
+
+    def batches(size: int) -> Iterator[list[Sample]]:
+        rng = random.Random(size)
+        for start in range(0, size, 250):
+            yield [
+                Sample(
+                    f"s{i}",
+                    turns=[Turn("user", rng.choice(list(QUESTIONS.values())).format("dog")),
+                           Turn("assistant", " ".join(rng.sample(captions, 2)))],
+                    scores={"md": rng.random()},
+                )
+                for i in range(start, min(start + 250, size))
+            ]  # fmt: skip
+
+    plan_selection(batches(10), size=5)  # imports
+    peaks = []
+    for size in (500, 2_000):
+        tracemalloc.start()
+        plan_selection(batches(size), size=100)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    per_sample = (peaks[1] - peaks[0]) / 1_500
+    assert per_sample < 400, per_sample

@@ -4,7 +4,9 @@ HTTP server, the fallback when a server refuses it, the journal key, and raw tex
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +14,24 @@ import pytest
 
 from llm_servers import ModelServer, Response, ScriptedServer
 from vlit.collect import CocoCollector
-from vlit.errors import LlmError
-from vlit.generate.generator import GenerationSettings
+from vlit.errors import ConfigError, LlmError
 from vlit.generate.parse import FAILURE_NO_TURNS
-from vlit.generate.schemas import conversation_shape, read_complexity, read_verdict
-from vlit.generate.stage import generate_run
+from vlit.generate.schemas import (
+    complexity_output,
+    conversation_shape,
+    read_complexity,
+    verdict_shape,
+)
 from vlit.llm.base import ChatRequest, Choice, LlmBackend, Message
 from vlit.llm.journal import LlmJournal, request_key
 from vlit.llm.session import LlmSession
-from vlit.quality.indicators.complexity import expected_score
+from vlit.llm.vllm_backend import constraint_fields
+from vlit.quality.indicators.complexity import LlmComplexityScorer, expected_score
 from vlit.quality.judge import parse_verdict
 from vlit.rundir import RunDir
+from vlit.schema import Sample, Turn
+from vlit.stages import generate as generate_stage
+from vlit.stages.generate import GenerateSettings
 
 # Small enough to finish in ~60 tokens: one pair of short texts.
 SHAPE = conversation_shape(pairs=(1, 1), answer_chars=80, max_tokens=64)
@@ -133,8 +142,8 @@ def test_generate_keeps_raw_text_and_records_the_fallback(
 
     scripted_server.refuse_response_format = True
     scripted_server.add_rule(answer)
-    settings = GenerationSettings(modes={"detailed": 1.0}, n=1, max_tokens=256)
-    summary = generate_run(run, settings=settings, backend=scripted_server.backend())
+    settings = GenerateSettings(modes=["detailed"], n=1, max_tokens=256)
+    summary = generate_stage.run(run, settings, backend=scripted_server.backend()).to_json()
     assert summary["structured"]["setting"] == "auto"
     assert summary["structured"]["refusal"] is not None
     assert summary["samples_ok"] + summary["samples_failed"].get(FAILURE_NO_TURNS, 0) == 2
@@ -148,18 +157,59 @@ def test_generate_keeps_raw_text_and_records_the_fallback(
 
 
 def test_verdict_and_score_shapes_read_only_their_shape() -> None:
-    assert read_verdict('{"verdict": "correct", "reason": "All given."}') == (
+    shape = verdict_shape(max_tokens=96)
+    assert shape.read('{"verdict": "correct", "reason": "All given."}') == (
         "correct",
         "All given.",
     )
-    assert read_verdict('{"verdict": "maybe", "reason": "x"}') is None
-    assert read_verdict("Verdict: correct") is None
-    assert read_complexity('{"score": 10}') == 10
-    assert read_complexity('{"score": 11}') is None and read_complexity('{"score": true}') is None
+    assert shape.read('{"verdict": "maybe", "reason": "x"}') is None
+    assert shape.read("Verdict: correct") is None
+    too_long = shape.render("correct", "x" * (shape.max_reason_chars + 1))
+    assert shape.read(too_long) is None
+    # The reason is bounded so that a constrained verdict ends within max_tokens.
+    assert verdict_shape(max_tokens=48).max_reason_chars < shape.max_reason_chars <= 300
+    assert read_complexity("10") == 10
+    assert read_complexity("11") is None and read_complexity("true") is None
+    assert read_complexity('{"score": 8}') is None
     # The judge and the complexity scorer read their shape as well as their old text answers.
     assert parse_verdict('{"verdict": "incorrect", "reason": "No dog."}') == (
         "incorrect",
         "No dog.",
     )
     assert parse_verdict("Verdict: correct\nReason: fine") == ("correct", "fine")
-    assert expected_score(Choice('{"score": 8}')) == (8.0, "json")
+    assert expected_score(Choice("8")) == (8.0, "json")
+    assert expected_score(Choice("A solid 8 out of 10")) == (8.0, "text")
+    with pytest.raises(ConfigError, match="bare number"):
+        complexity_output("json_object")
+
+
+def test_a_constrained_complexity_score_is_the_logprob_expectation(smollm_backend: Any) -> None:
+    """Constraining the first token to the score schema and renormalising the unconstrained
+    first-token probabilities over the score tokens give the same expected score."""
+    scorer = LlmComplexityScorer(session=LlmSession(smollm_backend))
+    sample = Sample("s", turns=[Turn("user", "Why is the man running?"), Turn("assistant", "To.")])
+    constrained = scorer.request_for(sample)
+    vocabulary = len(smollm_backend._tokenizer)
+    unconstrained = dataclasses.replace(constrained, output=None, top_logprobs=vocabulary)
+    on = asyncio.run(smollm_backend.complete(constrained)).choices[0]
+    off = asyncio.run(smollm_backend.complete(unconstrained)).choices[0]
+    # Under the constraint the answer is a score and only score digits could come first.
+    assert read_complexity(on.text) is not None, on.text
+    assert on.first_token_logprobs is not None
+    assert set(on.first_token_logprobs) == {str(digit) for digit in range(1, 10)}
+    assert expected_score(on)[1] == expected_score(off)[1] == "logprobs"
+    assert expected_score(on)[0] == pytest.approx(expected_score(off)[0], abs=1e-4)
+    # Unconstrained, the score digits hold only part of the first token's probability.
+    assert off.first_token_logprobs is not None
+    digits = sum(math.exp(off.first_token_logprobs[str(digit)]) for digit in range(1, 10))
+    assert digits < 0.999
+
+
+def test_vllm_gets_the_schema_as_its_constraint_fields() -> None:
+    # The vLLM backend itself needs a GPU and vllm (not in CI): only the fields it hands to
+    # vLLM's StructuredOutputsParams / GuidedDecodingParams are checked here.
+    output = SHAPE.output_schema("auto")
+    assert constraint_fields(output) == {"json": SHAPE.schema()}
+    assert constraint_fields(SHAPE.output_schema("json_object")) == {"json_object": True}
+    assert constraint_fields(SHAPE.output_schema("off")) == {}
+    assert constraint_fields(None) == {}

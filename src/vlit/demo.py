@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlit.chain import run_recipe
 from vlit.demo_data import materialize_demo
 from vlit.generate.adaptation import ADAPTATION_MODE
 from vlit.generate.generator import ProgressCallback
 from vlit.recipe import Recipe, parse_recipe
 from vlit.rundir import RunDir
+from vlit.stages.run_all import run_recipe
 
 DEMO_RUN_DIR = Path("runs/demo")
 
@@ -64,7 +64,10 @@ def demo_recipe(run_dir: Path) -> Recipe:
 def run_demo(run_dir: Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run the demo chain into ``run_dir``; return each stage's summary, and under ``kept``
     how many kept samples the LLM wrote and how many are template (adaptation) samples."""
-    summaries = run_recipe(demo_recipe(run_dir), progress=progress)
+    summaries: dict[str, Any] = {
+        name: summary.to_json()
+        for name, summary in run_recipe(demo_recipe(run_dir), progress=progress).items()
+    }
     summaries["kept"] = kept_by_origin(RunDir(run_dir))
     return summaries
 

@@ -10,7 +10,7 @@ stage is never written while another process holds the run.
 
 Example:
     >>> with RunLock(Path("runs/demo"), command="vlit score runs/demo"):   # doctest: +SKIP
-    ...     score_run(...)
+    ...     score_stage.run(...)
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import pyarrow as pa
 from vlit.errors import InputFileError
 from vlit.images import image_location
 from vlit.jsonio import loads_json
+from vlit.reasons import Reason
 
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
@@ -169,7 +170,7 @@ class Sample:
     scores: dict[str, float] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     failure_reason: str | None = None
-    drop_reason: str | None = None
+    drop_reason: Reason | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -201,7 +202,7 @@ class Sample:
             "scores": sorted(self.scores.items()),
             "labels": list(self.labels),
             "failure_reason": self.failure_reason,
-            "drop_reason": self.drop_reason,
+            "drop_reason": None if self.drop_reason is None else str(self.drop_reason),
             "extra": json.dumps(self.extra, ensure_ascii=False),  # key order kept for exports
         }
 
@@ -224,7 +225,7 @@ class Sample:
             scores={str(k): float(v) for k, v in scores.items()},
             labels=list(row.get("labels") or []),
             failure_reason=row.get("failure_reason"),
-            drop_reason=row.get("drop_reason"),
+            drop_reason=_stored_reason(row.get("drop_reason")),
             extra=extra,
         )
         if problems:  # one damaged row is one failed sample, not a failed stage
@@ -236,6 +237,11 @@ class Sample:
 
     def assistant_turns(self) -> list[str]:
         return [t.text for t in self.turns if t.role == "assistant"]
+
+
+def _stored_reason(text: str | None) -> Reason | None:
+    """A stored reason column's value as a `Reason` (None stays None)."""
+    return None if text is None else Reason.parse(str(text))
 
 
 def _stored_object(row: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from vlit.cli import (
     generate_commands,
     quality_commands,
     report_commands,
+    run_commands,
 )
 from vlit.cli.common import console
 from vlit.cli.edge import INPUT_ERRORS, describe_error, one_line
@@ -60,6 +61,7 @@ for _module in (
     demo_commands,
     collect_commands,
     generate_commands,
+    run_commands,
     quality_commands,
     report_commands,
     format_commands,

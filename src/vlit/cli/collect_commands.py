@@ -9,14 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.progress import TaskID
 
-from vlit.chain import collect_source
 from vlit.cli.common import emit_summary, progress_bar
 from vlit.clue import region_clue, visual_clue
-from vlit.collect import CollectResult
 from vlit.errors import ConfigError
-from vlit.recipe import CocoSource, JsonlSource
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord
+from vlit.stages.collect import CocoSource, JsonlSource, collect_source, write_source
 from vlit.storage import open_run_dir
 
 collect_app = typer.Typer(
@@ -75,7 +73,7 @@ def collect_coco(
         coco_text=coco_text,
         attributes=attributes,
     )
-    _finish(_with_progress(source), out, "collect coco", as_json)
+    _collect(source, out, "collect coco", as_json)
 
 
 @collect_app.command("jsonl")
@@ -93,7 +91,7 @@ def collect_jsonl(
 ) -> None:
     """Collect your own images described one JSON object per line (docs/collect_jsonl.md)."""
     source = JsonlSource(kind="jsonl", jsonl_file=file, images_dir=images)
-    _finish(_with_progress(source), out, "collect jsonl", as_json)
+    _collect(source, out, "collect jsonl", as_json)
 
 
 def clue_command(
@@ -123,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _with_progress(source: CocoSource | JsonlSource) -> CollectResult:
+def _collect(source: CocoSource | JsonlSource, out: str, title: str, as_json: bool) -> None:
     with progress_bar() as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -132,14 +130,9 @@ def _with_progress(source: CocoSource | JsonlSource) -> CollectResult:
                 tasks[step] = progress.add_task(step, total=total)
             progress.update(tasks[step], completed=done, total=total)
 
-        return collect_source(source, progress=report)
-
-
-def _finish(result: CollectResult, out: str, title: str, as_json: bool) -> None:
+        result = collect_source(source, progress=report)
     with open_run_dir(out, writer="vlit collect") as run:
-        run.write_records(result.records, settings={"sources": result.summary.get("sources")})
-        summary = {"run_dir": run.location, **result.summary}
-        run.save_summary("collect", summary)
+        summary = write_source(run, result)
     if as_json:
         emit_summary(title, summary, as_json=True)
     else:

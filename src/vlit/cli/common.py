@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
+from vlit.errors import ConfigError
+from vlit.generate.generator import ProgressCallback
 from vlit.rundir import RunDir
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # Markup off: file names, ids and messages come from users' data, and "[/x]" in them must
 # print as it is (rich would read it as a closing tag and fail).
@@ -39,6 +45,38 @@ def progress_bar() -> Progress:
         console=console,
         transient=True,
     )
+
+
+@contextmanager
+def step_progress() -> Iterator[ProgressCallback]:
+    """A progress callback ``(step, done, total)`` drawing one bar per step."""
+    with progress_bar() as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield report
+
+
+def validated(model: type[M], values: dict[str, Any], *, command: str = "generate") -> M:
+    """Option values checked with the stage's settings model, so errors read as the recipe's."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(_option_problem(item) for item in error.errors())
+        fix = f"correct the option (see `vlit {command} --help`)"
+        raise ConfigError(problems, fix=fix) from None
+
+
+def _option_problem(item: Any) -> str:
+    option = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
+    if item["type"] == "literal_error":
+        choices = str(item["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
+        return f"unknown {option} {item['input']!r}; use one of: {choices}"
+    return f"{option}: {str(item['msg']).removeprefix('Value error, ')}"
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from vlit.cli.common import console, stdout
-from vlit.cli.generate_commands import recipe_progress
+from vlit.cli.common import console, stdout, step_progress
 from vlit.demo import DEMO_RUN_DIR, run_demo
 from vlit.report.table import indicator_rows
 
@@ -27,7 +26,7 @@ def demo_command(
     ] = False,
 ) -> None:
     """Run the whole chain on the shipped demo data with the embedded model, offline."""
-    with recipe_progress() as progress:
+    with step_progress() as progress:
         summaries = run_demo(out, progress=progress)
     if as_json:
         print(json.dumps({"run_dir": str(out), **summaries}, sort_keys=True, default=str))

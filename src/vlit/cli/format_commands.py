@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlit.cli.common import console, emit_summary, stage_rows, track
+from vlit.cli.common import console, emit_summary, step_progress, track
 from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError, InputFileError
 from vlit.formats import (
@@ -22,13 +21,12 @@ from vlit.formats import (
     DatasetImporter,
     check_format_name,
     detect_format,
-    export_samples,
 )
-from vlit.formats.export_images import ExportImages
 from vlit.formats.jsonl import sample_to_json
 from vlit.images import is_url
 from vlit.rundir import SAMPLE_STAGES, RunDir
-from vlit.runlock import RunLockedError
+from vlit.stages import export as export_stage
+from vlit.stages.export import ExportSettings, default_sample_stage
 from vlit.storage import open_run_dir
 
 _LATER_STAGES = ("scores", "kept", "dropped")
@@ -169,43 +167,23 @@ def export_command(
     Image paths are relative to one folder, named in the summary as image_root; parquet and
     mimicit embed the images. Missing images fail the export (exit 2) unless --allow-missing.
     """
-    name = _format(format_name)
+    settings = ExportSettings(
+        format=_format(format_name),
+        out=out,
+        stage=stage,
+        include_failed=include_failed,
+        image_root=image_root,
+        absolute_paths=absolute_paths,
+        allow_missing=allow_missing,
+        skip_unsupported=skip_unsupported,
+    )
     check_output_file(out, "--out")
     if not is_url(run_path):
         _existing_run(Path(run_path))
-    with open_run_dir(run_path) as run:
-        chosen = stage or _default_sample_stage(run)
-        if chosen not in SAMPLE_STAGES:
-            raise ConfigError(
-                f"unknown sample stage {chosen!r}", fix=f"use one of: {', '.join(SAMPLE_STAGES)}"
-            )
-        _, writer_class = FORMATS[name]
-        images = ExportImages(
-            format_name=name,
-            image_root=image_root,
-            absolute_paths=absolute_paths,
-            allow_missing=allow_missing,
-            skip_unsupported=skip_unsupported,
-        )
-        counts = export_samples(
-            track(
-                run.read_samples(chosen),
-                f"exporting {chosen} as {name}",
-                total=stage_rows(run, chosen),
-            ),
-            out,
-            writer=writer_class(),
-            include_failed=include_failed,
-            images=images,
-        )
-        where = run.location if is_url(run_path) else str(run.root.resolve())
-        summary = {"format": name, "stage": chosen, "run": where, **counts}
-        summary["out"] = str(out.resolve())
-        # A note for later; skipped while a writer runs, or when run.json is damaged (the
-        # file is written; the writers refuse that run.json and say how to repair it).
-        with contextlib.suppress(RunLockedError, InputFileError), run.lock("vlit export"):
-            run.save_summary("export", summary)
-    emit_summary("vlit export", summary, as_json=as_json)
+    with open_run_dir(run_path) as run, step_progress() as progress:
+        location = run.location if is_url(run_path) else None
+        summary = export_stage.run(run, settings, location=location, progress=progress)
+    emit_summary("vlit export", summary.to_json(), as_json=as_json)
 
 
 def cat_command(
@@ -294,13 +272,9 @@ def _existing_run(path: Path) -> RunDir:
     return RunDir(path)
 
 
-def _default_sample_stage(run: RunDir) -> str:
-    return "kept" if run.has_stage("kept") else run.latest_sample_stage()
-
-
 def _default_stage(run: RunDir) -> str:
     if run.has_stage("kept") or run.has_stage("scores") or run.has_stage("samples"):
-        return _default_sample_stage(run)
+        return default_sample_stage(run)
     if run.has_stage("records"):
         return "records"
     raise InputFileError(

@@ -1,4 +1,5 @@
-"""`vlit score` and `vlit filter`: per-sample quality control of a run directory."""
+"""`vlit score` and `vlit filter`: per-sample quality control of a run directory
+(`vlit.stages.score`, `vlit.stages.filter`)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,28 @@ from typing import Annotated
 
 import typer
 
-from vlit.cli.common import TokenLimitParamOption, emit_summary, progress_bar, stage_rows
+from vlit.cli.common import (
+    TokenLimitParamOption,
+    emit_summary,
+    progress_bar,
+    stage_rows,
+    validated,
+)
 from vlit.errors import ConfigError
-from vlit.llm.config import LlmConfig
-from vlit.llm.openai_compatible import TOKEN_LIMIT_PARAMS, parse_header
-from vlit.quality.grounding import SPACY_MODEL
+from vlit.llm.config import LLM_CONCURRENCY
+from vlit.llm.openai_compatible import parse_header
 from vlit.quality.lint import LINT_FLAGS
-from vlit.quality.matching import DECODE_MODES, TEXT_MODES
-from vlit.quality.pipeline import FilterOptions, ScoreOptions, filter_run, score_run
+from vlit.stages import filter as filter_stage
+from vlit.stages import score as score_stage
+from vlit.stages.filter import FilterSettings
+from vlit.stages.generate import LlmSettings
+from vlit.stages.score import JudgeSettings, ScoreSettings
 from vlit.storage import open_run_dir
+
+_SCORE = ScoreSettings()
+_JUDGE = JudgeSettings()
+_LLM = LlmSettings()
+_FILTER = FilterSettings()
 
 
 def register(app: typer.Typer) -> None:
@@ -42,14 +56,14 @@ def score_command(
             help="truncate: the conversation cut to the model's token limit (the paper's); "
             "per_turn: each user+assistant pair scored, mean and min kept.",
         ),
-    ] = "truncate",
+    ] = _SCORE.clip_mode,
     clip_device: Annotated[
         str | None, typer.Option("--clip-device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
+    ] = _SCORE.clip_device,
     clip_batch_size: Annotated[
         int | None,
         typer.Option("--clip-batch-size", help="Texts/images per pass (32; 256 on a GPU)."),
-    ] = None,
+    ] = _SCORE.clip_batch_size,
     clip_decode: Annotated[
         str,
         typer.Option(
@@ -57,14 +71,22 @@ def score_command(
             help="auto: on the GPU with nvjpeg when possible, else workers; workers: CPU "
             "processes with reduced-size JPEG decoding; device: where the model runs.",
         ),
-    ] = "auto",
+    ] = _SCORE.clip_decode,
     decode_workers: Annotated[
         int, typer.Option("--decode-workers", help="Processes decoding images for MD.")
-    ] = 2,
+    ] = _SCORE.decode_workers,
     judge: Annotated[
         bool, typer.Option("--judge", help="Ask an LLM judge for correctness (C).")
     ] = False,
-    judge_n: Annotated[int, typer.Option("--judge-n", help="Votes per sample.")] = 3,
+    judge_n: Annotated[int, typer.Option("--judge-n", help="Votes per sample.")] = _JUDGE.votes,
+    structured: Annotated[
+        str,
+        typer.Option(
+            "--structured",
+            help="auto|json_schema|json_object|off: constrain each judge verdict to its JSON "
+            "schema (auto: where the endpoint can).",
+        ),
+    ] = _JUDGE.structured,
     llm_base_url: Annotated[
         str | None,
         typer.Option("--llm-base-url", help="OpenAI-compatible endpoint of the judge."),
@@ -74,7 +96,7 @@ def score_command(
     ] = None,
     llm_concurrency: Annotated[
         int, typer.Option("--llm-concurrency", help="Judge requests in flight.")
-    ] = 8,
+    ] = LLM_CONCURRENCY,
     llm_headers: Annotated[
         list[str] | None,
         typer.Option(
@@ -83,7 +105,7 @@ def score_command(
             "read from that environment variable. Never written to the run.",
         ),
     ] = None,
-    llm_token_limit_param: TokenLimitParamOption = "max_tokens",
+    llm_token_limit_param: TokenLimitParamOption = _LLM.token_limit_param,
     no_grounding: Annotated[
         bool, typer.Option("--no-grounding", help="Skip the checks against annotations.")
     ] = False,
@@ -93,23 +115,14 @@ def score_command(
             "--spacy-model",
             help="spaCy pipeline for grounding: an installed package's name or a folder.",
         ),
-    ] = SPACY_MODEL,
+    ] = _SCORE.spacy_model,
     no_lint: Annotated[bool, typer.Option("--no-lint", help="Skip the structural lint.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
 ) -> None:
     """Score samples: lint, grounding, matching degree (MD) and correctness (C)."""
-    if clip_mode not in TEXT_MODES:
-        raise ConfigError(
-            f"unknown --clip-mode '{clip_mode}'", fix=f"use one of: {', '.join(TEXT_MODES)}"
-        )
-    if clip_decode not in DECODE_MODES:
-        raise ConfigError(
-            f"unknown --clip-decode '{clip_decode}'",
-            fix=f"use one of: {', '.join(DECODE_MODES)}",
-        )
-    llm = None
+    judge_llm = None
     if judge:
         if not llm_base_url or not llm_model:
             raise ConfigError(
@@ -117,38 +130,44 @@ def score_command(
                 fix="point it at any OpenAI-compatible server, e.g. --llm-base-url "
                 "http://127.0.0.1:8000/v1 --llm-model qwen2.5-7b-instruct",
             )
-        if llm_token_limit_param not in TOKEN_LIMIT_PARAMS:
-            raise ConfigError(
-                f"unknown --llm-token-limit-param '{llm_token_limit_param}'",
-                fix=f"use one of: {', '.join(TOKEN_LIMIT_PARAMS)}",
-            )
-        llm = LlmConfig(
-            kind="openai",
-            base_url=llm_base_url,
-            model=llm_model,
-            concurrency=llm_concurrency,
-            headers=dict(parse_header(header) for header in llm_headers or []),
-            token_limit_param=llm_token_limit_param,  # type: ignore[arg-type]
+        llm = validated(
+            LlmSettings,
+            {
+                "kind": "openai",
+                "base_url": llm_base_url,
+                "model": llm_model,
+                "headers": dict(parse_header(header) for header in llm_headers or []),
+                "token_limit_param": llm_token_limit_param,
+            },
+            command="score",
         )
-    options = ScoreOptions(
-        clip=clip,
-        clip_mode=clip_mode,
-        clip_device=clip_device,
-        clip_batch_size=clip_batch_size,
-        clip_decode=clip_decode,
-        decode_workers=decode_workers,
-        judge=judge,
-        judge_votes=judge_n,
-        llm=llm,
-        grounding=not no_grounding,
-        spacy_model=spacy_model,
-        lint=not no_lint,
+        judge_llm = llm.to_config(concurrency=llm_concurrency)
+    settings = validated(
+        ScoreSettings,
+        {
+            "clip_model": clip,
+            "clip_mode": clip_mode,
+            "clip_device": clip_device,
+            "clip_batch_size": clip_batch_size,
+            "clip_decode": clip_decode,
+            "decode_workers": decode_workers,
+            "judge": {"votes": judge_n, "structured": structured} if judge else None,
+            "grounding": not no_grounding,
+            "spacy_model": spacy_model,
+            "lint": not no_lint,
+        },
+        command="score",
     )
     opened = open_run_dir(run, writer="vlit score", must_exist=True)
     with opened as run_dir, progress_bar() as progress:
         task = progress.add_task("scoring", total=stage_rows(run_dir, "samples"))
-        summary = score_run(run_dir, options, on_batch=lambda n: progress.advance(task, n))
-    emit_summary("vlit score", summary, as_json=as_json)
+        summary = score_stage.run(
+            run_dir,
+            settings,
+            judge_llm=judge_llm,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    emit_summary("vlit score", summary.to_json(), as_json=as_json)
 
 
 def _pairs(values: list[str], option: str) -> dict[str, float]:
@@ -169,24 +188,24 @@ def filter_command(
     run: Annotated[str, typer.Argument(help="Run directory with scores/; a path or a URL.")],
     min_md: Annotated[
         float | None, typer.Option("--min-md", help="Drop samples with MD (cosine x 100) below.")
-    ] = None,
+    ] = _FILTER.min_md,
     min_md_quantile: Annotated[
         float | None,
         typer.Option("--min-md-quantile", help="Minimum MD as a quantile of this run's MD."),
-    ] = None,
+    ] = _FILTER.min_md_quantile,
     require_correct: Annotated[
         bool, typer.Option("--require-correct", help="Drop samples the judge found incorrect.")
-    ] = False,
+    ] = _FILTER.require_correct,
     max_hallucination: Annotated[
         float | None,
         typer.Option("--max-hallucination", help="Drop above this hallucinated/mentioned rate."),
-    ] = None,
+    ] = _FILTER.max_hallucination,
     max_count_errors: Annotated[
         float | None, typer.Option("--max-count-errors", help="Drop above this many.")
-    ] = None,
+    ] = _FILTER.max_count_errors,
     max_false_absent: Annotated[
         float | None, typer.Option("--max-false-absent", help="Drop above this many.")
-    ] = None,
+    ] = _FILTER.max_false_absent,
     drop_lint: Annotated[
         str | None,
         typer.Option(
@@ -208,18 +227,22 @@ def filter_command(
     ] = False,
 ) -> None:
     """Split scored samples into kept/ and dropped/ (each dropped sample with its reason)."""
-    flags = tuple(f.strip() for f in (drop_lint or "").split(",") if f.strip())
-    options = FilterOptions(
-        min_md=min_md,
-        min_md_quantile=min_md_quantile,
-        require_correct=require_correct,
-        max_hallucination=max_hallucination,
-        max_count_errors=max_count_errors,
-        max_false_absent=max_false_absent,
-        drop_lint=flags,
-        min_scores=_pairs(min_score or [], "--min-score"),
-        max_scores=_pairs(max_score or [], "--max-score"),
+    flags = [f.strip() for f in (drop_lint or "").split(",") if f.strip()]
+    settings = validated(
+        FilterSettings,
+        {
+            "min_md": min_md,
+            "min_md_quantile": min_md_quantile,
+            "require_correct": require_correct,
+            "max_hallucination": max_hallucination,
+            "max_count_errors": max_count_errors,
+            "max_false_absent": max_false_absent,
+            "drop_lint": flags,
+            "thresholds": _pairs(min_score or [], "--min-score"),
+            "maxima": _pairs(max_score or [], "--max-score"),
+        },
+        command="filter",
     )
     with open_run_dir(run, writer="vlit filter", must_exist=True) as run_dir:
-        summary = filter_run(run_dir, options)
-    emit_summary("vlit filter", summary, as_json=as_json)
+        summary = filter_stage.run(run_dir, settings)
+    emit_summary("vlit filter", summary.to_json(), as_json=as_json)

@@ -9,27 +9,34 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from vlit.cli.common import console, emit_summary
 from vlit.cli.edge import check_output_file
 from vlit.errors import ConfigError, InputFileError
 from vlit.images import is_url
+from vlit.llm.config import LLM_CONCURRENCY
 from vlit.quality.indicators.embeddings import embedder_spec, load_embedder
 from vlit.quality.indicators.suite import (
+    IndicatorFeed,
     IndicatorSettings,
-    compute_indicators,
     load_run,
+    report_stage,
     shared_settings,
+    usable_batches,
 )
 from vlit.report.build import report_run, write_html
 from vlit.report.html import DatasetView
 from vlit.report.table import comparison_json, indicator_rows
 from vlit.rundir import RunDir
-from vlit.selection import select_to_budget
+from vlit.selection import plan_selection
+from vlit.stages.report import ReportSettings
 from vlit.storage import open_run_dir
 
 LABELLER_NAMES = ("rules", "taggpt")
+_REPORT = ReportSettings()
+_INDICATORS = IndicatorSettings()
 
 
 def register(app: typer.Typer) -> None:
@@ -145,11 +152,13 @@ def report_command(
             help="DBSCAN eps (cosine distance), or 'auto': the eps with the most clusters, "
             "chosen once over all the runs given.",
         ),
-    ] = "auto",
-    min_samples: Annotated[int, typer.Option("--min-samples", help="DBSCAN min_samples.")] = 5,
+    ] = str(_INDICATORS.eps),
+    min_samples: Annotated[
+        int, typer.Option("--min-samples", help="DBSCAN min_samples.")
+    ] = _INDICATORS.min_samples,
     subsample: Annotated[
         int, typer.Option("--subsample", help="Distinct responses clustered for R.")
-    ] = 5_000,
+    ] = _INDICATORS.subsample_size,
     reuse_settings: Annotated[
         Path | None,
         typer.Option(
@@ -160,12 +169,16 @@ def report_command(
     ] = None,
     parse_limit: Annotated[
         int, typer.Option("--parse-limit", help="Most samples parsed by spaCy for O/G.")
-    ] = 5000,
+    ] = _INDICATORS.parse_limit,
     complexity_samples: Annotated[
         int, typer.Option("--complexity-samples", help="Samples scored by the LLM (1-10).")
     ] = 500,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="LLM requests at once.")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="LLM requests at once.")
+    ] = LLM_CONCURRENCY,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of every random choice.")
+    ] = _REPORT.seed,
 ) -> None:
     """Compute the dataset indicators of each run, write RUN/indicators.json, compare them."""
     if labeller not in LABELLER_NAMES:
@@ -182,7 +195,7 @@ def report_command(
     settings = _settings(eps, min_samples, subsample, parse_limit, seed)
     if reuse_settings is not None:
         settings, embedder = _reused(reuse_settings, settings, embedder)
-    embedder = embedder or "minilm"
+    embedder = embedder or _REPORT.embedder
     embedding_model = None if embedder == "none" else load_embedder(embedder)
     if labeller == "taggpt" and embedding_model is None:
         raise ConfigError("--labeller taggpt merges tags by embedding", fix="drop --embedder none")
@@ -193,11 +206,20 @@ def report_command(
             staged.enter_context(open_run_dir(given, writer="vlit report", must_exist=True)).root
             for given in runs
         ]
-        loaded_runs = [load_run(path) for path in paths]
+        in_memory = llm_base_url is not None  # an LLM labels or scores the samples held
+        loaded_runs = [load_run(path, with_samples=in_memory) for path in paths]
         if len(loaded_runs) > 1 and embedding_model is not None:
             # one ruler: a data-chosen eps is chosen once over all the runs
             settings = shared_settings(
-                [(loaded.samples, loaded.root / "embeddings") for loaded in loaded_runs],
+                [
+                    (
+                        [loaded.samples]
+                        if in_memory
+                        else usable_batches(RunDir(path), loaded.stage),
+                        loaded.root / "embeddings",
+                    )
+                    for path, loaded in zip(paths, loaded_runs, strict=True)
+                ],
                 embedder=embedding_model,
                 settings=settings,
             )
@@ -219,7 +241,7 @@ def report_command(
                 on_step=_announcer(name),
                 loaded=loaded,
             )
-            console.print(f"{name}: {len(view.samples)} samples from {view.report['stage']}/")
+            console.print(f"{name}: {view.report['samples']} samples from {view.report['stage']}/")
             views.append(view)
     if html is not None:
         write_html(views, html)
@@ -277,38 +299,49 @@ def select_command(
     """Pick N samples: quality first, near-duplicates out, tasks evened out; show indicators
     before and after."""
     (RunDir(run) if out is None else RunDir(out)).load_meta()  # damaged run.json: stop now
-    loaded = load_run(run)
-    result = select_to_budget(loaded.samples, size=size, dedup_threshold=dedup_threshold, seed=seed)
+    source, source_stage = report_stage(run)
+    records = {r.image_id: r for r in source.read_records()} if source.has_stage("records") else {}
+    plan = plan_selection(
+        usable_batches(source, source_stage),
+        size=size,
+        dedup_threshold=dedup_threshold,
+        seed=seed,
+    )
     if out is None:
-        target, stage = RunDir(run), "selected"
+        target, stage = source, "selected"
     else:
         target, stage = RunDir(out), "samples"
         if target.has_stage("samples"):
             raise ConfigError(f"{out} already has samples", fix="choose a new --out")
-        if loaded.records:
-            target.write_records(loaded.records.values())
-    inputs = (loaded.stage,) if out is None else ()
-    target.write_samples(stage, result.selected, inputs=inputs, command="vlit select")
-    target.save_summary("select", {**result.summary, "source": str(run)})
+        if records:
+            target.write_records(records.values())
+    inputs = (source_stage,) if out is None else ()
     settings = _settings(eps, 5, 10_000, 5000, seed)
     embedding_model = None if embedder == "none" else load_embedder(embedder)
-    before = compute_indicators(
-        loaded.samples,
-        embedder=embedding_model,
-        cache_dir=loaded.root / "embeddings",
-        records=loaded.records,
-        settings=settings,
+    feed_before, feed_after = (
+        IndicatorFeed(
+            embedder=embedding_model,
+            cache_dir=source.root / "embeddings",
+            records=records,
+            settings=settings,
+        )
+        for _ in range(2)
     )
-    after = compute_indicators(
-        result.selected,
-        embedder=embedding_model,
-        cache_dir=loaded.root / "embeddings",
-        records=loaded.records,
-        settings=settings,
-    )
+    with target.writer(stage, inputs=inputs, command="vlit select") as writer:
+        offset = 0
+        for batch in usable_batches(source, source_stage):  # the second pass, shard by shard
+            feed_before.update(batch)  # labels the batch too
+            at = plan.chosen[np.searchsorted(plan.chosen, offset) :]
+            picked = [batch[i] for i in (at[at < offset + len(batch)] - offset).tolist()]
+            if picked:
+                feed_after.update(picked)
+                writer.add_rows(sample.to_row() for sample in picked)
+            offset += len(batch)
+    target.save_summary("select", {**plan.summary, "source": str(run)})
+    before, after = feed_before.report(), feed_after.report()
     summary = {
         "written_to": str(target.stage_dir(stage)),
-        "selection": result.summary,
+        "selection": plan.summary,
         "before": before["table"],
         "after": after["table"],
     }
@@ -317,5 +350,5 @@ def select_command(
         return
     _print_table({"before": before, "after": after})
     emit_summary(
-        "Selection", {k: v for k, v in result.summary.items() if k != "quotas"}, as_json=False
+        "Selection", {k: v for k, v in plan.summary.items() if k != "quotas"}, as_json=False
     )

@@ -44,7 +44,7 @@ def sample_to_json(sample: Sample) -> dict[str, Any]:
         "scores": dict(sorted(sample.scores.items())),
         "labels": list(sample.labels),
         "failure_reason": sample.failure_reason,
-        "drop_reason": sample.drop_reason,
+        "drop_reason": None if sample.drop_reason is None else str(sample.drop_reason),
         "extra": sample.extra,
     }
 

@@ -1,8 +1,8 @@
-"""Instruction-response generation: modes, prompts, in-context examples, parsing, adaptation.
+"""Instruction-response generation: modes, prompts, in-context examples, parsing, adaptation
+(the stage over a run directory is `vlit.stages.generate`).
 
 - `prompts`: the system prompt of each LLM mode, the in-context examples, the request message;
 - `generator`: requests planned per image and mode, answers turned into samples;
-- `stage`: `generate_run`, the resumable stage over a run directory;
 - `parse`: LLM output -> turns, with the raw text kept when that fails;
 - `regions`: which boxes become region conversations, and the image copy with the box drawn;
 - `adaptation`: the no-LLM baseline (instruction templates filled from annotations);
@@ -16,7 +16,6 @@ from vlit.generate.generator import ConversationGenerator, GenerationSettings
 from vlit.generate.parse import ParsedConversation, parse_conversation
 from vlit.generate.prompts import LLM_MODES, PromptLibrary
 from vlit.generate.regions import RegionRule
-from vlit.generate.stage import generate_run
 
 __all__ = [
     "ADAPTATION_MODE",
@@ -27,6 +26,5 @@ __all__ = [
     "ParsedConversation",
     "PromptLibrary",
     "RegionRule",
-    "generate_run",
     "parse_conversation",
 ]

@@ -10,7 +10,7 @@ Every choice is seeded from (recipe seed, image id, mode, object), so the same r
 same requests, which the journal then answers without sending anything again.
 
 Example:
-    >>> generator = ConversationGenerator(settings=GenerationSettings(modes={"conversation": 1.0}),
+    >>> generator = ConversationGenerator(settings=GenerateSettings().generation(),
     ...                                   images_dir=run.images_dir, generator_info={})
     ... # doctest: +SKIP
     >>> planned = generator.plan(record)          # doctest: +SKIP
@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +50,26 @@ _IMAGE_PROBLEMS = ("missing_file", "unreadable_image")
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How to generate; built from the recipe's ``generate`` section or the CLI options.
+    """What the generator reads, made by `vlit.stages.generate.GenerateSettings.generation`
+    (where every default is written).
 
     ``modes`` maps a mode name to the share of images that get it (1.0: every image);
     ``structured`` is the structured-output setting of the requests (``vlit.llm.base``).
     """
 
     modes: dict[str, float]
-    n: int = 5
-    temperature: float = 0.8
-    max_tokens: int = 1024
-    seed: int = 0
-    examples_per_request: int = 2
-    region_rule: RegionRule = field(default_factory=RegionRule)
-    absent_objects: int = 3
-    prompts_dir: str | None = None
-    adaptation_tasks: tuple[str, ...] | None = None
-    adaptation_max_per_task: int = 2
-    adaptation_vqa_style: VqaStyle = "mixed"
-    structured: StructuredSetting = "auto"
+    n: int
+    temperature: float
+    max_tokens: int
+    seed: int
+    examples_per_request: int
+    region_rule: RegionRule
+    absent_objects: int
+    prompts_dir: str | None
+    adaptation_tasks: tuple[str, ...] | None
+    adaptation_max_per_task: int
+    adaptation_vqa_style: VqaStyle
+    structured: StructuredSetting
 
     @property
     def llm_modes(self) -> list[str]:

@@ -6,8 +6,9 @@ Three shapes:
   ...}, ...]}``, with the number of pairs and the length of every question and answer bounded
   by the mode's settings (its pair range and answer length) and by ``max_tokens``, so that a
   constrained model finishes the structure before the token limit;
-* a **judge verdict**: ``{"verdict": "correct" | "incorrect", "reason": ...}``;
-* a **complexity score**: ``{"score": 1..10}``.
+* a **judge verdict**: ``{"verdict": "correct" | "incorrect", "reason": ...}``, the reason
+  bounded so that it fits the judge's ``max_tokens``;
+* a **complexity score**: a bare integer from 1 to 10.
 
 Each shape gives its JSON schema (sent as ``response_format`` or compiled into a token mask),
 the words that ask for it in the prompt, and a strict reader that accepts exactly that shape.
@@ -27,6 +28,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vlit.errors import ConfigError
 from vlit.llm.base import JSON_SEPARATORS, OutputSchema, StructuredSetting
 from vlit.schema import Turn
 
@@ -186,62 +188,114 @@ def _bounded(value: Any, limit: int) -> bool:
 
 
 # -- judge verdict and complexity score --------------------------------------------------------
-VERDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "verdict": {"type": "string", "enum": ["correct", "incorrect"]},
-        "reason": {"type": "string", "minLength": 1, "maxLength": 300},
-    },
-    "required": ["verdict", "reason"],
-    "additionalProperties": False,
+VERDICTS = ("correct", "incorrect")
+_VERDICT_FRAME_TOKENS = 16  # {"verdict": "incorrect", "reason": "..."} without the reason
+_MAX_REASON_CHARS = 300
+_MIN_REASON_CHARS = 8
+
+
+@dataclass(frozen=True)
+class VerdictShape:
+    """A judge verdict: ``{"verdict": "correct" | "incorrect", "reason": ...}`` with a reason
+    of at most ``max_reason_chars`` characters."""
+
+    max_reason_chars: int = _MAX_REASON_CHARS
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema of a verdict."""
+        return {
+            "type": "object",
+            "properties": {
+                "verdict": {"type": "string", "enum": list(VERDICTS)},
+                "reason": {"type": "string", "minLength": 1, "maxLength": self.max_reason_chars},
+            },
+            "required": ["verdict", "reason"],
+            "additionalProperties": False,
+        }
+
+    def output_schema(self, setting: StructuredSetting) -> OutputSchema:
+        return OutputSchema.of("verdict", self.schema(), setting)
+
+    def instructions(self) -> str:
+        """The prompt's words asking for a verdict."""
+        return (
+            "Answer with one JSON object and nothing before or after it:\n"
+            f"{self.render('correct', 'one short sentence naming the decisive detail')}\n"
+            f'with "correct" or "incorrect", and a reason under {self.max_reason_chars} '
+            "characters."
+        )
+
+    def render(self, verdict: str, reason: str) -> str:
+        """A verdict written in this shape (what the judge's examples show).
+
+        >>> VerdictShape().render("correct", "All given.")
+        '{"verdict": "correct", "reason": "All given."}'
+        """
+        value = {"verdict": verdict, "reason": reason}
+        return json.dumps(value, ensure_ascii=False, separators=JSON_SEPARATORS)
+
+    def read(self, text: str) -> tuple[str, str] | None:
+        """``(verdict, reason)`` if ``text`` is exactly this shape, else None.
+
+        >>> VerdictShape().read('{"verdict": "incorrect", "reason": "There is no dog."}')
+        ('incorrect', 'There is no dog.')
+        """
+        value = _json_value(text)
+        if not isinstance(value, dict) or set(value) != {"verdict", "reason"}:
+            return None
+        verdict, reason = value["verdict"], value["reason"]
+        if verdict not in VERDICTS or not isinstance(reason, str):
+            return None
+        if not 1 <= len(reason) <= self.max_reason_chars:
+            return None
+        return verdict, reason.strip()
+
+
+def verdict_shape(max_tokens: int) -> VerdictShape:
+    """The verdict shape whose reason fits in ``max_tokens`` (at most 300 characters)."""
+    room = int((max_tokens - _VERDICT_FRAME_TOKENS) * _CHARS_PER_TOKEN)
+    return VerdictShape(max_reason_chars=max(_MIN_REASON_CHARS, min(_MAX_REASON_CHARS, room)))
+
+
+#: A complexity score is a bare integer, so that its first token is the number's first digit
+#: (the scorer reads the expected score from that token's probabilities).
+COMPLEXITY_RANGE = (1, 10)
+COMPLEXITY_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "minimum": COMPLEXITY_RANGE[0],
+    "maximum": COMPLEXITY_RANGE[1],
 }
-VERDICT_INSTRUCTIONS = (
-    'Answer with one JSON object and nothing else: {"verdict": "correct" or "incorrect", '
-    '"reason": "one short sentence naming the decisive detail"}'
+COMPLEXITY_INSTRUCTIONS = (
+    f"Answer with the number only: one whole number from {COMPLEXITY_RANGE[0]} to "
+    f"{COMPLEXITY_RANGE[1]}."
 )
 
-COMPLEXITY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}},
-    "required": ["score"],
-    "additionalProperties": False,
-}
-COMPLEXITY_INSTRUCTIONS = 'Answer with one JSON object and nothing else: {"score": <1 to 10>}'
 
-
-def read_verdict(text: str) -> tuple[str, str] | None:
-    """``(verdict, reason)`` from an answer in the verdict shape, else None.
-
-    >>> read_verdict('{"verdict": "incorrect", "reason": "There is no dog."}')
-    ('incorrect', 'There is no dog.')
-    """
-    value = _json_object(text)
-    if value is None or set(value) != {"verdict", "reason"}:
-        return None
-    verdict, reason = value["verdict"], value["reason"]
-    if verdict not in ("correct", "incorrect") or not isinstance(reason, str):
-        return None
-    return verdict, reason.strip()
+def complexity_output(setting: StructuredSetting) -> OutputSchema:
+    """The complexity score's schema for a request (``json_object`` cannot hold a number)."""
+    if setting == "json_object":
+        raise ConfigError(
+            "a complexity score is a bare number, which a JSON object cannot be",
+            fix="use the structured setting auto, json_schema or off",
+        )
+    return OutputSchema.of("complexity", COMPLEXITY_SCHEMA, setting)
 
 
 def read_complexity(text: str) -> int | None:
-    """The 1-10 score of an answer in the complexity shape, else None.
+    """The score of an answer in the complexity shape (a bare integer in range), else None.
 
-    >>> read_complexity('{"score": 7}')
-    7
+    >>> read_complexity("7"), read_complexity("11"), read_complexity("7 out of 10")
+    (7, None, None)
     """
-    value = _json_object(text)
-    if value is None or set(value) != {"score"}:
+    value = _json_value(text)
+    low, high = COMPLEXITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return None
-    score = value["score"]
-    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 10:
-        return None
-    return score
+    return value
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def _json_value(text: str) -> Any:
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None

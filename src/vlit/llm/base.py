@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from vlit.errors import ConfigError
+
 StructuredSetting = Literal["auto", "json_schema", "json_object", "off"]
 STRUCTURED_SETTINGS: tuple[str, ...] = ("auto", "json_schema", "json_object", "off")
 """How hard a request insists on its output schema.
@@ -25,6 +27,22 @@ accepts ``response_format``), and fall back to asking in the prompt where it can
 ``json_schema``: constrain to the schema (an error where that is impossible); ``json_object``:
 constrain to any JSON object; ``off``: the prompt alone asks for the shape.
 """
+
+
+def structured_setting(value: str) -> StructuredSetting:
+    """``value`` as a structured-output setting, or a ConfigError naming the settings.
+
+    >>> structured_setting("off")
+    'off'
+    """
+    if value not in STRUCTURED_SETTINGS:
+        raise ConfigError(
+            f"unknown structured-output setting {value!r}",
+            fix=f"use one of: {', '.join(STRUCTURED_SETTINGS)}",
+        )
+    return value  # type: ignore[return-value]
+
+
 #: The separators of the JSON a constrained model writes: items, then key and value.
 JSON_SEPARATORS = (", ", ": ")
 
@@ -147,13 +165,15 @@ class Completion:
 class Outcome:
     """What a session returns per request: the choices, or why there are none.
 
-    ``from_journal`` is true when the answer came from the journal (no request was sent).
+    ``from_journal`` is true when the answer came from the journal (no request was sent);
+    ``budget_refused`` when the session's budget did not let the request through.
     """
 
     request: ChatRequest
     choices: list[Choice] = field(default_factory=list)
     error: str | None = None
     from_journal: bool = False
+    budget_refused: bool = False
 
     @property
     def ok(self) -> bool:

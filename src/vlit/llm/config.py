@@ -25,6 +25,10 @@ from vlit.llm.vllm_backend import VllmBackend
 BackendKind = Literal["openai", "local", "vllm"]
 
 
+LLM_CONCURRENCY = 4
+"""Requests an LLM session keeps in flight unless told otherwise (generation, judge, report)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class LlmConfig:
     """Settings of one LLM backend (the recipe's ``llm:`` block maps onto this).
@@ -51,7 +55,7 @@ class LlmConfig:
     timeout_s: float = 120.0
     max_retries: int = 6
     supports_n: bool = True
-    concurrency: int = 8
+    concurrency: int = LLM_CONCURRENCY
     price_per_1k_prompt: float | None = None
     price_per_1k_completion: float | None = None
 
@@ -64,7 +68,7 @@ class LlmConfig:
         if self.concurrency < 1:
             raise ConfigError(
                 f"llm.concurrency must be at least 1, not {self.concurrency}",
-                fix="set concurrency to the number of requests to keep in flight, e.g. 8",
+                fix=f"set it to the number of requests to keep in flight, e.g. {LLM_CONCURRENCY}",
             )
         if self.max_retries < 0 or self.timeout_s <= 0:
             raise ConfigError(

@@ -11,8 +11,10 @@ request still run as one batch.
 
 A request with an ``output`` schema (and a setting other than ``off``) is decoded under a token
 mask from llguidance: each rollout can only write JSON of that schema, and ends where the
-structure ends, not at ``max_tokens``. Without llguidance installed, ``auto`` asks by the prompt
-alone and ``json_schema``/``json_object`` raise.
+structure ends, not at ``max_tokens``. Its first-token log-probabilities (``top_logprobs``) are
+those of the masked distribution it samples from: only tokens the schema allows, renormalised.
+Without llguidance installed, ``auto`` asks by the prompt alone and ``json_schema``/
+``json_object`` raise.
 
 Example:
     >>> backend = LocalTransformersBackend(torch_threads=1)  # embedded SmolLM2
@@ -252,10 +254,10 @@ class LocalTransformersBackend:
                 cache_object.batch_repeat_interleave(n)
             logits = output.logits[:, -1, :].float().expand(n, -1)
             for step in range(max_new):
-                if step == 0 and request.top_logprobs:
-                    first_logprobs = self._top_logprobs(logits[0], request.top_logprobs)
                 if matchers:
                     logits = _masked(logits, matchers, finish)
+                if step == 0 and request.top_logprobs:
+                    first_logprobs = self._top_logprobs(logits[0], request.top_logprobs)
                 next_ids = self._sample(logits, request.temperature, generators, finish)
                 for row in range(n):
                     if finish[row] is None:
@@ -373,6 +375,8 @@ class LocalTransformersBackend:
         values, ids = torch.topk(logprobs, k)
         result: dict[str, float] = {}
         for value, token_id in zip(values.tolist(), ids.tolist(), strict=True):
+            if value == float("-inf"):  # masked out: fewer tokens are allowed than asked for
+                break
             token = self._tokenizer.decode([token_id])
             result[token] = max(float(value), result.get(token, float("-inf")))
         return result

@@ -214,7 +214,7 @@ class LlmSession:
                 del self._key_locks[key]
         if isinstance(error, _BudgetRefusal):
             self._usage.budget_skipped += 1
-            return Outcome(request, error=error)
+            return Outcome(request, error=str(error), budget_refused=True)
         if error is not None:
             self._usage.failures += 1
             return Outcome(request, error=error)

@@ -4,9 +4,15 @@ Each rollout is its own prompt with ``n=1`` and ``seed=rollout_seed(request.seed
 so rollout i is the same whether it was asked for in a batch of n or alone on resume; vLLM's
 prefix cache makes the repeated prompt cheap. ``vllm`` is imported only when the model loads.
 
-Not exercised by the test suite (no GPU and no vllm in CI); it follows vLLM's documented
-``LLM.chat(messages, sampling_params)`` / ``SamplingParams(n, temperature, seed, max_tokens,
-stop, logprobs)`` API.
+A request with an output schema is constrained by vLLM's own structured output: newer vLLM
+takes ``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))``, vLLM 0.6.3 to
+0.10 ``SamplingParams(guided_decoding=GuidedDecodingParams(json=schema))``; whichever the
+installed vLLM has is used (``json_object=True`` for the setting ``json_object``). A vLLM with
+neither asks by the prompt alone under ``auto`` and raises for ``json_schema``/``json_object``.
+
+Not exercised by the test suite beyond choosing the constraint's fields (no GPU and no vllm in
+CI); it follows vLLM's documented ``LLM.chat(messages, sampling_params)`` /
+``SamplingParams(n, temperature, seed, max_tokens, stop, logprobs)`` API.
 
 Example:
     >>> backend = VllmBackend(model="Qwen/Qwen2.5-7B-Instruct")  # doctest: +SKIP
@@ -19,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from vlit.errors import ConfigError, ModelUnavailableError
-from vlit.llm.base import ChatRequest, Choice, Completion, rollout_seed
+from vlit.llm.base import ChatRequest, Choice, Completion, OutputSchema, rollout_seed
 
 if TYPE_CHECKING:
     from vlit.llm.config import LlmConfig
@@ -108,6 +114,7 @@ class VllmBackend:
             if self._engine is None:
                 self._load_locked()
             conversation = [{"role": m.role, "content": m.content} for m in request.messages]
+            structured = structured_sampling_fields(request.output)
             params = [
                 SamplingParams(
                     n=1,
@@ -116,6 +123,7 @@ class VllmBackend:
                     seed=rollout_seed(request.seed, rollout),
                     stop=list(request.stop) or None,
                     logprobs=request.top_logprobs,
+                    **structured,
                 )
                 for rollout in range(request.n)
             ]
@@ -140,6 +148,40 @@ class VllmBackend:
             completion_tokens=completion_tokens,
             model=self.model,
         )
+
+
+def constraint_fields(output: OutputSchema | None) -> dict[str, Any]:
+    """The fields of vLLM's constraint object for ``output`` (empty: no constraint).
+
+    >>> constraint_fields(OutputSchema.of("score", {"type": "integer"}, "json_schema"))
+    {'json': {'type': 'integer'}}
+    """
+    if output is None or not output.constrained:
+        return {}
+    if output.setting == "json_object":
+        return {"json_object": True}
+    return {"json": output.schema}
+
+
+def structured_sampling_fields(output: OutputSchema | None) -> dict[str, Any]:
+    """The ``SamplingParams`` keyword that constrains a request to ``output``, in the API of
+    the installed vLLM: ``structured_outputs`` (newer) or ``guided_decoding`` (0.6.3-0.10)."""
+    fields = constraint_fields(output)
+    if not fields:
+        return {}
+    from vllm import sampling_params
+
+    if hasattr(sampling_params, "StructuredOutputsParams"):
+        return {"structured_outputs": sampling_params.StructuredOutputsParams(**fields)}
+    if hasattr(sampling_params, "GuidedDecodingParams"):
+        return {"guided_decoding": sampling_params.GuidedDecodingParams(**fields)}
+    assert output is not None
+    if output.setting == "auto":
+        return {}  # the prompt alone asks for the shape
+    raise ModelUnavailableError(
+        f"structured output {output.setting!r} needs a vLLM with structured outputs (0.6.3+)",
+        fix="upgrade vllm, or use --structured auto or off",
+    )
 
 
 def _first_token_logprobs(logprobs: Any) -> dict[str, float] | None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,7 +56,15 @@ def image_identity(sample: Sample) -> str | None:
 
 
 class DuplicateFinder:
-    """Flag exact and near-duplicate conversations over a whole dataset (see module docstring)."""
+    """Flag exact and near-duplicate conversations over a whole dataset (see module docstring).
+
+    Near-duplicate candidates come from LSH: the MinHash values are cut into ``bands`` bands of
+    ``rows`` values (chosen for ``threshold`` as datasketch's ``MinHashLSH`` chooses them), and
+    two samples whose values agree on a whole band are compared on all values. Per sample, memory
+    keeps a 64-bit key per band, a 64-bit text digest and a 64-bit image identity
+    (``bands * 8 + 16`` bytes: 88 at the defaults); the MinHash values go to a temporary file and
+    only the rows of candidates are read back.
+    """
 
     def __init__(self, *, threshold: float = 0.8, num_perm: int = 128, seed: int = 1) -> None:
         if not 0.0 < threshold <= 1.0:
@@ -65,78 +75,189 @@ class DuplicateFinder:
         self.threshold = threshold
         self.num_perm = num_perm
         self.seed = seed
+        self.bands, self.rows = lsh_bands(threshold, num_perm)
 
     def find(self, samples: Iterable[Sample]) -> dict[int, list[str]]:
-        """Flags per sample index (only duplicates appear). ``samples`` is read once, in order:
-        what is kept per sample is its text digest, image identity, MinHash values (4 bytes per
-        permutation) and LSH band keys."""
-        from datasketch import MinHash, MinHashLSH
+        """Flags per sample index (only duplicates appear); ``samples`` is read once, in order.
 
-        flags: dict[int, list[str]] = {}
-        first_by_hash: dict[bytes, int] = {}
-        identities: list[str | None] = []
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        A sample's original is the first earlier sample with the same normalised text (exact),
+        else the first earlier sample, not itself an exact duplicate, that shares a band and
+        whose estimated Jaccard similarity is at least ``threshold`` (near)."""
+        from datasketch import MinHash
+
         permutations = MinHash(num_perm=self.num_perm, seed=self.seed).permutations  # shared
-        signatures = _Signatures(self.num_perm)
-        for index, sample in enumerate(samples):
-            identities.append(image_identity(sample))
-            text = normalised_conversation(sample)
-            digest = hashlib.sha1(text.encode()).digest()
-            if digest in first_by_hash:
-                original = first_by_hash[digest]
-                flags[index] = ["duplicate_exact", *_same_image(identities, index, original)]
-                continue
-            first_by_hash[digest] = index
-            signature = MinHash(
-                num_perm=self.num_perm,
-                seed=self.seed,
-                permutations=permutations,
-                scheme="affine32",
-            )
-            signature.update_batch(list(shingles(text)))
-            rows = [int(key) for key in lsh.query(signature)]
-            close = [
-                row
-                for row in rows
-                if signatures.jaccard(row, signature.hashvalues) >= self.threshold
-            ]
-            if close:
-                original = signatures.sample_index[min(close)]  # rows follow sample order
-                flags[index] = ["duplicate_near", *_same_image(identities, index, original)]
-            lsh.insert(str(len(signatures)), signature)
-            signatures.append(signature.hashvalues, index)
+        digests = array("Q")
+        identities = array("Q")
+        with _SignatureStore(self.num_perm, self.bands, self.rows) as store:
+            for sample in samples:
+                text = normalised_conversation(sample)
+                digests.append(_hash64(text))
+                identity = image_identity(sample)
+                identities.append(0 if identity is None else _hash64(identity))
+                signature = MinHash(
+                    num_perm=self.num_perm,
+                    seed=self.seed,
+                    permutations=permutations,
+                    scheme="affine32",
+                )
+                signature.update_batch(list(shingles(text)))
+                store.append(signature.hashvalues)
+            digest_values = np.frombuffer(digests, dtype=np.uint64)
+            _, first, inverse = np.unique(digest_values, return_index=True, return_inverse=True)
+            original = first[inverse]  # the first sample with the same text
+            flags: dict[int, list[str]] = {}
+            same_image = np.frombuffer(identities, dtype=np.uint64)
+            for index in np.flatnonzero(original != np.arange(len(original))).tolist():
+                flags[index] = ["duplicate_exact", *_same_image(same_image, index, original[index])]
+            distinct = np.flatnonzero(original == np.arange(len(original)))
+            nearest = self._nearest_earlier(store, distinct)
+            for position in np.flatnonzero(nearest < len(distinct)).tolist():
+                index, near = int(distinct[position]), int(distinct[nearest[position]])
+                flags[index] = ["duplicate_near", *_same_image(same_image, index, near)]
         return flags
 
-
-class _Signatures:
-    """MinHash values of the samples seen, one row each in a growing uint32 matrix."""
-
-    def __init__(self, num_perm: int) -> None:
-        self.values = np.zeros((1024, num_perm), dtype=np.uint32)
-        self.sample_index: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.sample_index)
-
-    def append(self, hashvalues: np.ndarray, index: int) -> None:
-        row = len(self.sample_index)
-        if row == len(self.values):
-            self.values = np.concatenate([self.values, np.zeros_like(self.values)])
-        self.values[row] = hashvalues
-        self.sample_index.append(index)
-
-    def jaccard(self, row: int, hashvalues: np.ndarray) -> float:
-        """Estimated Jaccard similarity, as `MinHash.jaccard` computes it."""
-        return float(np.count_nonzero(self.values[row] == hashvalues)) / len(hashvalues)
+    def _nearest_earlier(self, store: _SignatureStore, rows: np.ndarray) -> np.ndarray:
+        """For each of ``rows`` (ascending sample positions), the position in ``rows`` of the
+        first earlier row that shares a band and is similar enough; ``len(rows)`` if none."""
+        pairs = [candidate_pairs(store.band_column(band)[rows]) for band in range(self.bands)]
+        earlier = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
+        later = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
+        nearest = np.full(len(rows), len(rows), dtype=np.int64)
+        if not len(earlier):
+            return nearest
+        involved = np.unique(np.concatenate([earlier, later]))
+        values = store.read(rows[involved])  # only the candidates' MinHash values
+        earlier_at = np.searchsorted(involved, earlier)
+        later_at = np.searchsorted(involved, later)
+        for start in range(0, len(earlier), _PAIR_CHUNK):
+            part = slice(start, start + _PAIR_CHUNK)
+            agree = np.count_nonzero(values[earlier_at[part]] == values[later_at[part]], axis=1)
+            close = agree / self.num_perm >= self.threshold  # as `MinHash.jaccard` estimates it
+            np.minimum.at(nearest, later[part][close], earlier[part][close])
+        return nearest
 
 
-def _same_image(identities: list[str | None], index: int, original: int) -> list[str]:
+_PAIR_CHUNK = 8192  # candidate pairs compared at once
+_READ_CHUNK = 1024  # MinHash rows written and read back at once
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) minimising the sum of the false-positive and false-negative
+    areas under the LSH S-curve, as datasketch's ``MinHashLSH`` chooses them (the integrands are
+    polynomials of degree at most ``num_perm``; Gauss-Legendre integrates them exactly).
+
+    >>> lsh_bands(0.8, 128)
+    (9, 13)
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def area(low: float, high: float, curve: Callable[[np.ndarray], np.ndarray]) -> float:
+        points = (high - low) / 2 * nodes + (high + low) / 2
+        return float((high - low) / 2 * np.dot(weights, curve(points)))
+
+    best, choice = float("inf"), (0, 0)
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            found = area(0.0, threshold, lambda s: 1 - (1 - s**rows) ** bands)  # noqa: B023
+            missed = area(threshold, 1.0, lambda s: (1 - s**rows) ** bands)  # noqa: B023
+            if found + missed < best:
+                best, choice = found + missed, (bands, rows)
+    return choice
+
+
+def band_keys(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """A 64-bit key per band of each row of MinHash ``values`` (n, num_perm): equal bands give
+    equal keys, different bands collide with probability about 2**-64."""
+    parts = values[:, : bands * rows].reshape(len(values), bands, rows).astype(np.uint64)
+    keys = np.full((len(values), bands), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for column in range(rows):
+        keys = _mix64(keys ^ parts[:, :, column])
+    return keys
+
+
+def candidate_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later) positions of every two entries of ``keys`` that are equal."""
+    order = np.argsort(keys, kind="stable")  # equal keys stay in position order
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    rank = np.arange(len(keys)) - np.repeat(starts, sizes)  # place within its group
+    earlier: list[np.ndarray] = []
+    later: list[np.ndarray] = []
+    active = np.flatnonzero(rank >= 1)
+    distance = 1
+    while len(active):  # pair each entry with the one `distance` places before it
+        earlier.append(order[active - distance])
+        later.append(order[active])
+        distance += 1
+        active = active[rank[active] >= distance]
+    if not earlier:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(earlier), np.concatenate(later)
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise (a bijection of uint64)."""
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def _hash64(text: str) -> int:
+    """A 64-bit digest, never 0 (0 stands for "no image")."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") or 1
+
+
+class _SignatureStore:
+    """MinHash rows written to a temporary file in blocks, with each block's band keys kept."""
+
+    def __init__(self, num_perm: int, bands: int, rows: int) -> None:
+        self.num_perm, self.bands, self.rows = num_perm, bands, rows
+        self.block = np.zeros((_READ_CHUNK, num_perm), dtype=np.uint32)
+        self.filled = 0
+        self.keys: list[np.ndarray] = []
+        self.file = tempfile.TemporaryFile(prefix="vlit-minhash-")
+
+    def __enter__(self) -> _SignatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def append(self, hashvalues: np.ndarray) -> None:
+        self.block[self.filled] = hashvalues
+        self.filled += 1
+        if self.filled == len(self.block):
+            self._flush()
+
+    def band_column(self, band: int) -> np.ndarray:
+        """The keys of ``band`` of all rows appended."""
+        self._flush()
+        return np.concatenate([np.zeros(0, np.uint64), *(keys[:, band] for keys in self.keys)])
+
+    def read(self, wanted: np.ndarray) -> np.ndarray:
+        """The MinHash rows at the ascending positions ``wanted``, reading only their blocks."""
+        out = np.zeros((len(wanted), self.num_perm), dtype=np.uint32)
+        row_bytes = self.num_perm * 4
+        blocks = wanted // _READ_CHUNK
+        for block in np.unique(blocks).tolist():
+            at = np.flatnonzero(blocks == block)
+            self.file.seek(block * _READ_CHUNK * row_bytes)
+            data = np.frombuffer(self.file.read(_READ_CHUNK * row_bytes), dtype=np.uint32)
+            out[at] = data.reshape(-1, self.num_perm)[wanted[at] - block * _READ_CHUNK]
+        return out
+
+    def _flush(self) -> None:
+        if self.filled:
+            block = self.block[: self.filled]
+            self.keys.append(band_keys(block, self.bands, self.rows))
+            self.file.write(block.data)  # rows are contiguous: no copy
+            self.filled = 0
+
+
+def _same_image(identities: np.ndarray, index: int, original: int) -> list[str]:
     identity = identities[index]
-    return (
-        ["duplicate_same_image"]
-        if identity is not None and identity == identities[original]
-        else []
-    )
+    return ["duplicate_same_image"] if identity and identity == identities[original] else []
 
 
 def near_copy_groups(

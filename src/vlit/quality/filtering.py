@@ -1,16 +1,17 @@
 """Filters: each answers keep or drop-with-a-reason; the base class does the counting.
 
 Like datatrove's filters: ``SampleFilter.apply(sample)`` calls ``keep(sample)``, which returns
-``True`` or the drop reason; counts are ``total``, ``kept`` and ``dropped_<reason>`` (plus
-``kept_unscored`` for samples the filter cannot judge, e.g. no MD score: they are kept, never
-silently treated as bad). ``FilterChain`` runs filters in order; the first drop wins and is
-written to ``sample.drop_reason``. Thresholds may be fixed or a quantile of the run's own score
-distribution (``QuantileThreshold``), resolved on the scored samples before filtering.
+``True``, ``UNSCORED`` or the drop `Reason`; counts are ``total``, ``kept`` and
+``dropped_<reason code>`` (plus ``kept_unscored`` for samples the filter cannot judge, e.g. no
+MD score: they are kept, never silently treated as bad). ``FilterSequence`` runs filters in
+order; the first drop wins and is written to ``sample.drop_reason``. Thresholds may be fixed or
+a quantile of the run's own score distribution (``QuantileThreshold``), resolved on the scored
+samples before filtering.
 
 Example:
-    >>> chain = FilterChain([FailedGenerationFilter(), MinScoreFilter(score="md", minimum=25.0)])
-    >>> kept, dropped = chain.split(samples)          # doctest: +SKIP
-    >>> chain.summary()["md_min"]["dropped_md_below_min"]  # doctest: +SKIP
+    >>> filters = FilterSequence([FailedGenerationFilter(), MinScoreFilter(score="md", minimum=9)])
+    >>> kept, dropped = filters.split(samples)          # doctest: +SKIP
+    >>> filters.summary()["md_min"]["dropped_md_below_min"]  # doctest: +SKIP
     12
 """
 
@@ -19,13 +20,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
 
 import numpy as np
 
 from vlit.errors import ConfigError
+from vlit.reasons import Reason
 from vlit.schema import Sample
 
-UNSCORED = "unscored"
+
+class _Unscored(Enum):
+    UNSCORED = "unscored"
+
+
+UNSCORED = _Unscored.UNSCORED
+"""What ``keep`` answers for a sample the filter cannot judge (kept, and counted)."""
+
+Verdict = Literal[True] | _Unscored | Reason
 
 
 class SampleFilter:
@@ -36,23 +48,22 @@ class SampleFilter:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def keep(self, sample: Sample) -> bool | str:
+    def keep(self, sample: Sample) -> Verdict:
         """``True`` to keep, ``UNSCORED`` to keep a sample this filter cannot judge, else the
         drop reason."""
         raise NotImplementedError
 
-    def apply(self, sample: Sample) -> str | None:
+    def apply(self, sample: Sample) -> Reason | None:
         """Count and return the drop reason, or None if kept."""
         self.counts["total"] += 1
         verdict = self.keep(sample)
-        if verdict is True or verdict == UNSCORED:
+        if not isinstance(verdict, Reason):
             self.counts["kept"] += 1
-            if verdict == UNSCORED:
+            if verdict is UNSCORED:
                 self.counts["kept_unscored"] += 1
             return None
-        reason = str(verdict)
-        self.counts[f"dropped_{reason.split(':')[0]}"] += 1
-        return reason
+        self.counts[f"dropped_{verdict.code}"] += 1
+        return verdict
 
 
 class FailedGenerationFilter(SampleFilter):
@@ -60,8 +71,8 @@ class FailedGenerationFilter(SampleFilter):
 
     name = "generation"
 
-    def keep(self, sample: Sample) -> bool | str:
-        return True if sample.ok else f"generation_failed: {sample.failure_reason}"
+    def keep(self, sample: Sample) -> Verdict:
+        return True if sample.ok else Reason("generation_failed", str(sample.failure_reason))
 
 
 @dataclass(frozen=True)
@@ -125,11 +136,11 @@ class MinScoreFilter(SampleFilter):
         self.score, self.minimum = score, minimum
         self.name = f"{score}_min"
 
-    def keep(self, sample: Sample) -> bool | str:
+    def keep(self, sample: Sample) -> Verdict:
         if self.score not in sample.scores:
             return UNSCORED
         value = sample.scores[self.score]
-        return True if value >= self.minimum else f"{self.score}_below_min: {value:.4g}"
+        return True if value >= self.minimum else Reason(f"{self.score}_below_min", f"{value:.4g}")
 
 
 class MaxScoreFilter(SampleFilter):
@@ -141,11 +152,11 @@ class MaxScoreFilter(SampleFilter):
         self.reason = reason or f"{score}_above_max"
         self.name = f"{score}_max"
 
-    def keep(self, sample: Sample) -> bool | str:
+    def keep(self, sample: Sample) -> Verdict:
         if self.score not in sample.scores:
             return UNSCORED
         value = sample.scores[self.score]
-        return True if value <= self.maximum else f"{self.reason}: {value:.4g}"
+        return True if value <= self.maximum else Reason(self.reason, f"{value:.4g}")
 
 
 class RequireCorrectFilter(SampleFilter):
@@ -153,13 +164,13 @@ class RequireCorrectFilter(SampleFilter):
 
     name = "correctness"
 
-    def keep(self, sample: Sample) -> bool | str:
+    def keep(self, sample: Sample) -> Verdict:
         if "correct" not in sample.scores:
             return UNSCORED
         if sample.scores["correct"] >= 1.0:
             return True
         share = sample.scores.get("correct_share", 0.0)
-        return f"incorrect: {share:.2f} of the valid votes said correct"
+        return Reason("incorrect", f"{share:.2f} of the valid votes said correct")
 
 
 class LintFilter(SampleFilter):
@@ -182,16 +193,16 @@ class LintFilter(SampleFilter):
             )
         self.flags = tuple(wanted)
 
-    def keep(self, sample: Sample) -> bool | str:
+    def keep(self, sample: Sample) -> Verdict:
         if "lint_flags" not in sample.scores:
             return UNSCORED
         for flag in self.flags:
             if sample.scores.get(f"lint_{flag}", 0.0) > 0:
-                return f"lint_{flag}"
+                return Reason(f"lint_{flag}")
         return True
 
 
-class FilterChain:
+class FilterSequence:
     """Filters in order; the first that drops a sample sets its ``drop_reason``."""
 
     def __init__(self, filters: Sequence[SampleFilter]) -> None:

@@ -4,7 +4,10 @@ The judge reads the same textual description of the image the generator read (th
 stored in ``provenance["visual_clue"]``, or rebuilt from the image's record in ``RUN/records``
 with ``clue.visual_clue`` / ``clue.region_clue`` for region samples; records with captions only
 give a caption-only clue), a few hand-scored examples written by us, and the conversation. It
-answers on two lines, ``Verdict: correct|incorrect`` and ``Reason: ...``. It is asked ``votes``
+answers in the verdict shape of ``vlit.generate.schemas`` (``{"verdict": "correct" |
+"incorrect", "reason": ...}``), constrained to it like generation is (``structured``: the token
+mask on the local model, ``response_format`` on endpoints, with the same ``auto`` fallback); the
+setting is part of the journal key. It is asked ``votes``
 times (one request with ``n = votes``; backends without ``n`` get distinct seeds from the
 session) and the majority of the parseable verdicts decides; a tie counts as incorrect (the
 conservative side for filtering).
@@ -24,23 +27,25 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlit.clue import region_clue, visual_clue
 from vlit.errors import ConfigError
-from vlit.generate.schemas import read_verdict
-from vlit.llm.base import ChatRequest, LlmBackend, Message, Outcome
+from vlit.generate.schemas import VerdictShape, verdict_shape
+from vlit.llm.base import ChatRequest, LlmBackend, Message, Outcome, StructuredSetting
 from vlit.llm.journal import Journal, LlmJournal
 from vlit.llm.session import LlmSession
 from vlit.runners.base import Resources
 from vlit.schema import ImageRecord, Sample
 
-JUDGE_PROMPT_VERSION = "judge-v1"
+JUDGE_PROMPT_VERSION = "judge-v2"
+DEFAULT_VERDICT_SHAPE = VerdictShape()
 
 JUDGE_SYSTEM_PROMPT = """\
 You review conversations that were written about a photo by someone who could not see it and \
@@ -53,9 +58,7 @@ does not support. Saying that something is absent is right when the reference do
 it. Background knowledge (what an object is for, history of a place) is fine when it does not \
 contradict the reference. Do not judge style or length.
 
-Answer with exactly two lines and nothing else:
-Verdict: correct   (or: Verdict: incorrect)
-Reason: one short sentence naming the decisive detail"""
+"""
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,13 @@ _BARE_VERDICT = re.compile(r"^\W*(correct|incorrect)\b", re.IGNORECASE)
 _REASON = re.compile(r"reason\s*[:=\-]\s*(.+)", re.IGNORECASE)
 
 
-def parse_verdict(text: str) -> tuple[str | None, str]:
+def parse_verdict(text: str, shape: VerdictShape = DEFAULT_VERDICT_SHAPE) -> tuple[str | None, str]:
     """``("correct" | "incorrect" | None, reason)`` from one judge answer (None: unparseable).
 
-    The two-line answer the prompt asks for, or the verdict JSON shape of
-    ``vlit.generate.schemas`` (what a judge constrained to it writes).
+    The verdict shape the prompt asks for (what a constrained judge writes), or, from a judge
+    that ignored it, ``Verdict: ...`` / ``Reason: ...`` lines.
     """
-    structured = read_verdict(text)
+    structured = shape.read(text)
     if structured is not None:
         return structured[0], structured[1][:300]
     match = _VERDICT.search(text) or _BARE_VERDICT.search(text.strip())
@@ -148,14 +151,15 @@ def render_conversation(sample: Sample) -> str:
     return "\n".join(lines)
 
 
-def judge_messages(reference: str, conversation: str) -> list[Message]:
-    """System prompt, the hand-scored examples as earlier exchanges, then the case."""
-    messages = [Message("system", JUDGE_SYSTEM_PROMPT)]
+def judge_messages(
+    reference: str, conversation: str, shape: VerdictShape = DEFAULT_VERDICT_SHAPE
+) -> list[Message]:
+    """System prompt with the shape's instructions, the hand-scored examples as earlier
+    exchanges answered in that shape, then the case."""
+    messages = [Message("system", JUDGE_SYSTEM_PROMPT + shape.instructions())]
     for example in JUDGE_EXAMPLES:
         messages.append(Message("user", _case(example.reference, example.conversation)))
-        messages.append(
-            Message("assistant", f"Verdict: {example.verdict}\nReason: {example.reason}")
-        )
+        messages.append(Message("assistant", shape.render(example.verdict, example.reason)))
     messages.append(Message("user", _case(reference, conversation)))
     return messages
 
@@ -204,6 +208,7 @@ class CorrectnessJudge:
         max_tokens: int = 96,
         seed: int = 0,
         concurrency: int = 8,
+        structured: StructuredSetting = "auto",
     ) -> None:
         if votes < 1:
             raise ConfigError(f"judge votes must be >= 1, not {votes}", fix="use e.g. 3")
@@ -216,6 +221,8 @@ class CorrectnessJudge:
         self.max_tokens = max_tokens
         self.seed = seed
         self.concurrency = concurrency
+        self.structured = structured
+        self.shape = verdict_shape(max_tokens)
         self.counts: Counter[str] = Counter()
         self.session: LlmSession | None = None
 
@@ -226,13 +233,23 @@ class CorrectnessJudge:
                 journal = LlmJournal(self.journal_path)
             self.session = LlmSession(self.backend, journal=journal, concurrency=self.concurrency)
 
+    def worker_copy(self, share_journal: Callable[[Path], Journal]) -> CorrectnessJudge:
+        """The copy a runner's workers use: the run's journal shared through
+        ``share_journal(path)``, so no two workers pay for one request; fresh counts."""
+        if self.journal_path is None:
+            return self
+        remote = copy.copy(self)
+        remote.journal, remote.counts = share_journal(self.journal_path), Counter()
+        return remote
+
     def request_for(self, reference: str, sample: Sample) -> ChatRequest:
         return ChatRequest(
-            judge_messages(reference, render_conversation(sample)),
+            judge_messages(reference, render_conversation(sample), self.shape),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             n=self.votes,
             seed=self.seed,
+            output=self.shape.output_schema(self.structured),
         )
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
@@ -261,13 +278,14 @@ class CorrectnessJudge:
             "prompt_version": JUDGE_PROMPT_VERSION,
             "clue_source": source,
             "votes_asked": self.votes,
+            "structured": self.structured,
         }
         if not outcome.ok:
             self._not_judged(sample, "llm_error", base | {"detail": outcome.error})
             return
         votes: list[dict[str, Any]] = []
         for choice in outcome.choices:
-            verdict, reason = parse_verdict(choice.text)
+            verdict, reason = parse_verdict(choice.text, self.shape)
             vote: dict[str, Any] = {"verdict": verdict, "reason": reason}
             if verdict is None:
                 vote["raw"] = choice.text[:500]

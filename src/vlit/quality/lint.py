@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -259,7 +260,7 @@ class DatasetLinter:
     def find(self, samples: Iterable[Sample]) -> dict[int, Counter[str]]:
         """The flags of each sample index, reading ``samples`` once (a stream of any size: per
         sample, its answer length and what `DuplicateFinder` keeps)."""
-        lengths: list[float] = []
+        lengths = array("d")  # 8 bytes per sample
 
         def measured() -> Iterator[Sample]:
             for sample in samples:
@@ -268,7 +269,7 @@ class DatasetLinter:
 
         duplicates = self.finder.find(measured())
         found: dict[int, Counter[str]] = {}
-        for index, flag in self._length_outliers(np.array(lengths)):
+        for index, flag in self._length_outliers(np.frombuffer(lengths, dtype=np.float64)):
             found.setdefault(index, Counter())[flag] += 1
         for index, duplicate_flags in duplicates.items():
             found.setdefault(index, Counter()).update(duplicate_flags)

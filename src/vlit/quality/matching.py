@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from vlit.quality.clip_text import CausalTextTower, supports_causal_tower
 from vlit.quality.device_images import DeviceImages, nvjpeg_decoder, nvjpeg_unavailable_reason
 from vlit.quality.devices import Precision, device_and_dtype, load_with_sdpa
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_file
+from vlit.reasons import Reason
 from vlit.runners.base import Resources
 from vlit.schema import Sample
 
@@ -472,6 +474,22 @@ class ClipMatchingScorer:
                 max_workers=self.decode_workers, mp_context=get_context("spawn")
             )
 
+    def worker_copy(self, share_journal: Callable[[Path], Any]) -> ClipMatchingScorer:
+        """The copy a runner's workers use: the same settings, nothing loaded (each worker
+        loads its own model)."""
+        return ClipMatchingScorer(
+            model=self.model_name,
+            text_mode=self.text_mode,
+            device=self.device,
+            precision=self.precision,
+            batch_size=self.requested_batch_size,
+            decode=self.decode,
+            decode_workers=self.decode_workers,
+            fast_decode=self.fast_decode,
+            cache_images=self.cache_images,
+            image_cache_size=self.image_cache_size,
+        )
+
     def close(self) -> None:
         """Stop the decoding workers and readers (the model stays loaded)."""
         self._stop_workers()
@@ -540,7 +558,8 @@ class ClipMatchingScorer:
         scorable = []
         for slot, item in zip(slots, pending, strict=True):
             if slot in image_errors:
-                self._not_computed(item.sample, info, f"image_unreadable: {image_errors[slot]}")
+                unreadable = Reason("image_unreadable", image_errors[slot])
+                self._not_computed(item.sample, info, unreadable)
             else:
                 scorable.append((slot, item))
         similarities = self._similarities(text_embeddings, image_embeddings, scorable)
@@ -562,16 +581,16 @@ class ClipMatchingScorer:
             self.counts["scored"] += 1
         return batch
 
-    def _unscorable(self, sample: Sample) -> str | None:
+    def _unscorable(self, sample: Sample) -> Reason | None:
         if not sample.ok:
-            return "generation_failed"
+            return Reason("generation_failed")
         if sample.image is None:
-            return "no_image"
+            return Reason("no_image")
         if not any(turn.text.strip() for turn in sample.turns):
-            return "empty_conversation"
+            return Reason("empty_conversation")
         return None
 
-    def _not_computed(self, sample: Sample, info: dict[str, Any], reason: str) -> None:
+    def _not_computed(self, sample: Sample, info: dict[str, Any], reason: Reason) -> None:
         sample.scores.pop("md", None)
         sample.scores.pop("md_min", None)
         sample.provenance.setdefault("quality", {})["md"] = {
@@ -579,7 +598,7 @@ class ClipMatchingScorer:
             "model": info.get("model"),
             "text_mode": self.text_mode,
         }
-        self.counts[f"not_computed_{reason.split(':')[0]}"] += 1
+        self.counts[f"not_computed_{reason.code}"] += 1
 
     def _similarities(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -154,7 +154,7 @@ def _sample_html(sample: Sample) -> str:
     if sample.image:
         parts.append(f" &middot; {escape(sample.image)}")
     if sample.drop_reason:
-        parts.append(f" &middot; dropped: {escape(sample.drop_reason)}")
+        parts.append(f" &middot; dropped: {escape(str(sample.drop_reason))}")
     parts.append("</div>")
     for turn in sample.turns[:4]:
         text = turn.text if len(turn.text) <= MAX_TURN_CHARS else turn.text[:MAX_TURN_CHARS] + "…"
@@ -163,18 +163,31 @@ def _sample_html(sample: Sample) -> str:
     return "".join(parts)
 
 
-def _examples(view: DatasetView) -> str:
+def examples_by_task(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """The first few samples of each task (first label): all the report shows of a dataset."""
     by_task: dict[str, list[Sample]] = {}
-    for sample in view.samples:
+    for sample in samples:
         for label in sample.labels[:1]:
             group = by_task.setdefault(label, [])
             if len(group) < EXAMPLES_PER_GROUP:
                 group.append(sample)
+    return by_task
+
+
+def examples_by_reason(dropped: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """The first few dropped samples of each drop reason."""
     by_reason: dict[str, list[Sample]] = {}
-    for sample in view.dropped:
-        group = by_reason.setdefault(sample.drop_reason or "unknown", [])
+    for sample in dropped:
+        reason = str(sample.drop_reason) if sample.drop_reason is not None else "unknown"
+        group = by_reason.setdefault(reason, [])
         if len(group) < EXAMPLES_PER_GROUP:
             group.append(sample)
+    return by_reason
+
+
+def _examples(view: DatasetView) -> str:
+    by_task = examples_by_task(view.samples)
+    by_reason = examples_by_reason(view.dropped)
     html = ["<h3>Examples per task</h3>"]
     for task, group in sorted(by_task.items()):
         html.append(f"<h4>{escape(task)}</h4>" + "".join(_sample_html(s) for s in group))

@@ -1,10 +1,12 @@
-"""The stage contract every runner executes, and mergeable dataset indicators.
+"""The contract between the stages and the runners: per-sample steps, the runner that maps
+them over a stage of a run, and mergeable dataset indicators.
 
-A stage loads what it needs in ``setup()`` (never in ``__init__``, so a Ray actor loads its model
-once) and maps a batch of samples to a batch of samples. A stage that filters marks samples with
-``drop_reason`` instead of removing them, so nothing is lost. Dataset indicators are computed
-per batch with ``update``, combined with ``merge`` (partial results from blocks or workers) and
-read with ``result``.
+A step loads what it needs in ``setup()`` (never in ``__init__``, so a Ray actor loads its model
+once), maps a batch of samples to a batch of samples and counts what it did in ``counts``
+(a runner sums its workers' counts into the step it was given). A step that filters marks
+samples with ``drop_reason`` instead of removing them, so nothing is lost. Dataset indicators
+are computed per batch with ``update``, combined with ``merge`` (partial results from blocks or
+workers) and read with ``result``.
 
 Example:
     >>> class Upper:
@@ -16,10 +18,14 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
+from vlit.rundir import RunDir, StageWriter
 from vlit.schema import Sample
+from vlit.stages.base import Settings
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,57 @@ class Resources:
 
 
 @runtime_checkable
-class Stage(Protocol):
+class Step(Protocol):
+    """One per-sample transformation of a stage (lint, grounding, matching degree, judge)."""
+
     name: str
     resources: Resources
+    counts: Counter[str]
 
     def setup(self) -> None: ...
 
     def __call__(self, batch: list[Sample]) -> list[Sample]: ...
+
+
+class RunnerSettings(Settings):
+    """Where the stages' per-sample steps and the report's streaming indicators run: this
+    process, or Ray (the recipe's ``runner`` section)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What a stage asks of a runner: every sample of stage ``source`` through ``steps``, in
+    order, into ``writer``; afterwards each step's ``counts`` holds what every worker counted.
+    ``on_batch(n)`` is told about each batch of n samples done (where the runner can tell)."""
+
+    settings: RunnerSettings
+
+    def map_stage(
+        self,
+        steps: Sequence[Step],
+        run: RunDir,
+        source: str,
+        writer: StageWriter,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None: ...
+
+    def describe(self) -> dict[str, Any] | None: ...
+
+
+def build_runner(settings: RunnerSettings | None = None) -> Runner:
+    """The runner ``settings`` name (default: this process)."""
+    settings = settings or RunnerSettings()
+    if settings.kind == "ray":
+        from vlit.runners.ray_runner import RayRunner
+
+        return RayRunner(settings)
+    from vlit.runners.local import LocalRunner
+
+    return LocalRunner(settings)
 
 
 @runtime_checkable

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from vlit.runners.base import DatasetIndicator, Stage
+from vlit.rundir import RunDir, StageWriter
+from vlit.runners.base import DatasetIndicator, RunnerSettings, Step
 from vlit.schema import Sample
 
 
+class LocalRunner:
+    """The `Runner` of this process: samples are read, mapped and written shard by shard."""
+
+    def __init__(self, settings: RunnerSettings | None = None) -> None:
+        self.settings = settings or RunnerSettings()
+
+    def map_stage(
+        self,
+        steps: Sequence[Step],
+        run: RunDir,
+        source: str,
+        writer: StageWriter,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        for sample in run_stages(steps, run.read_samples(source), on_batch=on_batch):
+            writer.add_rows([sample.to_row()])
+
+    def describe(self) -> dict[str, Any] | None:
+        """Nothing to say: the local runner is the default."""
+        return None
+
+
 def run_stages(
-    stages: Sequence[Stage],
+    stages: Sequence[Step],
     samples: Iterable[Sample],
     *,
     on_batch: Callable[[int], None] | None = None,
@@ -33,7 +58,7 @@ def run_stages(
 
 
 def _through(
-    stages: Sequence[Stage], batch: list[Sample], on_batch: Callable[[int], None] | None
+    stages: Sequence[Step], batch: list[Sample], on_batch: Callable[[int], None] | None
 ) -> list[Sample]:
     size = len(batch)
     for stage in stages:

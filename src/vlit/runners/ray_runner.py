@@ -2,7 +2,7 @@
 
 CPU stages run as ``map_batches`` functions; stages that load a model (``resources.uses_model``)
 run as callable classes, so each actor calls ``setup()`` once and keeps its model. The runner
-knows only the ``Stage`` contract. Order is preserved, so on the same input the output equals
+knows only the ``Step`` contract. Order is preserved, so on the same input the output equals
 the local runner's. A stage's ``counts`` (a ``Counter``, when it keeps one) are summed over the
 workers by a small actor and added to the driver's stage object, so summaries read the same on
 both runners. Dataset indicators are updated per block on the workers and their partial
@@ -19,7 +19,7 @@ import dataclasses
 import pickle
 import socket
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlit.errors import ConfigError
-from vlit.runners.base import DatasetIndicator, Resources, Stage
+from vlit.images import is_url
+from vlit.rundir import RunDir, StageWriter
+from vlit.runners.base import DatasetIndicator, Resources, RunnerSettings, Step
 from vlit.schema import SAMPLE_SCHEMA, Sample
 
 
@@ -101,7 +103,7 @@ def _count_sink(ray: Any) -> Any:
     return CountSink.remote()  # type: ignore[attr-defined]
 
 
-def _apply(stage: Stage, table: pa.Table, sink: Any, position: int) -> pa.Table:
+def _apply(stage: Step, table: pa.Table, sink: Any, position: int) -> pa.Table:
     """Run ``stage`` on a block and report what it added to its ``counts`` to ``sink``."""
     counts = getattr(stage, "counts", None)
     if not isinstance(counts, Counter):
@@ -121,7 +123,7 @@ def _apply(stage: Stage, table: pa.Table, sink: Any, position: int) -> pa.Table:
 class _StageTask:
     """A callable class around one stage: Ray builds one per actor, ``setup()`` runs once."""
 
-    def __init__(self, stage: Stage, sink: Any, position: int) -> None:
+    def __init__(self, stage: Step, sink: Any, position: int) -> None:
         self.stage, self.sink, self.position = stage, sink, position
         self.stage.setup()
 
@@ -129,14 +131,14 @@ class _StageTask:
         return _apply(self.stage, table, self.sink, self.position)
 
 
-def _run_cpu_stage(table: pa.Table, stage: Stage, sink: Any, position: int) -> pa.Table:
+def _run_cpu_stage(table: pa.Table, stage: Step, sink: Any, position: int) -> pa.Table:
     # A stateless CPU stage: setup() is cheap by contract (no model), so run it per block.
     stage.setup()
     return _apply(stage, table, sink, position)
 
 
 def run_stages_ray(
-    stages: Sequence[Stage],
+    stages: Sequence[Step],
     samples: Iterable[Sample],
     *,
     address: str | None = None,
@@ -158,7 +160,7 @@ def run_stages_ray(
 
 
 def run_stages_ray_on_files(
-    stages: Sequence[Stage],
+    stages: Sequence[Step],
     inputs: Sequence[str],
     *,
     output_dir: str,
@@ -201,7 +203,7 @@ def _read_sample_files(batch: pa.Table) -> pa.Table:
     return pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
 
 
-def files_fit_cluster(stages: Sequence[Stage], address: str | None = None) -> bool:
+def files_fit_cluster(stages: Sequence[Step], address: str | None = None) -> bool:
     """Whether the cluster holds every model stage's actors and still has a CPU for the tasks
     that read and write files (`run_stages_ray_on_files`); on a smaller one those tasks would
     wait forever for a CPU, so the samples must pass through the driver (`run_stages_ray`)."""
@@ -233,7 +235,7 @@ def _task_and_part(name: str, prefix: str) -> tuple[int, int]:
     return int(fields[0]), int(fields[-1])
 
 
-def _add_counts(ray: Any, sink: Any, stages: Sequence[Stage]) -> None:
+def _add_counts(ray: Any, sink: Any, stages: Sequence[Step]) -> None:
     """Add what the workers counted to the driver's stage objects; stop the sink."""
     for position, delta in ray.get(sink.totals_by_stage.remote()).items():
         stages[position].counts.update(delta)
@@ -241,7 +243,7 @@ def _add_counts(ray: Any, sink: Any, stages: Sequence[Stage]) -> None:
 
 
 def _through_stages(
-    ray: Any, dataset: Any, stages: Sequence[Stage], sink: Any, *, spare_cpus: float = 0.0
+    ray: Any, dataset: Any, stages: Sequence[Step], sink: Any, *, spare_cpus: float = 0.0
 ) -> Any:
     """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors
     (asking for at most the cluster's CPUs less ``spare_cpus``)."""
@@ -268,7 +270,7 @@ def _through_stages(
     return dataset
 
 
-def _fit_to_cluster(ray: Any, stage: Stage, *, spare_cpus: float = 0.0) -> Resources:
+def _fit_to_cluster(ray: Any, stage: Step, *, spare_cpus: float = 0.0) -> Resources:
     """``stage.resources`` with its CPU request capped at the largest node's CPUs less
     ``spare_cpus`` (at most half of them): a request no node can meet would wait forever (a
     2-CPU machine and a scorer asking for 1 + 2 decode workers). A GPU request no node can meet
@@ -347,3 +349,74 @@ def compute_indicators_ray(
         for total, part in zip(merged, pickle.loads(row["state"]), strict=True):
             total.merge(part)
     return {indicator.name: indicator.result() for indicator in merged}
+
+
+class RayRunner:
+    """The `Runner` on a Ray cluster.
+
+    When the run directory is on a file system the workers share and the cluster has room for
+    the read and write tasks (`files_fit_cluster`), the workers read the input shards and write
+    the output shards themselves and the writer adopts them; otherwise (a run on object
+    storage, a cluster too small) the samples pass through this process. Workers run each
+    step's ``worker_copy(share_journal)`` when it has one (a model not loaded yet, a journal
+    served from this node to every worker), and their counts are added to the steps given.
+    """
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        self.settings = settings
+        init_ray(settings.address)  # before any work: a wrong address fails now
+
+    def map_stage(
+        self,
+        steps: Sequence[Step],
+        run: RunDir,
+        source: str,
+        writer: StageWriter,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        address = self.settings.address
+        servers: list[Any] = []
+        remote = [_worker_copy(step, run, address, servers) for step in steps]
+        try:
+            if not is_url(run.location) and files_fit_cluster(steps, address):
+                manifest = run.check_current(source)
+                folder = run.stage_dir(source).absolute()
+                written = run_stages_ray_on_files(
+                    remote,
+                    [str(folder / shard["file"]) for shard in manifest.shards],
+                    output_dir=str(writer.directory.absolute()),
+                    prefix=f"shard-{writer.token}",
+                    address=address,
+                )
+                for name in written:
+                    writer.adopt(name)
+            else:
+                samples = list(run.read_samples(source))
+                for sample in run_stages_ray(remote, samples, address=address):
+                    writer.add_rows([sample.to_row()])
+        finally:
+            for server in servers:
+                server.stop_server()
+        for step, used in zip(steps, remote, strict=True):
+            if used is not step:  # the workers' counts were summed into the copy they used
+                step.counts.update(used.counts)
+
+    def describe(self) -> dict[str, Any] | None:
+        return {"kind": "ray", "address": self.settings.address or "local"}
+
+
+def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any]) -> Step:
+    """The copy of ``step`` the workers run; a journal it shares is served from this node."""
+    copy_for_workers = getattr(step, "worker_copy", None)
+    if copy_for_workers is None:
+        return step
+
+    def share_journal(path: Path) -> Any:
+        from vlit.runners.ray_journal import JournalClient, start_journal_server
+
+        client = JournalClient(start_journal_server(path, address=address))
+        servers.append(client)
+        return client
+
+    return copy_for_workers(share_journal)

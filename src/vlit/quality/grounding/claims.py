@@ -8,8 +8,10 @@ and the words are kept with the mention (and end up in the sample's provenance):
 1. **Word sense** (``sense_rule``): a colour ("an orange and white cat"), a group or part noun
    before "of" ("a couple of boats", "a jet of water"), a word read as something else in its
    sentence ("wooden ties"), a kin word for an animal ("its mother"), the young of another
-   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed") and a
-   pronoun for the animal named before ("the cat ... she") name no object.
+   animal ("the elephant and her calf"), a part a vehicle owns ("the pickup's bed"), a toy
+   animal ("a rubber duck"), a word of a proper name ("past a Burger King"), an indefinite
+   owner ("a child's bicycle") and a pronoun for the animal named before ("the cat ... she")
+   name no object. A line break ends a phrase and a compound (bulleted lists).
 2. **Compounds** (``compound_rule``): the first noun of "bike lane" or "passenger train" names no
    object (a use, or a kind of the head object); of "laptop screen", "bus driver" it does (a
    part or a role of it). The small parser also reads many verbs as nouns ("A zebra grazes"):
@@ -17,7 +19,8 @@ and the words are kept with the mention (and end up in the sample's provenance):
 3. **No claim** (``non_claim_rule``): inside a hypothetical ("if", "would", "could"), advice
    ("should", "must"), a generic statement ("kitchens like this", "parties often include
    cake"), an example after "such as", a purpose ("clean for the guests to use") or a past
-   cause ("hit by a car") nothing is claimed present. A hedge still claims (``hedge_rule``:
+   cause ("hit by a car", "the fork that someone left", "when an old sink was ripped out")
+   nothing is claimed present. A hedge still claims (``hedge_rule``:
    "a dog might be hiding", "there may be a cat", and definite objects under "could").
 4. **Negation** (``negation_rule``): "no", "not a single", "without", "nobody", "no sign of",
    "lacks", "is missing", or a negated verb of existence ("I don't see a cat", "There isn't a
@@ -26,10 +29,13 @@ and the words are kept with the mention (and end up in the sample's provenance):
    of a list. A negated relation ("The cat is not sitting on the laptop", "Nobody is riding
    it", "Neither chef is holding a spoon") claims nothing about the indefinite objects it
    governs; its subject and definite objects stay present. An absence with an exception
-   ("apart from the man, no people") claims nothing.
+   ("apart from the man, no people") claims nothing. "no" may sit on the first word of a name
+   ("no stop sign"). An answer that also claims the object present does not deny it ("not a
+   bike; a bicycle is parked behind him", in ``stage.py``).
 5. **Counts** (``exact_number``): "two dogs", "only one sink", "a single cup", "a pair of
-   trucks", "both dogs" are exact claims; "one dog sits" (one of them), "two of the people" (a
-   subset) and "about ten" are not.
+   trucks", "both dogs" are exact claims; "one dog sits" (one of them) and "about ten" are
+   not, nor is the number of a numbered list ("2. A sink"). A subset ("eight of the
+   cyclists", ``subset_number``) is a lower bound: an error only when larger than the total.
 
 Questions (``asked_objects``): for "Is there a cat (on the desk)?" a "Yes" claims what the
 question names and a "No" denies what it asks existence of (the cat; not the sink of "Is there
@@ -71,6 +77,7 @@ _BEFORE_OF = word_set("before_of_not_objects")
 _KIN = word_set("kin_nouns")
 _YOUNG = word_set("young_animal_nouns")
 _ANIMALS = word_set("animal_categories")
+_TOY_MODIFIERS = word_set("toy_modifiers")
 _VEHICLES = word_set("vehicle_categories")
 _NOBODY = word_set("nobody_words")
 _PERSON_PRONOUN_WORDS = word_set("person_pronouns")
@@ -112,6 +119,7 @@ _FREQUENCY = {
     "seldom",
 }
 _PAST_TIME = {"ago", "earlier", "previously", "once", "yesterday", "last", "before", "formerly"}
+_PAST_MARKS = {"when", "after", "before", "since", "until", "once"}  # "when a sink was ripped out"
 _EXISTENCE_VERBS = {"see", "show", "contain", "include", "appear", "exist", "spot", "notice",
                     "find", "feature", "depict", "have", "there", "visible"}  # fmt: skip
 _EXISTENCE_COMPLEMENTS = {"visible", "present", "seen", "there", "around", "apparent", "shown"}
@@ -160,6 +168,7 @@ class Mention:
     claim: Claim
     rule: str
     number: int | None = None  # an exact count claimed with the mention ("two dogs")
+    at_least: bool = False  # the number is a subset ("eight of the cyclists"): a lower bound
 
     def to_dict(self) -> dict[str, Any]:
         found: dict[str, Any] = {
@@ -170,6 +179,8 @@ class Mention:
         }
         if self.number is not None:
             found["number"] = self.number
+        if self.at_least:
+            found["at_least"] = True
         return found
 
 
@@ -201,6 +212,7 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
         rule = compound[1] if compound is not None else None
         claim, decided = _claim(candidate)
         number = exact_number(candidate.head) if claim == "present" else None
+        subset = subset_number(candidate.head) if claim == "present" and number is None else None
         mentions.append(
             Mention(
                 category=candidate.category,
@@ -208,7 +220,8 @@ def find_mentions(doc: Doc | Span) -> list[Mention]:
                 words=candidate.span.text,
                 claim=claim,
                 rule=f"{rule}; {decided}" if rule else decided,
-                number=number,
+                number=number if subset is None else subset,
+                at_least=subset is not None,
             )
         )
     return mentions
@@ -359,6 +372,8 @@ def _match_at(tokens: list[Token], index: int, found: list[_Candidate]) -> int:
         return 1
     for length in range(min(MAX_PHRASE_WORDS, len(tokens) - index), 0, -1):
         span_tokens = tokens[index : index + length]
+        if any(t.is_space for t in span_tokens):
+            continue  # a line break ends a phrase ("- 5 keyboards\n- 5 mice")
         head = span_tokens[-1]
         if length == 1 and not _noun_like(span_tokens[0], head):
             continue  # a phrase of several words ("teddy bear") is a noun whatever the tagger says
@@ -390,9 +405,12 @@ def _noun_like(first: Token, head: Token) -> bool:
         return head.lower_ in ("someone", "somebody", "anyone", "anybody", "everyone")
     doc = head.doc
     after = doc[head.i + 1] if head.i + 1 < len(doc) else None
+    start = first.i
+    while start > 0 and doc[start - 1].pos_ == "ADJ" and doc[start - 1].lower_ not in _COLOURS:
+        start -= 1  # "rides a small moped": adjectives between the determiner and the word
     return (
-        first.i > 0
-        and doc[first.i - 1].pos_ in ("DET", "NUM")
+        start > 0
+        and doc[start - 1].pos_ in ("DET", "NUM")
         and (after is None or after.pos_ not in ("NOUN", "PROPN", "ADJ"))
     )
 
@@ -429,6 +447,14 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
         return f"sense: '{lemma}' in this context ('wooden ties')"
     if any(c.dep_ == "poss" and _names(c, _VEHICLES) for c in head.children):
         return "sense: a part of the vehicle that owns it ('the pickup's bed')"
+    if candidate.category in _ANIMALS and any(
+        c.dep_ in ("amod", "compound") and c.lower_ in _TOY_MODIFIERS for c in head.children
+    ):
+        return "sense: a toy or figure of an animal ('a rubber duck')"
+    if _in_proper_name(candidate):
+        return "sense: part of a proper name ('past a Burger King')"
+    if head.dep_ == "poss" and any(c.lower_ in ("a", "an") for c in head.children):
+        return "sense: an indefinite owner names a kind ('a child's bicycle')"
     if candidate.pronoun and _animal_antecedent(candidate, others):
         return "sense: a pronoun for the animal named before ('the cat ... she')"
     in_sentence = [o for o in others if o.head.sent == head.sent and o is not candidate]
@@ -442,6 +468,19 @@ def sense_rule(candidate: _Candidate, others: list[_Candidate]) -> str | None:
     if lemma in _YOUNG and animals - {candidate.category}:
         return "sense: the young of another animal ('the elephant and her calf')"
     return None
+
+
+def _in_proper_name(candidate: _Candidate) -> bool:
+    """Capitalised words inside a sentence, with a capitalised proper noun next to them:
+    a name ("a Burger King", "the Red Bull truck"), not an object."""
+    span = candidate.span
+    doc = span.doc
+    if span[0].is_sent_start or not all(t.text[:1].isupper() for t in span):
+        return False
+    neighbours = [doc[i] for i in (span.start - 1, span.end) if 0 <= i < len(doc)]
+    return any(
+        t.pos_ == "PROPN" and t.text[:1].isupper() and not t.is_sent_start for t in neighbours
+    )
 
 
 def _names(token: Token, categories: frozenset[str]) -> bool:
@@ -514,6 +553,8 @@ def compound_rule(candidate: _Candidate) -> tuple[bool, str] | None:
     outer = head.head if head.dep_ == "compound" else _next_noun(head)
     if outer is None:
         return None
+    if any(t.is_space for t in head.doc[min(head.i, outer.i) : max(head.i, outer.i)]):
+        return None  # a line break ends a compound ("ridden by commuters\n- Cars")
     lemma = outer.lemma_.lower()
     if _verb_read_as_noun(outer):
         return True, "compound: counted (the head is the sentence's verb: 'A herder shelters')"
@@ -675,6 +716,8 @@ def _past_cause(candidate: _Candidate) -> bool:
     head = candidate.head
     if _definite(head):
         return False
+    if _relative_past_agent(head):
+        return True
     verb = _clause_verb(head)
     if verb is None:
         return False
@@ -688,7 +731,27 @@ def _past_cause(candidate: _Candidate) -> bool:
     if not past:
         return False
     agent = head.head.lower_ == "by" and head.head.head == verb
-    return agent or any(t.lower_ in _PAST_TIME for t in head.sent)
+    # "left when an old sink was ripped out": a clause set at a past moment
+    past_moment = verb.dep_ == "advcl" and any(
+        c.dep_ in ("advmod", "mark") and c.lower_ in _PAST_MARKS for c in verb.children
+    )
+    return agent or past_moment or any(t.lower_ in _PAST_TIME for t in head.sent)
+
+
+def _relative_past_agent(head: Token) -> bool:
+    """The subject of a past-tense relative clause: who did it then, not who is there now
+    ("the fork that someone left", "a ladder that a worker left behind")."""
+    verb = head.head
+    if head.dep_ == "nsubj" and verb.dep_ == "relcl" and verb.tag_ == "VBD":
+        return True
+    doc = head.doc
+    edge = head.left_edge.i
+    return (  # the small parser often misses the clause: read "that someone left" by its words
+        edge > 0
+        and doc[edge - 1].tag_ == "WDT"
+        and head.i + 1 < len(doc)
+        and doc[head.i + 1].tag_ == "VBD"
+    )
 
 
 def negation_rule(candidate: _Candidate) -> tuple[Claim, str]:
@@ -769,7 +832,7 @@ def _negative_quantifier(candidate: _Candidate, first: Token) -> str | None:
     if candidate.nobody:
         return "nobody"
     head = candidate.head
-    for token in (head, first):
+    for token in (*candidate.span[:-1], head, first):  # "no stop sign": "no" on "stop"
         for child in token.children:
             if child.lower_ in ("no", "zero", "neither") and child.dep_ in _QUANTIFIER_DEPS:
                 return child.lower_
@@ -896,7 +959,9 @@ def _after_contrast(token: Token) -> bool:
 
 def exact_number(head: Token) -> int | None:
     """The exact count a mention claims ("two dogs", "only one sink"), or None."""
-    numbers = [c for c in head.children if c.dep_ == "nummod"] + _number_before(head)
+    numbers = [
+        c for c in head.children if c.dep_ == "nummod" and c.i < head.i and not _list_marker(c)
+    ] + _number_before(head)
     if any(c.dep_ == "amod" and c.lower_ == "single" for c in head.children):
         return 1
     if _a_pair_of(head) or (
@@ -921,6 +986,12 @@ def exact_number(head: Token) -> int | None:
     return None
 
 
+def _list_marker(number: Token) -> bool:
+    """The number of a numbered list ("2. A sink"), not a count."""
+    doc = number.doc
+    return number.i + 1 < len(doc) and doc[number.i + 1].text in (".", ")")
+
+
 def _a_pair_of(head: Token) -> bool:
     if head.dep_ != "pobj" or head.head.lower_ != "of":
         return False
@@ -939,4 +1010,20 @@ def _number_before(head: Token) -> list[Token]:
     before = doc[index]
     if before.pos_ == "NUM" and before.dep_ in ("nsubj", "dep", "compound", "quantmod"):
         return [before]
+    if before.pos_ == "NUM" and head.head == before:
+        return [before]  # "only one oven in the kitchen": the noun read as the number's verb
     return []
+
+
+def subset_number(head: Token) -> int | None:
+    """The size of a subset ("eight of the cyclists"): at least that many are there."""
+    if head.dep_ != "pobj" or head.head.lower_ != "of" or not _definite(head):
+        return None
+    number = head.head.head
+    text = number.lower_.replace(",", "")
+    value = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
+    if number.pos_ != "NUM" or value is None:
+        return None
+    before = {t.lower_ for t in head.doc[max(number.i - 2, 0) : number.i]}
+    marks = before | {c.lower_ for c in number.children}
+    return None if marks & _APPROXIMATE else value

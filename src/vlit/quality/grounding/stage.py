@@ -273,9 +273,13 @@ def _check_objects(
     crowded: set[str],
     annotated: set[str],
 ) -> None:
+    # an answer that also claims the object present ("not a bike; a bicycle is parked
+    # behind him") contrasts it with something else, it does not deny it
+    present = {m.category for m in mentions if m.claim == "present"}
     for mention in mentions:
         if mention.claim == "absent":
-            if mention.kind == "synonym":  # "no woman" can be true among annotated persons
+            # "no woman" can be true among annotated persons
+            if mention.kind == "synonym" and mention.category not in present:
                 report.absent_claims.add(mention.category)
                 if mention.category in annotated:
                     report.false_absent.add(mention.category)
@@ -292,7 +296,8 @@ def _check_objects(
             continue
         report.count_claims += 1
         actual = instances[mention.category]
-        wrong = mention.number != actual if mention.kind == "synonym" else mention.number > actual
+        exact = mention.kind == "synonym" and not mention.at_least
+        wrong = mention.number != actual if exact else mention.number > actual
         if wrong:
             report.count_errors.append(
                 {

@@ -16,10 +16,13 @@ The table's O/G is the annotation-based mean when at least half the samples have
 else the parse-based object mean; both are always reported with their sample counts.
 
 **Instruction complexity (LLM)**: ``LlmComplexityScorer`` asks an LLM for a 1-10 score per
-conversation, guided by hand-scored examples of our own; where the backend returns first-token
-log-probabilities the score is the expected value over the tokens "1" to "10", else the number
-in the answer. **Proxy** (deterministic, clearly a proxy): from word count, clause markers,
-reasoning words and turn count, mapped to 1-10 (``proxy_complexity``).
+conversation, guided by hand-scored examples of our own; the answer is constrained to the
+complexity shape of ``vlit.generate.schemas`` (a bare integer 1-10) like every structured
+request. Where the backend returns first-token log-probabilities the score is the expected value
+over the tokens "1" to "10", renormalised over them: the distribution of the first token under
+the shape's constraint (see ``expected_score``); else the number in the answer. **Proxy**
+(deterministic, clearly a proxy): from word count, clause markers, reasoning words and turn
+count, mapped to 1-10 (``proxy_complexity``).
 
 Example:
     >>> round(proxy_complexity(["Describe the image."]), 2)
@@ -36,8 +39,8 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from vlit.generate.schemas import read_complexity
-from vlit.llm.base import ChatRequest, Choice, Message, Outcome
+from vlit.generate.schemas import COMPLEXITY_INSTRUCTIONS, complexity_output, read_complexity
+from vlit.llm.base import ChatRequest, Choice, Message, Outcome, StructuredSetting
 from vlit.quality.indicators.text import clean, conversation_text, dialogue, instructions
 from vlit.schema import ImageRecord, Sample
 
@@ -252,7 +255,7 @@ class RequestRunner(Protocol):
 
 COMPLEXITY_SYSTEM_PROMPT = (
     "You rate how demanding an instruction for a vision-language assistant is, on a scale "
-    "from 1 (trivial) to 10 (very demanding). You answer with the number only."
+    f"from 1 (trivial) to 10 (very demanding). {COMPLEXITY_INSTRUCTIONS}"
 )
 # Hand-scored examples written by us: (conversation, score).
 COMPLEXITY_EXAMPLES: tuple[tuple[str, int], ...] = (
@@ -288,18 +291,25 @@ COMPLEXITY_USER_TEMPLATE = "Rate this conversation.\n\n{conversation}\n\nScore:"
 
 def expected_score(choice: Choice) -> tuple[float | None, str]:
     """The 1-10 score of one answer: expectation over first-token probabilities when given,
-    else the first number in the text; ``(None, reason)`` when neither works."""
+    else the number of the complexity shape, else the first number in the text; ``(None,
+    reason)`` when none works.
+
+    Renormalising over the score tokens is what constraining the first token to the shape
+    does (the mask sets every other token to -inf before the softmax), so a constrained and an
+    unconstrained request give the same expectation whenever the unconstrained top
+    log-probabilities hold every allowed first token (``test_structured_output`` shows it on
+    SmolLM2). The constraint adds that the answer's text is always a score."""
     if choice.first_token_logprobs:
         weights: dict[int, float] = {}
         for token, logprob in choice.first_token_logprobs.items():
             stripped = token.strip()
-            if stripped.isdigit() and 1 <= int(stripped) <= 10:
+            if stripped.isascii() and stripped.isdigit() and 1 <= int(stripped) <= 10:
                 value = int(stripped)
                 weights[value] = weights.get(value, 0.0) + math.exp(logprob)
         total = sum(weights.values())
         if total > 0:
             return sum(v * w for v, w in weights.items()) / total, "logprobs"
-    structured = read_complexity(choice.text)  # the complexity score's JSON shape
+    structured = read_complexity(choice.text)
     if structured is not None:
         return float(structured), "json"
     match = re.search(r"\b(10|[1-9])\b", choice.text)
@@ -327,7 +337,9 @@ class LlmComplexityScorer:
         seed: int = 0,
         top_logprobs: int = 20,
         max_conversation_chars: int = 1500,
+        structured: StructuredSetting = "auto",
     ) -> None:
+        self.output = complexity_output(structured)
         self.session = session
         self.max_samples = max_samples
         self.seed = seed
@@ -350,6 +362,7 @@ class LlmComplexityScorer:
             n=1,
             seed=self.seed,
             top_logprobs=self.top_logprobs,
+            output=self.output,
         )
 
     def score(self, samples: list[Sample]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ when their ``response_key`` is (Unicode NFKC, casefolded, punctuation dropped, w
 collapsed), so copies that differ in punctuation, case, spacing or Unicode form are one
 response, however many there are; a seeded random subsample of ``subsample_size`` of these keys
 (default 5,000; all when fewer), so datasets of different sizes are measured on the same number
-of points; each key is embedded, and keys within cosine distance ``near_duplicate_distance``
+of points. The subsample is the keys with the smallest seeded 64-bit hashes (bottom-k), so a
+stream of any size keeps only those keys and an 8-byte hash per response (for the distinct
+count). Each kept key is embedded, and keys within cosine distance ``near_duplicate_distance``
 (default 0.03) of each other are merged into one point, represented by the shortest. 0.03 is
 measured (``benchmarks/bench_near_duplicate_distances.py``): at most 1% of the closest
 *different* captions (another person's caption of the same COCO image, the nearest caption of
@@ -42,11 +44,14 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
+import heapq
 import math
 import os
 import re
 import sys
 import unicodedata
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -160,7 +165,9 @@ class ResponseDiversityIndicator:
         self.near_duplicate_distance = near_duplicate_distance
         self.near_copy_similarity = near_copy_similarity
         self.seed = seed
-        self.texts: list[str] = []
+        self.hashes = array("Q")  # one per response, for the count of distinct keys
+        self.kept: dict[int, str] = {}  # the subsample so far: the smallest hashes' keys
+        self._largest: list[int] = []  # heap of the kept hashes, negated
         self.cache_hits = 0
         self.cache_misses = 0
         self._points: ResponsePoints | None = None
@@ -169,39 +176,60 @@ class ResponseDiversityIndicator:
         for sample in batch:
             text = " ".join(responses(sample))
             if text:
-                self.texts.append(text)
+                key = response_key(text)
+                self._add(self._hash(key), key)
         self._points = None
 
     def merge(self, other: Self) -> None:
-        self.texts.extend(other.texts)
+        self.hashes.extend(other.hashes)
+        for key, text in other.kept.items():
+            self._keep(key, text)
         self._points = None
+
+    def _hash(self, text: str) -> int:
+        salt = self.seed.to_bytes(8, "little", signed=True)
+        digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8, salt=salt)
+        return int.from_bytes(digest.digest(), "little")
+
+    def _add(self, key: int, text: str) -> None:
+        self.hashes.append(key)
+        self._keep(key, text)
+
+    def _keep(self, key: int, text: str) -> None:
+        if key in self.kept or self.subsample_size <= 0:
+            return
+        if len(self.kept) < self.subsample_size:
+            self.kept[key] = text
+            heapq.heappush(self._largest, -key)
+        elif key < -self._largest[0]:
+            del self.kept[-heapq.heapreplace(self._largest, -key)]
+            self.kept[key] = text
+
+    @property
+    def responses(self) -> int:
+        return len(self.hashes)
 
     def points(self) -> ResponsePoints:
         """Distinct keys, subsampled, embedded, near-duplicates merged (computed once)."""
         if self._points is not None:
             return self._points
-        # keys in order of first appearance, so among copies the earliest can stand for the rest
-        seen = {
-            key: rank
-            for rank, key in enumerate(dict.fromkeys(map(response_key, dict.fromkeys(self.texts))))
-        }
-        distinct = sorted(seen)
-        rng = np.random.default_rng(self.seed)
-        size = min(self.subsample_size, len(distinct))
-        chosen = np.sort(rng.choice(len(distinct), size=size, replace=False))
-        # shortest (then earliest) first: a merged group is represented by its shortest text
-        texts = sorted((distinct[i] for i in chosen), key=lambda key: (len(key), seen[key]))
-        groups = near_copy_groups(texts, similarity=self.near_copy_similarity)
-        texts = [texts[i] for i in central_members(texts, groups)]
+        # shortest, then earliest kept, first: a group of near-copies is represented by its
+        # shortest key, and among equally short ones by the earliest (the original of its typos)
+        order = {key: rank for rank, key in enumerate(self.kept.values())}
+        chosen = sorted(self.kept.values(), key=lambda key: (len(key), order[key]))
+        size = len(chosen)
+        distinct = len(np.unique(np.frombuffer(self.hashes, dtype=np.uint64)))
+        groups = near_copy_groups(chosen, similarity=self.near_copy_similarity)
+        chosen = [chosen[i] for i in central_members(chosen, groups)]
         cache = EmbeddingCache(self.cache_dir)
-        vectors = cache.embed(self.embedder, texts)
+        vectors = cache.embed(self.embedder, chosen)
         self.cache_hits, self.cache_misses = cache.hits, cache.misses
         distances = cosine_distance_matrix(vectors) if size else np.zeros((0, 0), np.float32)
         keep = merge_near_duplicates(distances, self.near_duplicate_distance)
         self._points = ResponsePoints(
             vectors=vectors[keep],
             distances=distances[np.ix_(keep, keep)],
-            distinct_texts=len(distinct),
+            distinct_texts=distinct,
             subsampled=size,
         )
         return self._points
@@ -211,7 +239,7 @@ class ResponseDiversityIndicator:
         return ClusterSweep.from_distances(self.points().distances, min_samples=self.min_samples)
 
     def result(self) -> dict[str, Any]:
-        if not self.texts:
+        if not self.responses:
             return {"clusters": 0, "log_clusters": None, "responses": 0, "degenerate": None}
         points = self.points()
         sweep = self.sweep()
@@ -238,7 +266,7 @@ class ResponseDiversityIndicator:
             "clusters": clustering.cluster_count,
             "noise_points": clustering.noise_count,
             "points": count,
-            "responses": len(self.texts),
+            "responses": self.responses,
             "distinct_responses": points.distinct_texts,
             "subsampled": points.subsampled,
             "merged_near_duplicates": points.subsampled - count,
@@ -261,4 +289,4 @@ class ResponseDiversityIndicator:
 
 def shared_eps(indicators: list[ResponseDiversityIndicator]) -> float:
     """One eps for several datasets: where they together have the most clusters."""
-    return most_clusters_eps([i.sweep() for i in indicators if i.texts])
+    return most_clusters_eps([i.sweep() for i in indicators if i.responses])

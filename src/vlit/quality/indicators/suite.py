@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -81,32 +81,21 @@ class LoadedRun:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def load_run(path: str | os.PathLike[str]) -> LoadedRun:
+def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> LoadedRun:
     """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
-    samples marked dropped are left out (and counted)."""
-    run = RunDir(path)
-    if not run.root.is_dir():
-        raise InputFileError(
-            "run directory not found",
-            file=str(run.root),
-            fix="pass a directory made by `vlit generate`, `vlit import` or `vlit filter`",
-        )
-    stage = "kept" if run.has_stage("kept") else run.latest_sample_stage()
-    samples: list[Sample] = []
+    samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
+    samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
+    run, stage = report_stage(path)
+    run.check_current(stage)  # a stale stage stops the command before its work
     excluded = {"failed": 0, "dropped": 0}
-    for sample in run.read_samples(stage):
-        if sample.failure_reason is not None or not sample.turns:
-            excluded["failed"] += 1
-        elif sample.drop_reason is not None:
-            excluded["dropped"] += 1
-        else:
-            samples.append(sample)
+    batches = usable_batches(run, stage, excluded) if with_samples else ()
+    samples = [s for batch in batches for s in batch]
     records = (
         {record.image_id: record for record in run.read_records()}
         if run.has_stage("records")
         else {}
     )
-    dropped = list(run.read_samples("dropped")) if run.has_stage("dropped") else []
+    dropped = list(run.read_samples("dropped")) if with_samples and run.has_stage("dropped") else []
     return LoadedRun(
         root=run.root,
         name=run.root.name,
@@ -116,6 +105,123 @@ def load_run(path: str | os.PathLike[str]) -> LoadedRun:
         dropped=dropped,
         excluded=excluded,
     )
+
+
+def report_stage(path: str | os.PathLike[str]) -> tuple[RunDir, str]:
+    """The run directory and the stage the report looks at: ``kept`` if present, else the
+    latest sample stage."""
+    run = RunDir(path)
+    if not run.root.is_dir():
+        raise InputFileError(
+            "run directory not found",
+            file=str(run.root),
+            fix="pass a directory made by `vlit generate`, `vlit import` or `vlit filter`",
+        )
+    return run, "kept" if run.has_stage("kept") else run.latest_sample_stage()
+
+
+def usable_batches(
+    run: RunDir, stage: str, excluded: dict[str, int] | None = None
+) -> Iterator[list[Sample]]:
+    """The stage's samples shard by shard, without the failed and the dropped ones (counted in
+    ``excluded``)."""
+    excluded = excluded if excluded is not None else {"failed": 0, "dropped": 0}
+    for shard in run.read_sample_shards(stage):
+        usable = []
+        for sample in shard:
+            if sample.failure_reason is not None or not sample.turns:
+                excluded["failed"] += 1
+            elif sample.drop_reason is not None:
+                excluded["dropped"] += 1
+            else:
+                usable.append(sample)
+        yield usable
+
+
+class IndicatorFeed:
+    """The mergeable indicators of one dataset fed batch by batch, with rule task labels (what
+    each keeps per sample is in the README); `report` has `compute_indicators`' shape."""
+
+    def __init__(
+        self,
+        *,
+        embedder: Embedder | None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        records: dict[str, ImageRecord] | None = None,
+        settings: IndicatorSettings = IndicatorSettings(),
+    ) -> None:
+        self.labeller = RuleTaskLabeller()
+        self.indicators = _streaming_indicators(embedder, cache_dir, records, settings)
+        self.settings = settings
+        self.samples = 0
+        self.timings: dict[str, float] = {}
+
+    def update(self, batch: list[Sample]) -> None:
+        with _timed(self.timings, "task_labels"):
+            self.labeller(batch)
+        for indicator in self.indicators:
+            with _timed(self.timings, indicator.name):
+                indicator.update(batch)
+        self.samples += len(batch)
+
+    def report(self) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "task_labels": {"labeller": "rules", "rules": self.labeller.label_names}
+        }
+        for indicator in self.indicators:
+            with _timed(self.timings, indicator.name):
+                details[indicator.name] = indicator.result()
+        return _report(details, self.settings, self.timings, self.samples)
+
+
+def _streaming_indicators(
+    embedder: Embedder | None,
+    cache_dir: str | os.PathLike[str] | None,
+    records: dict[str, ImageRecord] | None,
+    settings: IndicatorSettings,
+) -> list[Any]:
+    indicators: list[Any] = [
+        TaskDistributionIndicator(),
+        InstructionDiversityIndicator(),
+        ObjectGranularityIndicator(
+            records=records, parse_limit=settings.parse_limit, seed=settings.seed
+        ),
+        ComplexityProxyIndicator(),
+        QualityScoresIndicator(),
+    ]
+    if embedder is not None:
+        indicators.append(_response_diversity(embedder, cache_dir, settings))
+    return indicators
+
+
+def _response_diversity(
+    embedder: Embedder, cache_dir: str | os.PathLike[str] | None, settings: IndicatorSettings
+) -> ResponseDiversityIndicator:
+    return ResponseDiversityIndicator(
+        embedder=embedder,
+        cache_dir=cache_dir,
+        eps=settings.eps,
+        eps_source=settings.eps_source,
+        min_samples=settings.min_samples,
+        subsample_size=settings.subsample_size,
+        near_duplicate_distance=settings.near_duplicate_distance,
+        near_copy_similarity=settings.near_copy_similarity,
+        seed=settings.seed,
+    )
+
+
+def _report(
+    details: dict[str, Any], settings: IndicatorSettings, timings: dict[str, float], count: int
+) -> dict[str, Any]:
+    return {
+        "samples": count,
+        "table": _table(details),
+        "flags": _flags(details),
+        "ruler": (details.get("response_diversity") or {}).get("ruler"),
+        "indicators": details,
+        "settings": asdict(settings),
+        "timings": timings,
+    }
 
 
 @contextmanager
@@ -174,29 +280,7 @@ def compute_indicators(
             labeller(samples)
             details["task_labels"] = {"labeller": "rules", "rules": labeller.label_names}
 
-    streaming: list[Any] = [
-        TaskDistributionIndicator(),
-        InstructionDiversityIndicator(),
-        ObjectGranularityIndicator(
-            records=records, parse_limit=settings.parse_limit, seed=settings.seed
-        ),
-        ComplexityProxyIndicator(),
-        QualityScoresIndicator(),
-    ]
-    if embedder is not None:
-        streaming.append(
-            ResponseDiversityIndicator(
-                embedder=embedder,
-                cache_dir=cache_dir,
-                eps=settings.eps,
-                eps_source=settings.eps_source,
-                min_samples=settings.min_samples,
-                subsample_size=settings.subsample_size,
-                near_duplicate_distance=settings.near_duplicate_distance,
-                near_copy_similarity=settings.near_copy_similarity,
-                seed=settings.seed,
-            )
-        )
+    streaming = _streaming_indicators(embedder, cache_dir, records, settings)
     if runner == "ray":
         from vlit.runners.ray_runner import compute_indicators_ray
 
@@ -215,16 +299,7 @@ def compute_indicators(
         with _timed(timings, "instruction_complexity_llm"):
             details["instruction_complexity_llm"] = complexity_scorer.score(samples)
 
-    table = _table(details)
-    return {
-        "samples": len(samples),
-        "table": table,
-        "flags": _flags(details),
-        "ruler": (details.get("response_diversity") or {}).get("ruler"),
-        "indicators": details,
-        "settings": asdict(settings),
-        "timings": timings,
-    }
+    return _report(details, settings, timings, len(samples))
 
 
 def _table(details: dict[str, Any]) -> dict[str, float | int | None]:
@@ -250,27 +325,20 @@ def _flags(details: dict[str, Any]) -> dict[str, str]:
 
 
 def shared_settings(
-    datasets: list[tuple[list[Sample], str | os.PathLike[str] | None]],
+    datasets: list[tuple[Iterable[list[Sample]], str | os.PathLike[str] | None]],
     *,
     embedder: Embedder,
     settings: IndicatorSettings,
 ) -> IndicatorSettings:
-    """``settings`` with one eps for all ``datasets`` ((samples, embedding cache folder)):
-    where they together have the most response clusters. A given eps is kept as it is."""
+    """``settings`` with one eps for all ``datasets`` ((batches of samples, embedding cache
+    folder)): where they together have the most response clusters. A given eps is kept."""
     if not isinstance(settings.eps, str):
         return settings
     indicators = []
-    for samples, cache_dir in datasets:
-        indicator = ResponseDiversityIndicator(
-            embedder=embedder,
-            cache_dir=cache_dir,
-            min_samples=settings.min_samples,
-            subsample_size=settings.subsample_size,
-            near_duplicate_distance=settings.near_duplicate_distance,
-            near_copy_similarity=settings.near_copy_similarity,
-            seed=settings.seed,
-        )
-        _feed(indicator, samples)
+    for batches, cache_dir in datasets:
+        indicator = _response_diversity(embedder, cache_dir, settings)
+        for batch in batches:
+            indicator.update(batch)
         indicators.append(indicator)
     return replace(
         settings,
