@@ -12,6 +12,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llm_servers import Response, ScriptedServer
 from vlit.demo import demo_recipe, kept_by_origin
 from vlit.recipe import Recipe
@@ -80,3 +82,19 @@ def test_demo_recipe_runs_every_stage(tmp_path: Path, scripted_server: ScriptedS
     again = _run(recipe)
     assert len(scripted_server.requests) == sent and again["generate"]["requests_sent"] == 0
     assert again["filter"]["kept"] == filtered["kept"]
+
+
+def test_the_demo_examples_print_without_markup_tags(capsys: pytest.CaptureFixture[str]) -> None:
+    """Markup is off in vlit's consoles, so a heading is styled, never written as ``[bold]``."""
+    from vlit.cli.demo_commands import _print_examples
+
+    turns = [{"role": "user", "text": "Is [b]this[/b] bold?"}, {"role": "assistant", "text": "No."}]
+    kept = {
+        "llm_written": 1,
+        "template": 0,
+        "examples": {"llm": {"sample_id": "1:conversation:r0", "turns": turns}},
+    }
+    _print_examples(kept)
+    printed = capsys.readouterr().out
+    assert "An LLM-written conversation (1:conversation:r0):" in printed
+    assert "[bold]" not in printed and "User: Is [b]this[/b] bold?" in printed

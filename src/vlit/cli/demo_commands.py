@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from vlit.cli.common import console, stdout, step_progress
 from vlit.demo import DEMO_RUN_DIR, run_demo
@@ -101,7 +102,8 @@ def _print_examples(kept: dict[str, Any]) -> None:
         example = kept["examples"].get(origin)
         if example is None:
             continue
-        stdout.print(f"\n[bold]{title}[/bold] ({example['sample_id']}):", highlight=False)
+        heading = Text(f"\n{title}", style="bold") + f" ({example['sample_id']}):"
+        stdout.print(heading, highlight=False)
         for turn in example["turns"]:
             speaker = "User" if turn["role"] == "user" else "AI"
             stdout.print(f"  {speaker}: {turn['text']}", highlight=False, markup=False)
