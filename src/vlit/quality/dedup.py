@@ -374,18 +374,17 @@ def ngram_pairs(
     multipliers = rng.integers(1, 1 << 63, size=bands * rows, dtype=np.uint64) | np.uint64(1)
     offsets = rng.integers(0, 1 << 63, size=bands * rows, dtype=np.uint64)
     distinct = membership.indices.astype(np.uint64)  # each row's distinct n-grams, row by row
-    left: list[NDArray[np.int64]] = []
-    right: list[NDArray[np.int64]] = []
-    for band in range(bands):
-        key = np.zeros(count, dtype=np.uint64)
-        for row in range(band * rows, (band + 1) * rows):
-            hashed = (distinct * multipliers[row] + offsets[row]) >> np.uint64(32)
-            key = key * np.uint64(0x100000001B3) ^ np.minimum.reduceat(hashed, starts)
-        order = np.argsort(key, kind="stable")
-        first = np.r_[True, key[order][1:] != key[order][:-1]]
-        leader = order[np.maximum.accumulate(np.where(first, np.arange(count), 0))]
-        left.append(leader[~first])
-        right.append(order[~first])
+    values = np.stack(
+        [
+            np.minimum.reduceat((distinct * multiplier + offset) >> np.uint64(32), starts)
+            for multiplier, offset in zip(multipliers, offsets, strict=True)
+        ],
+        axis=1,
+    )
+    keys = band_keys(values, bands, rows)
+    found = [candidate_pairs(keys[:, band]) for band in range(bands)]
+    left = [earlier for earlier, _ in found]
+    right = [later for _, later in found]
     candidates = np.unique(np.stack([np.concatenate(left), np.concatenate(right)], axis=1), axis=0)
     if not candidates.size:
         return _pairs([])
