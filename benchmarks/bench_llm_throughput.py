@@ -10,10 +10,10 @@ requests. The journal's cost is shown two ways: extra client CPU per request of 
 run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
 on a shared machine the other processes' load lowers the percentages.
 
-``--old-src DIR [DIR ...]`` also compares this vlit with the ones found in each ``DIR`` (say an
-older version: ``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``): each runs
-the session
-(journal off) in a child process of its own against the same endpoint, the two alternating
+``--old-src DIR [DIR ...]`` also compares this vlit, on each of its transports (aiohttp and
+httpx's own; the first table uses ``auto``), with the ones found in each ``DIR`` (say an older
+version: ``git archive main | tar -x -C /tmp/base && --old-src /tmp/base/src``): each runs the
+session (journal off) in a child process of its own against the same endpoint, all alternating
 ``--repeat`` times; a second table shows, for each, the median throughput as a share of C/L and
 the median client CPU milliseconds per request.
 
@@ -40,6 +40,8 @@ from vlit.llm import ChatRequest, Choice, LlmJournal, LlmSession, Message, OpenA
 from vlit.llm.journal import JournalEntry, canonical_request, hash_canonical
 
 SERVER = Path(__file__).resolve().with_name("latency_server.py")
+TRANSPORTS = ("aiohttp", "httpx")  # this vlit's, each compared with --old-src
+Stack = tuple[str | None, str | None]  # (src folder or None for this vlit, transport)
 
 
 class Endpoint:
@@ -167,15 +169,15 @@ def journal_microseconds(directory: Path, count: int) -> float:
     return elapsed / count * 1e6
 
 
-def child_run(
-    endpoint: Endpoint, source: str | None, count: int, concurrency: int, tag: str
-) -> Timing:
-    """``timed_run`` (journal off) in a child process, with the vlit package in ``source``
-    (``None``: this one)."""
+def child_run(endpoint: Endpoint, stack: Stack, count: int, concurrency: int, tag: str) -> Timing:
+    """``timed_run`` (journal off) in a child process, with the vlit package in the stack's
+    ``source`` (``None``: this one) and its transport."""
+    source, transport = stack
     server_cpu_started = endpoint.cpu_s()
     done = subprocess.run(
         [sys.executable, __file__, "--child-url", endpoint.url, "--child-count", str(count)]
-        + ["--child-tag", tag, "--concurrency", str(concurrency)],
+        + ["--child-tag", tag, "--concurrency", str(concurrency)]
+        + (["--child-transport", transport] if transport else []),
         capture_output=True,
         text=True,
         check=True,
@@ -185,10 +187,11 @@ def child_run(
     return Timing(elapsed, cpu, endpoint.cpu_s() - server_cpu_started, count)
 
 
-def child(url: str, count: int, concurrency: int, tag: str) -> None:
+def child(url: str, count: int, concurrency: int, tag: str, transport: str | None) -> None:
     """Print ``elapsed_s cpu_s`` of one session run (journal off) against ``url``."""
+    options = {"transport": transport} if transport else {}  # older vlits have no transport
     backend = OpenAICompatibleBackend(
-        base_url=url, model="bench-model", max_connections=concurrency
+        base_url=url, model="bench-model", max_connections=concurrency, **options
     )
     session = LlmSession(backend, concurrency=concurrency)
     session.run(requests_for(8, f"{tag}-warmup"))  # imports done, as for timed_run's warmup
@@ -212,12 +215,19 @@ def main() -> None:
     parser.add_argument("--child-url", help=argparse.SUPPRESS)
     parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-tag", help=argparse.SUPPRESS)
+    parser.add_argument("--child-transport", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_url:
-        child(args.child_url, args.child_count, args.concurrency[0], args.child_tag)
+        child(
+            args.child_url,
+            args.child_count,
+            args.concurrency[0],
+            args.child_tag,
+            args.child_transport,
+        )
         return
     latency = args.latency_ms / 1000
-    compared: list[tuple[int, int, float, dict[str | None, list[Timing]]]] = []
+    compared: list[tuple[int, int, float, dict[Stack, list[Timing]]]] = []
 
     load_before = os.getloadavg()
     endpoint = Endpoint(args.latency_ms)
@@ -238,12 +248,12 @@ def main() -> None:
             assert replay.requests_sent == 0
             rows.append((concurrency, count, ideal, base, off, on, replay))
             if args.old_src:
-                runs: dict[str | None, list[Timing]] = {None: []}
-                runs.update((source, []) for source in args.old_src)
+                runs: dict[Stack, list[Timing]] = {(None, name): [] for name in TRANSPORTS}
+                runs.update(((source, None), []) for source in args.old_src)
                 for turn in range(args.repeat):
-                    for source, timings in runs.items():
-                        tag = f"{'old' if source else 'new'}{concurrency}-{turn}"
-                        timings.append(child_run(endpoint, source, count, concurrency, tag))
+                    for stack, timings in runs.items():
+                        tag = f"{stack[1] or 'old'}{concurrency}-{turn}"
+                        timings.append(child_run(endpoint, stack, count, concurrency, tag))
                 compared.append((concurrency, count, ideal, runs))
         micro = journal_microseconds(directory, 3000)
     endpoint.stop()
@@ -290,10 +300,10 @@ def main() -> None:
         )
         print(f"{'C':>3} {'requests':>8} | {'stack':<28} {'% of C/L':>8} {'CPU ms/request':>14}")
     for concurrency, count, ideal, runs in compared:
-        for source, timings in runs.items():
+        for (source, transport), timings in runs.items():
             share = statistics.median(count / timing.elapsed_s / ideal for timing in timings)
             cpu_ms = statistics.median(timing.cpu_s / count * 1e3 for timing in timings)
-            name = "this vlit" if source is None else source
+            name = f"this vlit, {transport}" if source is None else source
             print(f"{concurrency:>3} {count:>8} | {name:<28} {share:>8.0%} {cpu_ms:>14.2f}")
     print(
         "load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f} "

@@ -95,6 +95,7 @@ class Response:
     raw_body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
+    cut_after: int | None = None  # bytes of the answer sent before hanging up (-1: none)
 
     @classmethod
     def text(
@@ -154,6 +155,17 @@ class Response:
     def truncated(cls, text: str, *, delay_s: float = 0.0) -> Response:
         """A choice cut at the token limit (``finish_reason="length"``)."""
         return cls(texts=(text,), finish_reason="length", delay_s=delay_s)
+
+    @classmethod
+    def cut(cls, after_bytes: int) -> Response:
+        """An echo whose connection closes once ``after_bytes`` bytes of its body are sent
+        (the head declares the whole length)."""
+        return cls(cut_after=after_bytes)
+
+    @classmethod
+    def hang_up(cls) -> Response:
+        """The connection closes with no answer at all."""
+        return cls(cut_after=-1)
 
     @classmethod
     def refusal(cls, text: str, *, delay_s: float = 0.0) -> Response:
@@ -216,6 +228,7 @@ class _Reply:
     code: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    cut_after: int | None = None
 
 
 @dataclass
@@ -305,7 +318,13 @@ class _OpenAICompatibleServer:
                 head = [f"HTTP/1.1 {reply.code} {_REASONS.get(reply.code, 'Status')}"]
                 head += ["Content-Type: application/json", f"Content-Length: {len(reply.body)}"]
                 head += [f"{name}: {value}" for name, value in reply.headers]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+                head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+                if reply.cut_after is not None:  # hang up mid-answer (or before it)
+                    if reply.cut_after >= 0:
+                        writer.write(head_bytes + reply.body[: reply.cut_after])
+                        await writer.drain()
+                    break
+                writer.write(head_bytes + reply.body)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -406,7 +425,9 @@ class ScriptedServer(_OpenAICompatibleServer):
             refusal=response.refusal_text,
             logprobs=response.logprobs if body.get("logprobs") else None,
         )
-        return _Reply(response.code, json.dumps(data).encode(), response.headers)
+        return _Reply(
+            response.code, json.dumps(data).encode(), response.headers, response.cut_after
+        )
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from pydantic import ValidationError
 
 from llm_servers import Response, ScriptedServer, echo_text
 from vlit.errors import ConfigError
@@ -27,6 +28,19 @@ from vlit.llm.openai_compatible import (
     parse_retry_after,
     retry_after_s,
 )
+from vlit.stages.generate import LlmSettings
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both transports under httpx (``auto`` picks per endpoint)."""
+    backend = ScriptedServer.backend
+
+    def with_transport(server: ScriptedServer, **options: Any) -> OpenAICompatibleBackend:
+        return backend(server, **{"transport": request.param, **options})
+
+    monkeypatch.setattr(ScriptedServer, "backend", with_transport)
+    return str(request.param)
 
 
 def ask(text: str, **parameters: object) -> ChatRequest:
@@ -138,13 +152,44 @@ def test_malformed_body_gives_error_outcome_and_batch_goes_on(
     assert session.usage().failures == 1
 
 
-def test_connection_refused_is_retried_then_fails() -> None:
+def test_connection_refused_is_retried_then_fails(transport: str) -> None:
     backend = OpenAICompatibleBackend(
-        base_url="http://127.0.0.1:9/v1", model="m", max_retries=2, backoff_base_s=0.01
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        max_retries=2,
+        backoff_base_s=0.01,
+        transport=transport,  # type: ignore[arg-type]
     )
     with pytest.raises(RequestFailed, match="connection error") as failure:
         asyncio.run(backend.complete(ask("anyone?")))
     assert failure.value.retries == 2
+
+
+@pytest.mark.parametrize("fault", [Response.hang_up(), Response.cut(10), Response.cut(0)])
+def test_a_server_hanging_up_is_a_connection_error_retried(
+    scripted_server: ScriptedServer, fault: Response
+) -> None:
+    scripted_server.queue(fault, fault, Response.text("third try"))
+    [outcome] = LlmSession(fast_backend(scripted_server)).run([ask("x")])
+    assert outcome.choices[0].text == "third try" and len(scripted_server.requests) == 3
+    scripted_server.add_rule(lambda body: fault)
+    [failed] = LlmSession(fast_backend(scripted_server, max_retries=1)).run([ask("y")])
+    # Not taken for a timeout: the server went away, and the message says so.
+    assert failed.error is not None and "connection error" in failed.error, failed.error
+    assert "no answer within" not in failed.error
+
+
+def test_auto_transport_is_httpx_where_http2_can_be_spoken() -> None:
+    def picked(url: str, http2: bool) -> str:
+        return OpenAICompatibleBackend(base_url=url, model="m", http2=http2).transport
+
+    assert picked("https://api.example.com/v1", http2=True) == "httpx"
+    assert picked("https://api.example.com/v1", http2=False) == "aiohttp"
+    assert picked("http://127.0.0.1:8000/v1", http2=True) == "aiohttp"
+    backend = OpenAICompatibleBackend(base_url="http://h/v1", model="m", transport="httpx")
+    assert backend.describe()["transport"] == "httpx"
+    with pytest.raises(ConfigError, match="unknown transport"):
+        OpenAICompatibleBackend(base_url="http://h/v1", model="m", transport="curl")  # type: ignore[arg-type]
 
 
 def test_401_names_the_env_var_and_hides_the_key(
@@ -451,3 +496,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_the_recipe_transport_reaches_the_backend() -> None:
+    settings = LlmSettings(kind="openai", base_url="http://127.0.0.1:9/v1", model="m")
+    assert settings.transport == "auto"
+    chosen = settings.model_copy(update={"transport": "httpx"}).to_config(concurrency=2)
+    assert OpenAICompatibleBackend.from_config(chosen).transport == "httpx"
+    with pytest.raises(ValidationError, match="transport"):
+        LlmSettings(kind="openai", model="m", transport="curl")  # type: ignore[arg-type]

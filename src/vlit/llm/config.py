@@ -19,6 +19,7 @@ from vlit.llm.openai_compatible import (
     DEFAULT_MAX_RESPONSE_BYTES,
     OpenAICompatibleBackend,
     TokenLimitParam,
+    Transport,
 )
 from vlit.llm.vllm_backend import VllmBackend
 
@@ -38,7 +39,8 @@ class LlmConfig:
     ``gguf_file`` names the GGUF file inside the ``model`` folder, when the weights are GGUF.
     ``headers`` are sent with every request of an ``openai`` backend (a value ``$NAME`` is read
     from that environment variable); ``token_limit_param`` names the field carrying
-    ``max_tokens``; an answer above ``max_response_bytes`` fails its request.
+    ``max_tokens``; an answer above ``max_response_bytes`` fails its request; ``transport``
+    picks who speaks HTTP under httpx (``auto``, ``httpx``, ``aiohttp``).
     ``concurrency`` is how many requests a session keeps in flight. Prices are in the
     currency of your choice per 1000 tokens; when given, sessions report a cost and can stop
     at ``max_cost``.
@@ -56,6 +58,7 @@ class LlmConfig:
     max_retries: int = 6
     supports_n: bool = True
     concurrency: int = LLM_CONCURRENCY
+    transport: Transport = "auto"
     price_per_1k_prompt: float | None = None
     price_per_1k_completion: float | None = None
 

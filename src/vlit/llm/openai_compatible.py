@@ -7,11 +7,15 @@ exponential backoff and seeded jitter, honouring ``retry-after-ms``, ``Retry-Aft
 ``x-should-retry``; configuration errors (401, 403, 404, 400) fail at once with a message that
 says what to change.
 
-The transport is ``httpx.AsyncClient`` (``trust_env``: ``HTTPS_PROXY``, ``HTTP_PROXY``,
-``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` work as usual; HTTP/2 over
-TLS when the ``h2`` package is installed, ``pip install "vlit[http2]"``): one client per request
-in flight, each keeping its one connection alive between requests. Without ``SSL_CERT_FILE``
-the server's certificate is checked against certifi's CA bundle.
+Requests go through ``httpx.AsyncClient`` (``trust_env``: ``HTTPS_PROXY``, ``HTTP_PROXY``,
+``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` work as usual). Under it,
+``transport`` picks who speaks HTTP: ``aiohttp`` (through ``httpx-aiohttp``, the transport the
+OpenAI SDK offers for high concurrency: one client, aiohttp's pool, about half httpx's CPU per
+request) or ``httpx``'s own (HTTP/2 over TLS when the ``h2`` package is installed, ``pip install
+"vlit[http2]"``; one client per request in flight, each keeping its one connection alive).
+``auto`` takes httpx's own where HTTP/2 can be spoken (an https endpoint with ``h2``), aiohttp
+elsewhere. Without ``SSL_CERT_FILE`` the server's certificate is checked against certifi's CA
+bundle.
 
 ``base_url`` is kept whole: ``https://NAME.openai.azure.com/openai/deployments/D?api-version=V``
 posts to ``.../openai/deployments/D/chat/completions?api-version=V``. Extra ``headers`` are sent
@@ -58,6 +62,8 @@ MAX_ERROR_BODY_CHARS = 300
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 TokenLimitParam = Literal["max_tokens", "max_completion_tokens"]
+TRANSPORTS = ("auto", "httpx", "aiohttp")
+Transport = Literal["auto", "httpx", "aiohttp"]
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
 NAME_MISMATCH_CODES = frozenset({62, 64})
 
@@ -156,6 +162,7 @@ class OpenAICompatibleBackend:
         max_retry_after_s: the longest server-requested wait honoured before giving up.
         max_connections: keep-alive connections kept open; match the session's concurrency.
         http2: use HTTP/2 over TLS; default: when the ``h2`` package is installed.
+        transport: ``auto``, ``httpx`` or ``aiohttp``: who speaks HTTP under httpx (module doc).
         retry_seed: seed of the jitter, so a rerun waits the same way.
     """
 
@@ -178,6 +185,7 @@ class OpenAICompatibleBackend:
         max_retry_after_s: float = 300.0,
         max_connections: int = 64,
         http2: bool | None = None,
+        transport: Transport = "auto",
         retry_seed: int = 0,
     ) -> None:
         address = urllib.parse.urlsplit(base_url.strip())
@@ -190,6 +198,10 @@ class OpenAICompatibleBackend:
             raise ConfigError(
                 f"unknown token_limit_param {token_limit_param!r}",
                 fix=f"use one of: {', '.join(TOKEN_LIMIT_PARAMS)}",
+            )
+        if transport not in TRANSPORTS:
+            raise ConfigError(
+                f"unknown transport {transport!r}", fix=f"use one of: {', '.join(TRANSPORTS)}"
             )
         if max_response_bytes < 1:
             raise ConfigError(
@@ -225,6 +237,12 @@ class OpenAICompatibleBackend:
         self._jitter = random.Random(retry_seed)
         self.response_format = ResponseFormatNegotiation()  # sent until refused under auto
         self._https = address.scheme == "https"
+        self.transport = _pick_transport(transport, http2=self.http2 and self._https)
+        self._transport_errors: tuple[type[Exception], ...] = (httpx.RequestError,)
+        if self.transport == "aiohttp":  # the errors httpx-aiohttp passes on unmapped
+            import aiohttp
+
+            self._transport_errors += (aiohttp.ClientError,)
         self._clients: list[httpx.AsyncClient] = []
         self._idle_clients: list[httpx.AsyncClient] = []
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -249,6 +267,7 @@ class OpenAICompatibleBackend:
             max_retries=config.max_retries,
             supports_n=config.supports_n,
             max_connections=max(config.concurrency, 1),
+            transport=config.transport,
         )
 
     @property
@@ -267,6 +286,7 @@ class OpenAICompatibleBackend:
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
             "supports_n": self.supports_n,
+            "transport": self.transport,
         }
 
     async def aclose(self) -> None:
@@ -337,18 +357,19 @@ class OpenAICompatibleBackend:
                     body = await self._read_capped(response, status)
         except TimeoutError:
             raise _Retryable(f"no answer within timeout_s={self.timeout_s:g}") from None
-        except httpx.TimeoutException:
-            raise _Retryable(f"no answer within timeout_s={self.timeout_s:g}") from None
-        except httpx.RequestError as error:
+        except self._transport_errors as error:
             certificate = _certificate_error(error)
             if certificate is not None:
                 raise self._certificate_failure(certificate) from None
+            if _timed_out(error):
+                raise _Retryable(f"no answer within timeout_s={self.timeout_s:g}") from None
             # refused, reset, DNS, a proxy that failed, or an answer that is not HTTP
+            shown = _aiohttp_cause(error) or error
             raise _Retryable(
-                f"connection error ({type(error).__name__}: {error or 'no detail'})"
+                f"connection error ({type(shown).__name__}: {shown or 'no detail'})"
             ) from None
         finally:
-            if not client.is_closed:
+            if self.transport == "httpx" and not client.is_closed:
                 self._idle_clients.append(client)
         if status == 200:
             return self._parse(body)
@@ -428,7 +449,8 @@ class OpenAICompatibleBackend:
 
     # -- helpers ------------------------------------------------------------------------------
     def _take_client(self) -> httpx.AsyncClient:
-        """A client of the running loop that no other request is using (given back after).
+        """A client of the running loop: on aiohttp the one client, on httpx's transport one
+        that no other request is using (given back after).
 
         httpcore's pool looks at every connection it holds, and checks each idle one's socket,
         whenever a request starts or ends: one client of 64 connections spent ~6 ms of CPU per
@@ -439,6 +461,8 @@ class OpenAICompatibleBackend:
         loop = asyncio.get_running_loop()
         if self._client_loop is not loop:
             self._clients, self._idle_clients, self._client_loop = [], [], loop
+        if self.transport == "aiohttp" and self._clients:
+            return self._clients[0]
         if self._idle_clients:
             return self._idle_clients.pop()
         client = self._new_client()
@@ -456,21 +480,24 @@ class OpenAICompatibleBackend:
             headers[name] = self._header_value(name, value)
             secrets.append(headers[name])
         self._secrets = [secret for secret in secrets if len(secret) >= 4]
+        options: dict[str, Any] = {
+            "headers": headers,
+            "timeout": httpx.Timeout(self.timeout_s),
+            "verify": self._ssl_context(),
+            "trust_env": True,
+        }
+        if self.transport == "aiohttp":
+            from httpx_aiohttp import HttpxAiohttpClient
+
+            # aiohttp's limit 0 is no limit: the session's concurrency is the one limit.
+            limits = httpx.Limits(max_connections=0, keepalive_expiry=30.0)
+            return HttpxAiohttpClient(limits=limits, **options)
+        # One request at a time uses a client (see _take_client).
         limits = httpx.Limits(
-            # One request at a time uses a client (see _take_client).
-            max_connections=None,
-            max_keepalive_connections=1,
-            keepalive_expiry=30.0,
+            max_connections=None, max_keepalive_connections=1, keepalive_expiry=30.0
         )
-        return httpx.AsyncClient(
-            headers=headers,
-            limits=limits,
-            timeout=httpx.Timeout(self.timeout_s),
-            # HTTP/2 is only negotiated over TLS; asking for it on http:// costs CPU.
-            http2=self.http2 and self._https,
-            verify=self._ssl_context(),
-            trust_env=True,
-        )
+        # HTTP/2 is only negotiated over TLS; asking for it on http:// costs CPU.
+        return httpx.AsyncClient(limits=limits, http2=self.http2 and self._https, **options)
 
     def _header_value(self, name: str, value: str) -> str:
         if not value.startswith("$"):
@@ -529,13 +556,41 @@ class OpenAICompatibleBackend:
         return text
 
 
+def _pick_transport(transport: Transport, *, http2: bool) -> Literal["httpx", "aiohttp"]:
+    """``auto``: httpx's own transport where HTTP/2 will be spoken, aiohttp elsewhere (and
+    httpx's own when ``httpx-aiohttp`` is not installed)."""
+    if transport != "auto":
+        return transport
+    if http2 or importlib.util.find_spec("httpx_aiohttp") is None:
+        return "httpx"
+    return "aiohttp"
+
+
+def _aiohttp_cause(error: BaseException) -> BaseException | None:
+    """The aiohttp error behind ``error`` (httpx-aiohttp raises httpx's errors from them)."""
+    for seen in (error, error.__cause__):
+        if seen is not None and type(seen).__module__.startswith("aiohttp"):
+            return seen
+    return None
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a transport error is a timeout: httpx-aiohttp reports aiohttp's connection
+    errors (a reset, a server that hung up) as ``httpx.ConnectTimeout``, so its cause decides."""
+    cause = _aiohttp_cause(error)
+    if cause is not None:
+        return isinstance(cause, TimeoutError)
+    return isinstance(error, httpx.TimeoutException)
+
+
 def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate refusal behind a transport error, if that is what it is."""
+    """The certificate refusal behind a transport error, if that is what it is (aiohttp's
+    subclass of it holds OpenSSL's own in ``certificate_error``)."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
+        if isinstance(seen, ssl.SSLCertVerificationError) and hasattr(seen, "verify_code"):
             return seen
-        seen = seen.__cause__ or seen.__context__
+        seen = getattr(seen, "certificate_error", None) or seen.__cause__ or seen.__context__
     return None
 
 

@@ -37,7 +37,7 @@ from vlit.generate.regions import RegionRule
 from vlit.llm.base import LlmBackend, Outcome
 from vlit.llm.config import LLM_CONCURRENCY, LlmConfig, build_backend
 from vlit.llm.journal import LlmJournal
-from vlit.llm.openai_compatible import DEFAULT_MAX_RESPONSE_BYTES
+from vlit.llm.openai_compatible import DEFAULT_MAX_RESPONSE_BYTES, TokenLimitParam, Transport
 from vlit.llm.response_format import structured_summary
 from vlit.llm.session import LlmSession, SessionUsage, TokenPrices
 from vlit.rundir import RunDir
@@ -159,11 +159,13 @@ class LlmSettings(Settings):
     # Extra HTTP headers (Azure's api-key, a gateway's own); a value "$NAME" is read from that
     # environment variable. Values are never written to the run.
     headers: dict[str, str] = Field(default_factory=dict)
-    token_limit_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    token_limit_param: TokenLimitParam = "max_tokens"
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1)
     timeout_s: float = Field(default=120.0, gt=0.0)
     max_retries: int = Field(default=6, ge=0)
     supports_n: bool = True
+    # Who speaks HTTP under httpx: auto (httpx's own where HTTP/2 can be used, else aiohttp).
+    transport: Transport = "auto"
     prices: PricesSettings | None = None
 
     def to_config(self, *, concurrency: int) -> LlmConfig:
@@ -180,6 +182,7 @@ class LlmSettings(Settings):
             max_retries=self.max_retries,
             supports_n=self.supports_n,
             concurrency=concurrency,
+            transport=self.transport,
             price_per_1k_prompt=self.prices.prompt_per_1k if self.prices else None,
             price_per_1k_completion=self.prices.completion_per_1k if self.prices else None,
         )
