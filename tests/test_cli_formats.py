@@ -98,8 +98,8 @@ def test_bad_records_are_kept_and_counted(
     assert summary["samples"] == 3 and summary["records_invalid"] == 2
     assert summary["samples_failed"] == 2 and summary["images_missing"] == 1
     samples = {s.sample_id: s for s in RunDir(tmp_path / "r").read_samples("samples")}
-    assert "`conversations` is a string" in (samples["string"].failure_reason or "")
-    assert "`conversations[0].value` is a number" in (samples["number"].failure_reason or "")
+    assert "`conversations` is a string" in str(samples["string"].failure_reason)
+    assert "`conversations[0].value` is a number" in str(samples["number"].failure_reason)
     assert samples["good"].ok
 
     # export skips failed samples unless asked, and can write them back verbatim
@@ -154,7 +154,9 @@ def test_image_paths_escaping_the_root_are_failures(
     samples = list(RunDir(tmp_path / "r").read_samples("samples"))
     assert samples[0].image_root == str(images.resolve())
     for sample in samples[1:4]:
-        assert (sample.failure_reason or "").startswith("image path escapes the image root: ")
+        assert str(sample.failure_reason).startswith(
+            "image_path_escapes: image path escapes the image root: "
+        )
         assert sample.provenance["image_status"] == "escapes"
     assert samples[4].ok and samples[4].provenance["image_status"] == "missing"
 
@@ -181,8 +183,8 @@ def test_unreadable_images_are_failures(
     assert full["images_unreadable"] == 3 and full["images_verified"] == 1
     samples = {s.sample_id: s for s in RunDir(tmp_path / "full").read_samples("samples")}
     assert samples["good.jpg"].ok
-    assert "truncated" in (samples["truncated.jpg"].failure_reason or "")
-    assert (samples["garbage.jpg"].failure_reason or "").startswith("image unreadable: ")
+    assert "truncated" in str(samples["truncated.jpg"].failure_reason)
+    assert str(samples["garbage.jpg"].failure_reason).startswith("image_unreadable: ")
 
 
 def test_slice_import_export_through_cli_is_lossless(

@@ -23,6 +23,7 @@ from vlit.evaluate.tuning import (
     collate,
     resolve_preset,
 )
+from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
 
@@ -89,7 +90,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, coco_tiny: Path) -> Path:
     first = samples[0]
     samples += [
         replace(first, sample_id="missing-image", image="000000999999.jpg"),
-        replace(first, sample_id="failed", failure_reason="unparseable LLM output"),
+        replace(first, sample_id="failed", failure_reason=FAILURE_NO_TURNS),
         replace(first, sample_id="assistant-first", turns=first.turns[1:]),
     ]
     root = tmp_path_factory.mktemp("run")

@@ -15,7 +15,7 @@ from vlit.errors import InputFileError
 from vlit.formats import ImportContext
 from vlit.formats.jsonl import JsonlReader, JsonlWriter
 from vlit.formats.parquet import ParquetReader, ParquetWriter
-from vlit.reasons import Reason
+from vlit.reasons import IMAGE_UNREADABLE, Reason
 from vlit.schema import Sample, Turn
 
 PHOTOS = ["000000005802.jpg", "000000012448.jpg"]
@@ -49,7 +49,7 @@ def samples(coco_tiny: Path) -> list[Sample]:
             image="gone.jpg",
             image_root=root,
             turns=[Turn("user", "?")],
-            failure_reason="image unreadable",
+            failure_reason=Reason(IMAGE_UNREADABLE, "gone.jpg is empty"),
         ),
         Sample(sample_id="s4", turns=[Turn("user", "Text only"), Turn("assistant", "Yes")]),
     ]
@@ -77,8 +77,8 @@ def test_jsonl_bad_lines_become_failed_samples(samples: list[Sample], tmp_path: 
     root = Path(samples[0].image_root)
     read = list(JsonlReader().read(path, ImportContext(images=root, workdir=tmp_path)))
     assert [sample.ok for sample in read] == [True, False, False, True]
-    assert "`turns` is a string" in (read[1].failure_reason or "")
-    assert "line 3: not valid JSON" in (read[2].failure_reason or "")
+    assert "`turns` is a string" in str(read[1].failure_reason)
+    assert "line 3: not valid JSON" in str(read[2].failure_reason)
     assert read[3] == samples[1]
 
 

@@ -122,11 +122,11 @@ def test_invalid_records_are_kept_and_written_back(tmp_path: Path) -> None:
     samples = _read(source, tmp_path)
     assert [sample.sample_id for sample in samples] == ["ok", "str", "num", "who", "bad-000004"]
     assert samples[0].ok
-    assert "`conversations` is a string, expected a list" in (samples[1].failure_reason or "")
-    assert "record 1 (id str)" in (samples[1].failure_reason or "")
-    assert "`conversations[0].value` is a number" in (samples[2].failure_reason or "")
-    assert "'robot'" in (samples[3].failure_reason or "")
-    assert "the record is a list" in (samples[4].failure_reason or "")
+    assert "`conversations` is a string, expected a list" in str(samples[1].failure_reason)
+    assert "record 1 (id str)" in str(samples[1].failure_reason)
+    assert "`conversations[0].value` is a number" in str(samples[2].failure_reason)
+    assert "'robot'" in str(samples[3].failure_reason)
+    assert "the record is a list" in str(samples[4].failure_reason)
     out = tmp_path / "out.json"
     LlavaWriter(indent=None).write(samples, out)
     # an image without its token gets one (LLaVA's rule); invalid records come back verbatim

@@ -152,7 +152,7 @@ def test_related_instructions_on_the_same_image_become_one_conversation(
             coco_tiny / "train2017" / PHOTOS[1]
         ).read_bytes()
     )
-    assert "`instruction` is a number" in (by_id["D3_INS_000003"].failure_reason or "")
+    assert "`instruction` is a number" in str(by_id["D3_INS_000003"].failure_reason)
     assert by_id["D3_INS_000004"].image is None
 
     # and the whole file comes back as the same JSON (every field, every link)

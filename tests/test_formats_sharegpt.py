@@ -105,7 +105,7 @@ def test_unsupported_roles_and_types_are_failed_samples(tmp_path: Path) -> None:
     source = tmp_path / "bad.json"
     source.write_text(json.dumps(records), encoding="utf-8")
     samples = _read(source, tmp_path)
-    reasons = [sample.failure_reason or "" for sample in samples]
+    reasons = [str(sample.failure_reason) for sample in samples]
     assert "'tool'" in reasons[0]
     assert "`messages[0].content` is a number" in reasons[1]
     assert "`conversations` is a string" in reasons[2]

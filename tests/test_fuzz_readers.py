@@ -28,6 +28,7 @@ from vlit.formats import FORMATS, DatasetImporter, detect_format
 from vlit.generate.regions import region_image_name
 from vlit.images import id_file_stem, resolve_image_path
 from vlit.jsonio import loads_json, nesting_depth
+from vlit.reasons import UNDECODABLE_ROW
 from vlit.recipe import load_recipe
 from vlit.schema import Sample, Turn
 
@@ -296,5 +297,6 @@ def test_a_stored_row_decodes_or_fails_alone(provenance: str, extra: str) -> Non
             good = isinstance(json.loads(text), dict) if text else True
         except ValueError:
             good = False
-        assert good or f"stored {key}" in (sample.failure_reason or "")
+        assert good or f"stored {key}" in str(sample.failure_reason)
+    assert sample.failure_reason is None or sample.failure_reason.code == UNDECODABLE_ROW
     assert isinstance(sample.provenance, dict) and isinstance(sample.extra, dict)

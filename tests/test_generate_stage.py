@@ -136,7 +136,7 @@ def test_counts_faults_and_rerun(
         FAILURE_TRUNCATED: 1,  # b: cut before the first answer
         SKIP_NO_ANNOTATION: 2,
     }
-    assert summary["samples_failed"] == dict(failed)
+    assert summary["samples_failed"] == {reason.code: count for reason, count in failed.items()}
     assert summary["samples_ok"] == 30 - 13 and summary["samples_truncated"] == 1
     assert summary["rate_limited"] >= 1 and summary["requests"] == 10
 
@@ -208,7 +208,7 @@ def test_request_budget_then_resume(
     backend = scripted_server.backend()
     limited = generate_run(run, settings, backend, max_requests=1)
     assert limited["budget_exhausted"] and limited["requests_sent"] == 1
-    assert limited["samples_failed"] == {FAILURE_BUDGET: 6}
+    assert limited["samples_failed"] == {FAILURE_BUDGET.code: 6}
     full = generate_run(run, settings, backend, concurrency=1)
     assert not full["budget_exhausted"]
     assert full["requests_sent"] == 3 and full["from_journal"] == 1
@@ -232,8 +232,8 @@ def test_images_that_cannot_be_used_are_skipped(
     settings = GenerateSettings(modes={"region": 1.0, "conversation": 1.0}, n=2)
     summary = generate_run(run, settings, scripted_server.backend())
     assert summary["samples_failed"] == {
-        SKIP_NO_REGION: 2,  # no_boxes and "here" have no boxes at all
-        SKIP_NO_IMAGE: 2,  # "gone": neither mode is asked for
+        SKIP_NO_REGION.code: 2,  # no_boxes and "here" have no boxes at all
+        SKIP_NO_IMAGE.code: 2,  # "gone": neither mode is asked for
     }
     assert summary["requests"] == 2 and len(scripted_server.requests) == 2
     assert summary["samples_ok_by_mode"] == {"conversation": 4}

@@ -16,6 +16,7 @@ from vlit.generate.parse import (
     FAILURE_TRUNCATED,
     parse_conversation,
 )
+from vlit.reasons import Reason
 
 PAPER_STYLE = (
     '{"User": "What is the man riding?", "AI": "He is riding a motorcycle on a dirt road.", '
@@ -217,7 +218,7 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("text", "finish_reason", "reason"), FAILURES)
-def test_failures_are_named(text: str, finish_reason: str, reason: str) -> None:
+def test_failures_are_named(text: str, finish_reason: str, reason: Reason) -> None:
     parsed = parse_conversation(text, finish_reason=finish_reason)
     assert not parsed.ok
     assert parsed.failure_reason == reason
@@ -240,7 +241,8 @@ SMOLLM2 = json.loads(
 def test_real_smollm2_generations(output: dict[str, Any]) -> None:
     parsed = parse_conversation(output["text"], finish_reason=output["finish_reason"])
     assert [turn.role for turn in parsed.turns] == output["expected_roles"]
-    assert parsed.failure_reason == output["expected_failure"]
+    expected = output["expected_failure"]  # a failure's stored text
+    assert parsed.failure_reason == (None if expected is None else Reason.parse(expected))
     assert parsed.truncated == output["expected_truncated"]
     for turn in parsed.turns:  # every kept turn is a complete string of the output
         assert json.dumps(turn.text, ensure_ascii=False)[1:-1] in output["text"]

@@ -10,6 +10,7 @@ import pytest
 from llm_servers import Response, ScriptedServer
 from random_models import save_random_clip
 from vlit.cli import main
+from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.rundir import RunDir
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
 
@@ -56,9 +57,7 @@ def make_run(tmp_path: Path, coco_tiny: Path) -> RunDir:
         )
         for name, text in answers.items()
     ]
-    samples.append(
-        Sample(sample_id="failed", image_id=IMAGE_ID, failure_reason="unparseable: no turns")
-    )
+    samples.append(Sample(sample_id="failed", image_id=IMAGE_ID, failure_reason=FAILURE_NO_TURNS))
     run.write_samples("samples", samples)
     return run
 
@@ -146,7 +145,7 @@ def test_score_then_filter(
     kept = [s.sample_id for s in run.read_samples("kept")]
     dropped = {s.sample_id: s.drop_reason for s in run.read_samples("dropped")}
     assert kept == ["clean"]
-    assert str(dropped["failed"]) == "generation_failed: unparseable: no turns"
+    assert str(dropped["failed"]) == "generation_failed: unparseable: no User/AI turns found"
     assert str(dropped["refusal"]) == "lint_refusal"
     assert dropped["hallucinated"] is not None and dropped["hallucinated"].code == "incorrect"
     meta = run.load_meta()["summaries"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlit.errors import ConfigError
+from vlit.generate.generator import FAILURE_LLM
 from vlit.quality.filtering import (
     FailedGenerationFilter,
     FilterSequence,
@@ -30,7 +31,7 @@ def scored(sample_id: str, **scores: float) -> Sample:
 
 def test_chain_counts_and_first_drop_wins() -> None:
     failed = scored("failed")
-    failed.failure_reason = "llm_error: timeout"
+    failed.failure_reason = FAILURE_LLM
     samples = [
         scored("good", md=30, correct=1, correct_share=1, lint_flags=0),
         scored("low", md=10, correct=1, lint_flags=0),
@@ -54,9 +55,9 @@ def test_chain_counts_and_first_drop_wins() -> None:
         "low": Reason("md_below_min", "10"),
         "wrong": Reason("incorrect", "0.33 of the valid votes said correct"),
         "refuses": Reason("lint_refusal"),  # lint runs before correctness: the first drop wins
-        "failed": Reason("generation_failed", "llm_error: timeout"),
+        "failed": Reason("generation_failed", "llm_request_failed"),
     }
-    assert str(reasons["failed"]) == "generation_failed: llm_error: timeout"
+    assert str(reasons["failed"]) == "generation_failed: llm_request_failed"
     summary = chain.summary()
     assert summary["generation"] == {"total": 6, "kept": 5, "dropped_generation_failed": 1}
     assert summary["md_min"] == {"total": 5, "kept": 4, "dropped_md_below_min": 1}
@@ -71,7 +72,7 @@ def test_chain_counts_and_first_drop_wins() -> None:
 def test_quantile_threshold_uses_the_runs_own_scores() -> None:
     samples = [scored(str(i), md=float(i)) for i in range(1, 11)]
     failed = scored("failed", md=-100)
-    failed.failure_reason = "x"
+    failed.failure_reason = FAILURE_LLM
     samples.append(failed)  # failed samples do not shift the quantile
     assert QuantileThreshold(0.3).resolve(samples, "md") == pytest.approx(3.7)
     filters = build_filters(FilterSettings(min_md_quantile=0.3), ScoreValues.of_samples(samples))

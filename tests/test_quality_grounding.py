@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from grounding_corpus import coco_records as build_coco_records
+from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.quality.grounding import AnnotationGrounding, ocr_claim_matches, ocr_claims
 from vlit.quality.grounding.vocabulary import COCO_CATEGORIES, COCO_SYNONYMS, lookup_phrase
 from vlit.schema import ImageRecord, OcrText, Sample, Turn
@@ -182,7 +183,7 @@ def test_unannotated_and_failed_samples_are_not_checked(
     unknown = sample("no-such-image", ("Q?", "A dog."), sample_id="a")
     empty = sample("bare", ("Q?", "A dog."), sample_id="b")
     failed = sample("391895", ("Q?", "A dog."), sample_id="c")
-    failed.failure_reason = "unparseable"
+    failed.failure_reason = FAILURE_NO_TURNS
     results = stage([unknown, empty, failed])
     statuses = [r.provenance["quality"]["grounding"]["status"] for r in results]
     assert statuses == [

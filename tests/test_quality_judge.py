@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_servers import ModelServer, Response, ScriptedServer
+from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.llm.base import StructuredSetting
 from vlit.quality.judge import JUDGE_EXAMPLES, CorrectnessJudge, clue_for, parse_verdict
 from vlit.schema import ImageRecord, ObjectAnnotation, Sample, Turn
@@ -87,7 +88,7 @@ def test_majority_vote_abstentions_and_not_judged(
         samples.append(sample)
     samples.append(conversation("no-clue", "unknown-image"))
     failed = conversation("failed", "391895", visual_clue="x")
-    failed.failure_reason = "unparseable: no turns"
+    failed.failure_reason = FAILURE_NO_TURNS
     samples.append(failed)
 
     journal = tmp_path / "journal.sqlite"

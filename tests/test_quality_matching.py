@@ -12,6 +12,7 @@ from PIL import Image
 
 from random_models import save_random_clip, save_random_siglip
 from vlit.errors import ModelUnavailableError
+from vlit.generate.parse import FAILURE_NO_TURNS
 from vlit.quality.clip_text import CausalTextTower, common_prefix_length
 from vlit.quality.image_preprocess import PreprocessSpec, preprocess_image
 from vlit.quality.matching import (
@@ -258,7 +259,7 @@ def test_bad_images_are_recorded_and_the_batch_goes_on(
     samples = make_samples(coco_tiny, images)
     samples[1].image = "missing.jpg"
     samples[2].image, samples[2].image_root = broken.name, str(tmp_path)
-    samples[3].failure_reason = "unparseable: no turns"
+    samples[3].failure_reason = FAILURE_NO_TURNS
     with ClipMatchingScorer(model=str(checkpoints["clip"]), decode_workers=1) as scorer:
         scored = scorer(samples)
     assert "md" in scored[0].scores

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from vlit.cli import app
 from vlit.errors import InputFileError
+from vlit.generate.generator import FAILURE_LLM
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
 
@@ -169,7 +170,7 @@ def test_report_reads_the_run_shard_by_shard(
     root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
     run = RunDir(root)
     samples = list(run.read_samples("kept"))
-    samples[3].failure_reason = "generation: timeout"
+    samples[3].failure_reason = FAILURE_LLM
     samples[4].drop_reason = "lint: refusal"
     run.write_samples("kept", samples, shard_size=25)
     loaded = suite.load_run(root)

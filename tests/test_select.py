@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlit.cli import app
+from vlit.generate.generator import FAILURE_LLM
 from vlit.quality.indicators import suite
 from vlit.quality.indicators.balance import balance_statistics
 from vlit.rundir import RunDir
@@ -115,7 +116,7 @@ def test_select_command_reads_and_writes_shard_by_shard(
     """Nine input shards, a failed and a dropped sample: the command never reads the whole stage
     at once, and picks what `select_to_budget` picks from the usable samples in memory."""
     samples = _samples(llava_slice)
-    samples[7].failure_reason = "generation: timeout"
+    samples[7].failure_reason = FAILURE_LLM
     samples[8].drop_reason = "lint: refusal"
     run = RunDir(tmp_path / "run")
     run.write_samples("samples", samples, shard_size=50)

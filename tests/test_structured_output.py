@@ -147,7 +147,7 @@ def test_generate_keeps_raw_text_and_records_the_fallback(
     summary = generate_stage.run(run, settings, backend=scripted_server.backend()).to_json()
     assert summary["structured"]["setting"] == "auto"
     assert summary["structured"]["refusal"] is not None
-    assert summary["samples_ok"] + summary["samples_failed"].get(FAILURE_NO_TURNS, 0) == 2
+    assert summary["samples_ok"] + summary["samples_failed"].get(FAILURE_NO_TURNS.code, 0) == 2
     samples = list(run.read_samples("samples"))
     by_text = {s.provenance.get("raw_text"): s for s in samples if not s.ok}
     assert list(by_text) == ["Lovely weather."]

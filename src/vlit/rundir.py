@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from vlit import __version__
 from vlit.errors import InputFileError, VlitError
 from vlit.fileio import read_parquet_shard, write_parquet_atomic, write_text_atomic
+from vlit.reasons import UNDECODABLE_ROW, Reason
 from vlit.runlock import RunLock
 from vlit.schema import RECORD_SCHEMA, SAMPLE_SCHEMA, ImageRecord, Sample
 
@@ -514,8 +515,11 @@ def _sample_from_row(row: dict[str, Any], path: Path, index: int) -> Sample:
         sample_id = row.get("sample_id")
         return Sample(
             sample_id=str(sample_id) if sample_id is not None else f"{path.stem}-{index}",
-            failure_reason=f"stored row {index} of {path.name} cannot be decoded "
-            f"({type(error).__name__}: {error})",
+            failure_reason=Reason(
+                UNDECODABLE_ROW,
+                f"stored row {index} of {path.name} cannot be decoded "
+                f"({type(error).__name__}: {error})",
+            ),
         )
 
 

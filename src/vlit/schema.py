@@ -21,7 +21,7 @@ import pyarrow as pa
 from vlit.errors import InputFileError
 from vlit.images import image_location
 from vlit.jsonio import loads_json
-from vlit.reasons import Reason
+from vlit.reasons import UNDECODABLE_ROW, Reason, with_problem
 
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
@@ -169,7 +169,7 @@ class Sample:
     provenance: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
-    failure_reason: str | None = None
+    failure_reason: Reason | None = None
     drop_reason: Reason | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -201,8 +201,8 @@ class Sample:
             "provenance": json.dumps(self.provenance, sort_keys=True, ensure_ascii=False),
             "scores": sorted(self.scores.items()),
             "labels": list(self.labels),
-            "failure_reason": self.failure_reason,
-            "drop_reason": None if self.drop_reason is None else str(self.drop_reason),
+            "failure_reason": _reason_text(self.failure_reason),
+            "drop_reason": _reason_text(self.drop_reason),
             "extra": json.dumps(self.extra, ensure_ascii=False),  # key order kept for exports
         }
 
@@ -211,7 +211,7 @@ class Sample:
         scores = row.get("scores") or {}
         if not isinstance(scores, dict):  # Arrow map columns come back as (key, value) pairs
             scores = dict(scores)
-        problems: list[str] = []
+        problems: list[Reason] = []
         provenance = _stored_object(row, "provenance", problems)
         extra = _stored_object(row, "extra", problems)
         sample = cls(
@@ -224,12 +224,12 @@ class Sample:
             provenance=provenance,
             scores={str(k): float(v) for k, v in scores.items()},
             labels=list(row.get("labels") or []),
-            failure_reason=row.get("failure_reason"),
+            failure_reason=_stored_reason(row.get("failure_reason")),
             drop_reason=_stored_reason(row.get("drop_reason")),
             extra=extra,
         )
-        if problems:  # one damaged row is one failed sample, not a failed stage
-            sample.failure_reason = "; ".join(filter(None, [sample.failure_reason, *problems]))
+        for problem in problems:  # one damaged row is one failed sample, not a failed stage
+            sample.failure_reason = with_problem(sample.failure_reason, problem)
         return sample
 
     def user_turns(self) -> list[str]:
@@ -239,12 +239,17 @@ class Sample:
         return [t.text for t in self.turns if t.role == "assistant"]
 
 
+def _reason_text(reason: Reason | None) -> str | None:
+    """A reason as its stored column's text (None stays None)."""
+    return None if reason is None else str(reason)
+
+
 def _stored_reason(text: str | None) -> Reason | None:
     """A stored reason column's value as a `Reason` (None stays None)."""
     return None if text is None else Reason.parse(str(text))
 
 
-def _stored_object(row: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+def _stored_object(row: dict[str, Any], key: str, problems: list[Reason]) -> dict[str, Any]:
     """The JSON object stored in ``row[key]`` (text or already a dict); ``{}`` with a problem
     noted when it is not one."""
     value = row.get(key) or {}
@@ -252,10 +257,12 @@ def _stored_object(row: dict[str, Any], key: str, problems: list[str]) -> dict[s
         try:
             value = loads_json(value, file=key, what=key)
         except InputFileError as error:
-            problems.append(f"stored {key} cannot be decoded ({error.problem})")
+            problems.append(
+                Reason(UNDECODABLE_ROW, f"stored {key} cannot be decoded ({error.problem})")
+            )
             return {}
     if not isinstance(value, dict):
-        problems.append(f"stored {key} is not a JSON object")
+        problems.append(Reason(UNDECODABLE_ROW, f"stored {key} is not a JSON object"))
         return {}
     return value
 

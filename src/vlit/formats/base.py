@@ -39,6 +39,7 @@ from vlit.jsonio import (
     parse_json_bytes,
     starts_with_array,
 )
+from vlit.reasons import INVALID_RECORD, Reason
 from vlit.schema import Sample
 
 SOURCE_FORMAT = "source_format"
@@ -303,7 +304,9 @@ def invalid_sample(
     record_id = record.get("id") if isinstance(record, dict) else None
     return Sample(
         sample_id=sample_id,
-        failure_reason=f"invalid record {record_label(index, record_id)}: {problem}",
+        failure_reason=Reason(
+            INVALID_RECORD, f"record {record_label(index, record_id)}: {problem}"
+        ),
         provenance={IMPORT_PROVENANCE: import_provenance(source_format, file, index)},
         extra={SOURCE_FORMAT: source_format, RAW_RECORD: record},
     )

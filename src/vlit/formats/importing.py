@@ -38,6 +38,13 @@ from vlit.formats.export_images import ExportImages
 from vlit.formats.image_token import IMAGE_TOKEN_KEY
 from vlit.formats.sniff import classify_record
 from vlit.images import check_image, is_url, reference_problem, resolve_image_path
+from vlit.reasons import (
+    IMAGE_PATH_ESCAPES,
+    IMAGE_UNREADABLE,
+    INVALID_RECORD,
+    Reason,
+    with_problem,
+)
 from vlit.schema import Sample
 from vlit.storage import find_objects
 
@@ -174,7 +181,7 @@ class DatasetImporter:
         try:
             path = resolve_image_path(sample.image_root, sample.image)
         except RecordError as problem:
-            self._fail(sample, problem.problem, status="escapes")
+            self._fail(sample, Reason(IMAGE_PATH_ESCAPES, problem.problem), status="escapes")
             self.counts.path_escapes += 1
             return None
         try:
@@ -186,7 +193,7 @@ class DatasetImporter:
             return None
         if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
             kind = "empty" if stat.S_ISREG(info.st_mode) else "not a regular file"
-            self._fail(sample, f"image unreadable: {path} is {kind}", status="unreadable")
+            self._fail(sample, Reason(IMAGE_UNREADABLE, f"{path} is {kind}"), status="unreadable")
             self.counts.images_unreadable += 1
             return None
         sample.provenance[IMAGE_STATUS] = "present"
@@ -195,9 +202,10 @@ class DatasetImporter:
     def _inspect_remote(self, sample: Sample, reference: str) -> None:
         """Check an image under a URL root against that root's listing."""
         if reference_problem(reference) is not None:
-            self._fail(
-                sample, f"image path escapes the image root: {reference!r}", status="escapes"
+            problem = Reason(
+                IMAGE_PATH_ESCAPES, f"image path escapes the image root: {reference!r}"
             )
+            self._fail(sample, problem, status="escapes")
             self.counts.path_escapes += 1
             return
         root = sample.image_root
@@ -209,8 +217,8 @@ class DatasetImporter:
             self.counts.images_missing += 1
             self.counts.note(sample, f"image {reference} not found under {root}")
         elif size == 0:
-            problem = f"image unreadable: {root}/{reference} is empty"
-            self._fail(sample, problem, status="unreadable")
+            unreadable = Reason(IMAGE_UNREADABLE, f"{root}/{reference} is empty")
+            self._fail(sample, unreadable, status="unreadable")
             self.counts.images_unreadable += 1
         else:
             sample.provenance[IMAGE_STATUS] = "present"
@@ -220,16 +228,13 @@ class DatasetImporter:
             sample.provenance[IMAGE_STATUS] = "verified"
             self.counts.images_verified += 1
             return
-        self._fail(sample, f"image unreadable: {reason} ({path})", status="unreadable")
+        self._fail(sample, Reason(IMAGE_UNREADABLE, f"{reason} ({path})"), status="unreadable")
         self.counts.images_unreadable += 1
 
-    def _fail(self, sample: Sample, reason: str, *, status: str) -> None:
+    def _fail(self, sample: Sample, reason: Reason, *, status: str) -> None:
         sample.provenance[IMAGE_STATUS] = status
-        if sample.failure_reason is None:
-            sample.failure_reason = reason
-        elif reason not in sample.failure_reason:
-            sample.failure_reason = f"{sample.failure_reason}; {reason}"
-        self.counts.note(sample, reason)
+        sample.failure_reason = with_problem(sample.failure_reason, reason)
+        self.counts.note(sample, str(reason))
 
     def _count(self, sample: Sample) -> None:
         counts = self.counts
@@ -237,7 +242,7 @@ class DatasetImporter:
         counts.turns += len(sample.turns)
         if RAW_RECORD in sample.extra:
             counts.records_invalid += 1
-            counts.note(sample, sample.failure_reason or "invalid record")
+            counts.note(sample, str(sample.failure_reason or INVALID_RECORD))
         if sample.failure_reason is not None:
             counts.samples_failed += 1
         if sample.image is None and RAW_RECORD not in sample.extra:

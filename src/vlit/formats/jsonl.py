@@ -43,7 +43,7 @@ def sample_to_json(sample: Sample) -> dict[str, Any]:
         "provenance": sample.provenance,
         "scores": dict(sorted(sample.scores.items())),
         "labels": list(sample.labels),
-        "failure_reason": sample.failure_reason,
+        "failure_reason": None if sample.failure_reason is None else str(sample.failure_reason),
         "drop_reason": None if sample.drop_reason is None else str(sample.drop_reason),
         "extra": sample.extra,
     }

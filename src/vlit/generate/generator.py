@@ -33,17 +33,32 @@ from vlit.generate.regions import RegionRule, choose_regions, draw_region_box, r
 from vlit.generate.schemas import ConversationShape
 from vlit.generate.seeding import seeded_random, stable_seed
 from vlit.llm.base import ChatRequest, Outcome, StructuredSetting
+from vlit.reasons import (
+    LLM_REQUEST_FAILED,
+    MISSING_ROLLOUT,
+    SKIPPED_NO_ANNOTATION,
+    SKIPPED_NO_IMAGE,
+    SKIPPED_NO_REGION,
+    SKIPPED_REGION_IMAGE,
+    Reason,
+)
 from vlit.schema import ImageRecord, Sample
 
 #: Called as work goes on: (step description, items done, items in total or None).
 ProgressCallback = Callable[[str, int, "int | None"], None]
 
-FAILURE_LLM = "llm request failed"
-FAILURE_MISSING_ROLLOUT = "llm returned fewer generations than requested"
-SKIP_NO_REGION = "skipped: no object is large enough for a region box (crowd and tiny skipped)"
-SKIP_IMAGE = "skipped: the image cannot be read to draw the region box"
-SKIP_NO_ANNOTATION = "skipped: nothing is annotated for this image, so there is no clue"
-SKIP_NO_IMAGE = "skipped: the image file is missing or unreadable"
+FAILURE_LLM = Reason(LLM_REQUEST_FAILED)  # the error is in the provenance's ``llm_error``
+FAILURE_MISSING_ROLLOUT = Reason(
+    MISSING_ROLLOUT, "the LLM returned fewer generations than requested"
+)
+SKIP_NO_REGION = Reason(
+    SKIPPED_NO_REGION, "no object is large enough for a region box (crowd and tiny skipped)"
+)
+SKIP_IMAGE = Reason(SKIPPED_REGION_IMAGE, "the image cannot be read to draw the region box")
+SKIP_NO_ANNOTATION = Reason(
+    SKIPPED_NO_ANNOTATION, "nothing is annotated for this image, so there is no clue"
+)
+SKIP_NO_IMAGE = Reason(SKIPPED_NO_IMAGE, "the image file is missing or unreadable")
 #: Problems noted at collection that make a record's image unusable (see vlit.collect.common).
 _IMAGE_PROBLEMS = ("missing_file", "unreadable_image")
 
@@ -304,7 +319,7 @@ def _has_annotations(record: ImageRecord) -> bool:
 def _skipped(
     record: ImageRecord,
     mode: str,
-    reason: str,
+    reason: Reason,
     *,
     object_index: int | None = None,
     detail: str | None = None,

@@ -31,16 +31,24 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vlit.reasons import (
+    EMPTY,
+    REFUSAL,
+    UNPARSEABLE,
+    UNPARSEABLE_NO_ANSWER,
+    UNPARSEABLE_TRUNCATED,
+    Reason,
+)
 from vlit.schema import Role, Turn
 
 if TYPE_CHECKING:
     from vlit.generate.schemas import ConversationShape
 
-FAILURE_EMPTY = "empty: the model returned no text"
-FAILURE_NO_TURNS = "unparseable: no User/AI turns found"
-FAILURE_TRUNCATED = "unparseable: output cut off before the first complete answer"
-FAILURE_NO_ANSWER = "unparseable: no question was answered"
-FAILURE_REFUSAL = "refusal: the model declined to write the conversation"
+FAILURE_EMPTY = Reason(EMPTY, "the model returned no text")
+FAILURE_NO_TURNS = Reason(UNPARSEABLE, "no User/AI turns found")
+FAILURE_TRUNCATED = Reason(UNPARSEABLE_TRUNCATED, "output cut off before the first complete answer")
+FAILURE_NO_ANSWER = Reason(UNPARSEABLE_NO_ANSWER, "no question was answered")
+FAILURE_REFUSAL = Reason(REFUSAL, "the model declined to write the conversation")
 
 _ROLE_NAMES: dict[str, Role] = {
     "user": "user",
@@ -98,7 +106,7 @@ class ParsedConversation:
     format: str
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
-    failure_reason: str | None = None
+    failure_reason: Reason | None = None
 
     @property
     def ok(self) -> bool:

@@ -26,7 +26,6 @@ from pydantic import Field, field_validator
 from vlit.errors import ConfigError
 from vlit.generate.adaptation import ADAPTATION_MODE
 from vlit.generate.generator import (
-    FAILURE_LLM,
     ConversationGenerator,
     GenerationSettings,
     PlannedRequest,
@@ -40,13 +39,14 @@ from vlit.llm.journal import LlmJournal
 from vlit.llm.openai_compatible import DEFAULT_MAX_RESPONSE_BYTES, TokenLimitParam, Transport
 from vlit.llm.response_format import structured_summary
 from vlit.llm.session import LlmSession, SessionUsage, TokenPrices
+from vlit.reasons import BUDGET_SPENT, LLM_REQUEST_FAILED, Reason
 from vlit.rundir import RunDir
 from vlit.runners.base import Runner
 from vlit.schema import ImageRecord, Sample
 from vlit.stages.base import Settings, Summary
 
 SAMPLES_STAGE = "samples"
-FAILURE_BUDGET = "not generated: the request budget is spent (rerun with a larger budget)"
+FAILURE_BUDGET = Reason(BUDGET_SPENT, "not generated (rerun with a larger budget)")
 ALL_MODES: tuple[str, ...] = (*LLM_MODES, ADAPTATION_MODE)
 
 
@@ -209,7 +209,7 @@ class GenerateSummary(Summary):
     from_journal: int
     samples: int
     samples_ok: int
-    samples_failed: dict[str, int]
+    samples_failed: dict[str, int]  # by failure code (vlit.reasons)
     requests_failed: int
     all_requests_failed: bool
     first_error: str | None
@@ -426,22 +426,22 @@ class _Counts:
             if "finish_reason" in sample.provenance:
                 self.generations += 1
                 self.generations_parsed += sample.ok
-            if sample.ok:
+            if sample.failure_reason is None:
                 self.ok += 1
                 self.ok_by_mode[sample.mode] += 1
                 self.truncated += bool(sample.provenance.get("truncated"))
                 self.schema_valid += sample.provenance.get("parse_format") == "json-schema"
             else:
-                self.failed[str(sample.failure_reason)] += 1
-                self._count_failed_request(sample)
+                self.failed[sample.failure_reason.code] += 1
+                self._count_failed_request(sample.failure_reason.code, sample)
 
-    def _count_failed_request(self, sample: Sample) -> None:
+    def _count_failed_request(self, code: str, sample: Sample) -> None:
         """One failed request per failed rollout 0 (its other rollouts share the error)."""
         if sample.provenance.get("rollout") != 0:
             return
-        if sample.failure_reason == FAILURE_BUDGET:
+        if code == BUDGET_SPENT:
             self.requests_refused += 1
-        if sample.failure_reason != FAILURE_LLM:
+        if code != LLM_REQUEST_FAILED:
             return
         self.requests_failed += 1
         if self.first_error is None:
