@@ -21,6 +21,7 @@ from vlit.quality.dedup import (
     candidate_pairs,
     image_identity,
     lsh_bands,
+    ngram_pairs,
     normalised_conversation,
     shingles,
 )
@@ -137,3 +138,16 @@ def test_memory_per_sample_is_a_few_hundred_bytes(captions: list[str]) -> None:
         tracemalloc.stop()
     per_sample = (peaks[1] - peaks[0]) / 6_000
     assert per_sample < 500, per_sample
+
+
+def test_ngram_pairs_of_near_identical_texts_stay_in_bounded_memory(captions: list[str]) -> None:
+    """Template-like texts make every pair a candidate (1,200 texts: 719,400 pairs); their
+    n-gram rows are compared a chunk at a time, not all at once (1.3 GB before)."""
+    base = max(captions, key=len)
+    texts = [f"{base} {index:04d}" for index in range(1_200)]
+    tracemalloc.start()
+    left, right = ngram_pairs(texts, threshold=0.8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(set(zip(left.tolist(), right.tolist(), strict=True))) == 1_200 * 1_199 // 2
+    assert peak < 200e6, peak

@@ -382,16 +382,32 @@ def ngram_pairs(
         axis=1,
     )
     keys = band_keys(values, bands, rows)
-    found = [candidate_pairs(keys[:, band]) for band in range(bands)]
-    left = [earlier for earlier, _ in found]
-    right = [later for _, later in found]
-    candidates = np.unique(np.stack([np.concatenate(left), np.concatenate(right)], axis=1), axis=0)
-    if not candidates.size:
+    # each pair as one number (earlier * count + later), so the bands' repeats cost 8 bytes each
+    codes = np.unique(
+        np.concatenate(
+            [
+                earlier * count + later
+                for earlier, later in (candidate_pairs(keys[:, band]) for band in range(bands))
+            ]
+        )
+    )
+    if not codes.size:
         return _pairs([])
-    pairs_left, pairs_right = candidates[:, 0], candidates[:, 1]
-    shared = np.asarray(membership[pairs_left].multiply(membership[pairs_right]).sum(axis=1))
+    pairs_left, pairs_right = np.divmod(codes, count)
+    # shared n-grams per candidate, a chunk of pairs at a time: near-identical texts (templates)
+    # give millions of candidates, whose rows all at once would take gigabytes
+    shared = np.concatenate(
+        [
+            np.asarray(
+                membership[pairs_left[start : start + _PAIR_CHUNK]]
+                .multiply(membership[pairs_right[start : start + _PAIR_CHUNK]])
+                .sum(axis=1)
+            ).ravel()
+            for start in range(0, len(pairs_left), _PAIR_CHUNK)
+        ]
+    )
     sizes = np.diff(membership.indptr)
-    close = shared.ravel() >= threshold * (sizes[pairs_left] + sizes[pairs_right] - shared.ravel())
+    close = shared >= threshold * (sizes[pairs_left] + sizes[pairs_right] - shared)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
     shorter = np.minimum(lengths[pairs_left], lengths[pairs_right])
     close &= shorter >= length_ratio * np.maximum(lengths[pairs_left], lengths[pairs_right])
