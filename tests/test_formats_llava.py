@@ -199,9 +199,10 @@ _EDGES = [
 @settings(max_examples=300, deadline=None)
 @example(items=_EDGES, indent=4, ensure_ascii=True)
 @example(items=_EDGES, indent=2, ensure_ascii=False)
+@example(items=_EDGES, indent=0, ensure_ascii=True)
 @given(
     items=st.lists(_JSON_VALUES, max_size=5),
-    indent=st.sampled_from([None, 1, 2, 4]),
+    indent=st.sampled_from([None, 0, 1, 2, 4]),
     ensure_ascii=st.booleans(),
 )
 def test_json_arrays_are_written_as_json_dumps_writes_them(

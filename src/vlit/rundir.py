@@ -321,7 +321,7 @@ class RunDir:
     def read_record_shards(self) -> Iterator[list[ImageRecord]]:
         """The records one shard at a time (as `read_records` decodes them)."""
         for path, table in self._checked_tables("records", _RECORD_COLUMNS):
-            with collector_paused():
+            with _collector_paused():
                 records = [
                     _record_from_row(row, path, i) for i, row in enumerate(table.to_pylist())
                 ]
@@ -335,7 +335,7 @@ class RunDir:
     def read_sample_shards(self, stage: str) -> Iterator[list[Sample]]:
         """The stage's samples one shard at a time (memory bounded by the shard size)."""
         for path, table in self._checked_tables(stage, _SAMPLE_COLUMNS):
-            with collector_paused():
+            with _collector_paused():
                 samples = [
                     _sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())
                 ]
@@ -518,7 +518,7 @@ _SAMPLE_COLUMNS = ("sample_id", "turns")
 
 
 @contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def _collector_paused() -> Iterator[None]:
     """No cyclic garbage collection inside the block. Decoding a shard makes thousands of
     objects in no cycle, and each collection they would trigger walks every object alive."""
     enabled = gc.isenabled()

@@ -469,7 +469,7 @@ def _indented(
             parts.append(separator + newline)
             separator = ","
             _indented(item, parts, inner, step, quote)
-        parts.append(newline[: -len(step)] + "]")
+        parts.append(newline[: len(newline) - len(step)] + "]")
     elif kind is dict:
         if not value:
             parts.append("{}")
@@ -482,7 +482,7 @@ def _indented(
             parts.append(separator + newline + quote(key) + ": ")
             separator = ","
             _indented(item, parts, inner, step, quote)
-        parts.append(newline[: -len(step)] + "}")
+        parts.append(newline[: len(newline) - len(step)] + "}")
     else:
         raise _Unusual
 
