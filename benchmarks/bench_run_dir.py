@@ -6,14 +6,18 @@ Builds a LLaVA file of N varied conversations about the 50 real COCO images in
 questions and the LLaVA slice's captions, so no two samples are the same text by construction)
 and a run holding those images' records (for grounding), then runs the four stages one after
 the other in ONE Python process (as `vlit.cli.main` would run each command) and reports each
-stage's wall time and peak RSS (the kernel's high-water mark, reset before each stage through
-``/proc/self/clear_refs``, so Linux only); the last column of a row is the process's peak so
+stage's wall time, CPU seconds (user+sys of the process and of any children it waited for,
+from ``getrusage``; steadier than wall time on a shared machine) and peak RSS (the kernel's
+high-water mark, reset before each stage through ``/proc/self/clear_refs``, so Linux only);
+the last column of a row is the process's peak so
 far. With ``--compare SRC`` the same pipeline also runs on another checkout's ``src`` (for
 example the commit before a change), alternating, so both come from the same session;
-``--repeat`` alternates several times.
+``--repeat`` alternates several times. ``--score-args`` adds flags to the score command (for
+example ``--no-grounding`` to time lint-only scoring).
 
     .venv/bin/python benchmarks/bench_run_dir.py --sizes 10000 40000
     .venv/bin/python benchmarks/bench_run_dir.py --sizes 20000 --compare /tmp/old/src --repeat 2
+    .venv/bin/python benchmarks/bench_run_dir.py --sizes 10000 --score-args=--no-grounding
 """
 
 from __future__ import annotations
@@ -76,8 +80,13 @@ with open(dataset, "w") as handle:
 
 
 _PIPELINE = """
-import json, sys, time
+import json, resource, sys, time
 from vlit.cli import main
+
+def cpu_seconds():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 def high_water_mb():
     for line in open("/proc/self/status"):
@@ -89,22 +98,29 @@ rows, peak = [], 0.0
 for stage, argv in stages:
     with open("/proc/self/clear_refs", "w") as reset:
         reset.write("5")  # the high-water mark starts again from the current RSS
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     main(argv)
-    seconds, stage_peak = time.perf_counter() - started, high_water_mb()
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    stage_peak = high_water_mb()
     peak = max(peak, stage_peak)
-    rows.append([stage, seconds, stage_peak, peak])
+    rows.append([stage, seconds, cpu, stage_peak, peak])
 with open(out, "w") as handle:
     json.dump(rows, handle)
 """
 
 
-def run_pipeline(run: Path, env: dict[str, str]) -> list[tuple[str, float, float, float]]:
-    """(stage, seconds, peak RSS MB of the stage, of the process so far) per stage, all four
-    run in one process."""
+def run_pipeline(
+    run: Path, env: dict[str, str], score_args: list[str]
+) -> list[tuple[str, float, float, float, float]]:
+    """(stage, seconds, CPU seconds, peak RSS MB of the stage, of the process so far) per
+    stage, all four run in one process."""
     places = {"RUN": str(run), "FILE": str(run) + ".json", "IMAGES": str(IMAGES)}
     stages = [
-        (stage, [places.get(a, a.replace("RUN", str(run))) for a in argv])
+        (
+            stage,
+            [places.get(a, a.replace("RUN", str(run))) for a in argv]
+            + (score_args if stage == "score" else []),
+        )
         for stage, argv in STAGES.items()
     ]
     out = f"{run}.times.json"
@@ -120,6 +136,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
     parser.add_argument("--compare", type=Path, help="another checkout's src folder")
     parser.add_argument("--repeat", type=int, default=1, help="alternations per size")
+    parser.add_argument(
+        "--score-args",
+        default="",
+        help="extra flags for the score command, one string (e.g. --score-args=--no-grounding)",
+    )
     args = parser.parse_args()
     versions = {"this": str(REPO / "src")}
     if args.compare is not None:
@@ -134,18 +155,19 @@ def main() -> None:
                     dataset = f"{run}.json"
                     build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA), dataset]
                     subprocess.run(build, env=env, check=True)
-                    for stage, seconds, peak, process_peak in run_pipeline(run, env):
-                        row = (name, size, stage, seconds, size / seconds, peak, process_peak)
+                    times = run_pipeline(run, env, args.score_args.split())
+                    for stage, seconds, cpu, peak, process_peak in times:
+                        row = (name, size, stage, seconds, cpu, size / seconds, peak, process_peak)
                         rows.append(row)
                         print(*row, sep="\t", file=sys.stderr, flush=True)
     print(
-        f"{'code':<8} {'samples':>8} {'stage':<7} {'seconds':>8} {'samples/s':>10} "
+        f"{'code':<8} {'samples':>8} {'stage':<7} {'seconds':>8} {'CPU s':>7} {'samples/s':>10} "
         f"{'peak MB':>8} {'so far':>7}"
     )
-    for name, size, stage, seconds, rate, peak, so_far in rows:
+    for name, size, stage, seconds, cpu, rate, peak, so_far in rows:
         print(
-            f"{name:<8} {size:>8} {stage:<7} {seconds:>8.1f} {rate:>10.0f} {peak:>8.0f} "
-            f"{so_far:>7.0f}"
+            f"{name:<8} {size:>8} {stage:<7} {seconds:>8.1f} {cpu:>7.2f} {rate:>10.0f} "
+            f"{peak:>8.0f} {so_far:>7.0f}"
         )
     print(json.dumps({"rows": rows}))
 

@@ -9,6 +9,7 @@ text). Every exported row must load in LLaVA, LLaMA-Factory, Otter and `datasets
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from skimage import data as skimage_data
 
 from consumers import (
     datasets_problems,
@@ -29,7 +31,7 @@ from llm_servers import Response, ScriptedServer
 from vlit.cli import main
 from vlit.collect import CocoCollector
 from vlit.evaluate.export import export_for_training
-from vlit.formats import ImportContext
+from vlit.formats import ImportContext, export_images
 from vlit.formats.image_token import IMAGE_TOKEN
 from vlit.formats.llava import LlavaReader, LlavaWriter
 from vlit.formats.sharegpt import ShareGptWriter
@@ -376,3 +378,77 @@ def test_an_image_root_that_already_holds_the_images(
     assert summary["image_root"] == str(images.resolve()) and summary["images_linked"] == 0
     assert json.loads(out.read_text())[0]["image"] == "a.jpg"
     assert llava_problems(out, images) == []
+
+
+def test_samples_sharing_an_image_look_it_up_once_and_each_misses_it(
+    tmp_path: Path,
+    coco_tiny: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photos = sorted((coco_tiny / "train2017").glob("*.jpg"))
+    images = tmp_path / "shared_images"
+    images.mkdir()
+    (images / "coco.jpg").write_bytes(photos[0].read_bytes())
+    Image.fromarray(skimage_data.astronaut()).save(images / "astronaut.png")
+    (images / "gone.jpg").write_bytes(photos[1].read_bytes())
+    names = ["coco.jpg", "astronaut.png", "gone.jpg"]
+    records = [
+        {
+            "id": f"s{index}",
+            "image": names[index % 3],
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": f"Picture number {index}."},
+            ],
+        }
+        for index in range(12)
+    ]
+    source = tmp_path / "shared.json"
+    source.write_text(json.dumps(records))
+    run = tmp_path / "run"
+    code, _, err = _vlit(
+        capsys,
+        "import",
+        str(source),
+        "--format",
+        "llava",
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+    )
+    assert code == 0, err
+    (images / "gone.jpg").unlink()  # four samples show it
+    looked_up: Counter[str] = Counter()
+    resolve = export_images.resolve_image_path
+
+    def counted(root: str, reference: str) -> Path:
+        looked_up[reference] += 1
+        return resolve(root, reference)
+
+    monkeypatch.setattr(export_images, "resolve_image_path", counted)
+    out = tmp_path / "out.json"
+    code, _, err = _vlit(capsys, "export", str(run), "--format", "llava", "--out", str(out))
+    assert code == 2 and "4 image(s) of this export are missing" in err, err
+    assert all(f"sample s{index}: " in err for index in (2, 5, 8, 11)), err
+    assert looked_up == {name: 1 for name in names} and not out.exists()
+    # past the limit of what is remembered, images are looked up again, with the same result
+    monkeypatch.setattr(export_images, "_KNOWN_SOURCES", 2)
+    for allowed, lookups in ((False, 12), (True, 24)):
+        if allowed:
+            summary = _export(capsys, run, "llava", out, "--allow-missing")
+            assert summary["images_referenced"] == 12 and summary["images_missing"] == 4
+            assert summary["samples_without_image"] == 4
+        else:
+            code, _, err = _vlit(capsys, "export", str(run), "--format", "llava", "--out", str(out))
+            assert code == 2 and "4 image(s) of this export are missing" in err, err
+        assert sum(looked_up.values()) == 3 + lookups
+    exported = json.loads(out.read_text())
+    assert [record["id"] for record in exported if "image" not in record] == [
+        "s2",
+        "s5",
+        "s8",
+        "s11",
+    ]
+    assert {record.get("image") for record in exported} == {"coco.jpg", "astronaut.png", None}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from vlit.formats import DatasetImporter, ImportContext
+from vlit.formats.base import write_json_array
 from vlit.formats.llava import LlavaReader, LlavaWriter
 from vlit.schema import Sample, Turn
 
@@ -163,3 +167,65 @@ def test_vlit_samples_to_llava_and_back(tmp_path: Path) -> None:
         assert read.turns == original.turns
         assert read.image == original.image
         assert read.image_id == original.image_id
+
+
+_JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()  # lone surrogates, control characters, quotes, non-Latin text
+)
+_JSON_VALUES = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+_EDGES = [
+    {"f": [float("nan"), float("inf"), -float("inf"), -0.0, 1e-7, 1e300, 2.0], "i": [-(10**30), 0]},
+    {"e": [[], {}, [[]], [{}], ()], "b": [True, False, None], "s": 'é \u2028 \ud800 "\\ \n\t'},
+    [],
+    {},
+    "plain",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@example(items=_EDGES, indent=4, ensure_ascii=True)
+@example(items=_EDGES, indent=2, ensure_ascii=False)
+@example(items=_EDGES, indent=0, ensure_ascii=True)
+@given(
+    items=st.lists(_JSON_VALUES, max_size=5),
+    indent=st.sampled_from([None, 0, 1, 2, 4]),
+    ensure_ascii=st.booleans(),
+)
+def test_json_arrays_are_written_as_json_dumps_writes_them(
+    items: list[Any], indent: int | None, ensure_ascii: bool
+) -> None:
+    handle = io.StringIO()
+    assert write_json_array(handle, items, indent=indent, ensure_ascii=ensure_ascii) == len(items)
+    assert handle.getvalue() == json.dumps(items, indent=indent, ensure_ascii=ensure_ascii)
+
+
+class _Tag(str):
+    """A str subclass: `json.dumps` writes it as a plain string."""
+
+
+def test_unusual_values_are_written_or_refused_as_json_dumps_does() -> None:
+    unusual = [{1: "a", 2.5: [None], False: {}, None: 0}, _Tag("x"), {"k": (_Tag("y"), 3)}]
+    handle = io.StringIO()
+    write_json_array(handle, unusual, indent=4, ensure_ascii=True)
+    assert handle.getvalue() == json.dumps(unusual, indent=4)
+    circular: dict[str, Any] = {"a": 1}
+    circular["self"] = circular
+    for bad in (circular, {"when": object()}, {(1, 2): "tuple key"}):
+        with pytest.raises((ValueError, TypeError)) as expected:
+            json.dumps(bad, indent=4)
+        with pytest.raises(type(expected.value), match=str(expected.value)):
+            write_json_array(io.StringIO(), [bad], indent=4, ensure_ascii=True)

@@ -4,12 +4,14 @@ writer at a time. Kills are real SIGKILLs of real processes; the second writer i
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,38 @@ def test_a_damaged_manifest_or_run_json_names_the_file(tmp_path: Path) -> None:
         (run.root / "run.json").write_bytes(damage)
         with pytest.raises(InputFileError, match="run.json"):
             run.load_meta()
+
+
+def test_shards_are_decoded_with_the_collector_paused_and_handed_over_with_it_as_it_was(
+    tmp_path: Path,
+) -> None:
+    run = RunDir(tmp_path / "run")
+    run.write_samples("samples", _samples(25), shard_size=10)
+    run.write_records([])
+    decoding: list[bool] = []  # per collection: did it start while a row was being decoded?
+
+    def note(phase: str, _: dict[str, int]) -> None:
+        if phase == "start":
+            frames = traceback.extract_stack()
+            decoding.append(any(frame.name == "_sample_from_row" for frame in frames))
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)  # a collection at nearly every allocation, unless paused
+    gc.callbacks.append(note)
+    try:
+        seen = [(sample.sample_id, gc.isenabled()) for sample in run.read_samples("samples")]
+    finally:
+        gc.callbacks.remove(note)
+        gc.set_threshold(*threshold)
+    assert decoding and not any(decoding)  # collections ran, never inside the decoding
+    assert [name for name, _ in seen] == [f"a-{index}" for index in range(25)]
+    assert all(enabled for _, enabled in seen) and gc.isenabled()
+    assert list(run.read_records()) == [] and gc.isenabled()
+    gc.disable()
+    try:  # a caller that paused the collector itself keeps it paused
+        assert len(list(run.read_samples("samples"))) == 25 and not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # -- lineage -------------------------------------------------------------------------------------

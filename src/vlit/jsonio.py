@@ -29,6 +29,7 @@ _NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_BOM = codecs.BOM_UTF8.decode("utf-8")
 
 
 def decode_utf8(
@@ -101,6 +102,10 @@ def check_depth(
         )
 
 
+def _fix(what: str) -> str:
+    return f"re-download or re-export the {what} file (check it with `python -m json.tool FILE`)"
+
+
 def loads_json(
     data: bytes | str,
     *,
@@ -116,11 +121,10 @@ def loads_json(
     integers over Python's digit limit. Lone UTF-16 surrogates (``"\\ud800"``), which no UTF-8
     file can hold, become U+FFFD.
     """
-    fix = f"re-download or re-export the {what} file (check it with `python -m json.tool FILE`)"
     text = (
         decode_utf8(data, file=file, what=what, record=record)
         if isinstance(data, bytes)
-        else data.removeprefix(codecs.BOM_UTF8.decode("utf-8"))
+        else data.removeprefix(_BOM)
     )
     check_depth(data, file=file, what=what, record=record)  # bytes as given: no copy
     try:
@@ -132,14 +136,14 @@ def loads_json(
         problem = f"not valid JSON at {where} ({error.msg})"
         if error.pos >= len(error.doc.rstrip()):
             problem += "; the file ends early, it looks truncated"
-        raise InputFileError(problem, file=str(file), record=record, fix=fix) from error
+        raise InputFileError(problem, file=str(file), record=record, fix=_fix(what)) from error
     except ValueError as error:  # an integer longer than sys.get_int_max_str_digits()
         problem = (
             "a number has more digits than Python reads (4300)"
             if "digits" in str(error)
             else f"not usable JSON ({' '.join(str(error).split())})"
         )
-        raise InputFileError(problem, file=str(file), record=record, fix=fix) from error
+        raise InputFileError(problem, file=str(file), record=record, fix=_fix(what)) from error
     except RecursionError as error:
         raise InputFileError(
             "nested too deeply to parse",

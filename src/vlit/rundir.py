@@ -33,7 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -320,7 +322,11 @@ class RunDir:
     def read_record_shards(self) -> Iterator[list[ImageRecord]]:
         """The records one shard at a time (as `read_records` decodes them)."""
         for path, table in self._checked_tables("records", _RECORD_COLUMNS):
-            yield [_record_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
+            with _collector_paused():
+                records = [
+                    _record_from_row(row, path, i) for i, row in enumerate(table.to_pylist())
+                ]
+            yield records
 
     def read_samples(self, stage: str = "samples") -> Iterator[Sample]:
         """The stage's samples; a row that cannot be decoded is a failed sample saying why."""
@@ -330,7 +336,11 @@ class RunDir:
     def read_sample_shards(self, stage: str) -> Iterator[list[Sample]]:
         """The stage's samples one shard at a time (memory bounded by the shard size)."""
         for path, table in self._checked_tables(stage, _SAMPLE_COLUMNS):
-            yield [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
+            with _collector_paused():
+                samples = [
+                    _sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())
+                ]
+            yield samples
 
     def _checked_tables(
         self, stage: str, required: tuple[str, ...]
@@ -506,6 +516,19 @@ class StageWriter:
 
 _RECORD_COLUMNS = ("image_id", "file_name")
 _SAMPLE_COLUMNS = ("sample_id", "turns")
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block. Decoding a shard makes thousands of
+    objects in no cycle, and each collection they would trigger walks every object alive."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _sample_from_row(row: dict[str, Any], path: Path, index: int) -> Sample:

@@ -23,6 +23,11 @@ from vlit.images import image_location
 from vlit.jsonio import loads_json
 from vlit.reasons import UNDECODABLE_ROW, Reason, with_problem
 
+# One encoder each for every row: what json.dumps with these options writes, without making an
+# encoder per call.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
 
@@ -198,12 +203,12 @@ class Sample:
             "image": self.image,
             "image_root": self.image_root,
             "mode": self.mode,
-            "provenance": json.dumps(self.provenance, sort_keys=True, ensure_ascii=False),
+            "provenance": _SORTED_JSON.encode(self.provenance),
             "scores": sorted(self.scores.items()),
             "labels": list(self.labels),
             "failure_reason": _reason_text(self.failure_reason),
             "drop_reason": _reason_text(self.drop_reason),
-            "extra": json.dumps(self.extra, ensure_ascii=False),  # key order kept for exports
+            "extra": _JSON.encode(self.extra),  # key order kept for exports
         }
 
     @classmethod

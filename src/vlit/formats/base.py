@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
@@ -419,10 +421,81 @@ def write_json_array(
         handle.write("]")
         return count
     pad = " " * indent
+    quote = encode_basestring_ascii if ensure_ascii else encode_basestring
     for item in items:
-        text = json.dumps(item, indent=indent, ensure_ascii=ensure_ascii)
+        parts: list[str] = [pad]
+        try:
+            _indented(item, parts, "\n" + pad + pad, pad, quote)
+            text = "".join(parts)
+        except (_Unusual, RecursionError):
+            text = json.dumps(item, indent=indent, ensure_ascii=ensure_ascii)
+            text = pad + text.replace("\n", "\n" + pad)
         handle.write(",\n" if count else "[\n")
-        handle.write(pad + text.replace("\n", "\n" + pad))
+        handle.write(text)
         count += 1
     handle.write("\n]" if count else "[]")
     return count
+
+
+class _Unusual(Exception):
+    """A value `_indented` leaves to `json.dumps` (a subclass, a key that is not a string)."""
+
+
+def _indented(
+    value: Any, parts: list[str], newline: str, step: str, quote: Callable[[str], str]
+) -> None:
+    """Append to ``parts`` the text ``json.dumps(value, indent=...)`` gives for ``value``
+    nested under ``newline`` (a line break and the indent of its items): the same bytes,
+    without the generators and the reference cycles that ``json.dumps`` leaves per call.
+    Raises `_Unusual` for any type but plain str, int, float, bool, None, list, tuple and dict
+    with str keys."""
+    kind = type(value)
+    if kind is str:
+        parts.append(quote(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif kind is int:
+        parts.append(int.__repr__(value))
+    elif kind is float:
+        parts.append(_float_text(value))
+    elif kind is list or kind is tuple:
+        if not value:
+            parts.append("[]")
+            return
+        inner = newline + step
+        separator = "["
+        for item in value:
+            parts.append(separator + newline)
+            separator = ","
+            _indented(item, parts, inner, step, quote)
+        parts.append(newline[: len(newline) - len(step)] + "]")
+    elif kind is dict:
+        if not value:
+            parts.append("{}")
+            return
+        inner = newline + step
+        separator = "{"
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            parts.append(separator + newline + quote(key) + ": ")
+            separator = ","
+            _indented(item, parts, inner, step, quote)
+        parts.append(newline[: len(newline) - len(step)] + "}")
+    else:
+        raise _Unusual
+
+
+def _float_text(value: float) -> str:
+    """A float as `json.dumps` writes it (``allow_nan``: NaN, Infinity, -Infinity)."""
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return float.__repr__(value)

@@ -52,6 +52,9 @@ IMAGE_IDS = "image_ids"
 IMAGE_FILES = "image_files"
 _IN_CONTENT = ("images_in_content", "content_parts")
 _EXAMPLES = 5
+#: How many image references an export remembers having looked up (datasets often hold many
+#: conversations about each image); past it the memory starts again.
+_KNOWN_SOURCES = 65_536
 
 
 class MissingImagesError(InputFileError):
@@ -128,6 +131,7 @@ class ExportImages:
         self._roots: list[str] = []
         self._folders: dict[str, str] = {}
         self._listings: dict[str, set[str]] = {}
+        self._sources: dict[tuple[str, str], str | None] = {}
 
     @property
     def checks(self) -> bool:
@@ -213,7 +217,16 @@ class ExportImages:
 
     # -- where the images are -----------------------------------------------------------------
     def _source(self, root: str, reference: str) -> str | None:
-        """The image's location (a local path or URL), or ``None`` if it is not there."""
+        """The image's location (a local path or URL), or ``None`` if it is not there; looked
+        up once per image, however many samples share it."""
+        key = (root, reference)
+        if key not in self._sources:
+            if len(self._sources) >= _KNOWN_SOURCES:
+                self._sources.clear()
+            self._sources[key] = self._look_up(root, reference)
+        return self._sources[key]
+
+    def _look_up(self, root: str, reference: str) -> str | None:
         if not reference:
             return None
         if is_url(root):

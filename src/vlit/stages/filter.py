@@ -109,16 +109,19 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
     """Split ``RUN/scores`` into ``RUN/kept`` and ``RUN/dropped``; return (and save) the
     summary.
 
-    Two streaming passes in this process whatever the ``runner`` (a split is cheap): the first
-    reads only the score columns (for quantile thresholds), the second splits shard by shard.
-    ``dropped`` is committed after ``kept`` and lists it as an input, so a filter killed between
-    the two leaves a ``dropped`` that readers refuse.
+    Streaming passes in this process whatever the ``runner`` (a split is cheap): a first one,
+    only when an MD or correctness rule asks what the stage holds, reads only the score columns
+    (for quantile thresholds); the second splits shard by shard. ``dropped`` is committed after
+    ``kept`` and lists it as an input, so a filter killed between the two leaves a ``dropped``
+    that readers refuse.
     """
     source = "scores" if run.has_stage("scores") else run.latest_sample_stage()
-    gathered = ScoreValues()
-    for columns in run.read_columns(source, ["scores", "failure_reason"]):
-        for scores, failure in zip(columns["scores"], columns["failure_reason"], strict=True):
-            gathered.add(dict(scores or ()), ok=failure is None)
+    asks = settings.min_md is not None or settings.min_md_quantile is not None
+    if asks or settings.require_correct:
+        gathered = _score_values(run, source)
+    else:
+        run.check_current(source)  # a stale stage is refused before the rules are checked
+        gathered = ScoreValues()
     filters = build_filters(settings, gathered)
     sequence = FilterSequence(filters)
     recorded = settings.model_dump(mode="json")
@@ -149,3 +152,12 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
             if hasattr(f, "minimum") or hasattr(f, "maximum")
         },
     ).save(run, "filter")
+
+
+def _score_values(run: RunDir, stage: str) -> ScoreValues:
+    """The stage's scores gathered in one pass over its score columns only."""
+    gathered = ScoreValues()
+    for columns in run.read_columns(stage, ["scores", "failure_reason"]):
+        for scores, failure in zip(columns["scores"], columns["failure_reason"], strict=True):
+            gathered.add(dict(scores or ()), ok=failure is None)
+    return gathered
