@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_vlms import build_tiny_llava
 from vlit.errors import ModelUnavailableError
 from vlit.evaluate.bench import GenerationChoiceAnswerer, parse_choice_letter, run_bench
 from vlit.evaluate.models import load_vision_language_model
 from vlit.evaluate.seed_bench import SEED_BENCH_IMAGE_DIMENSIONS, VIDEO_REASON, load_questions
+from vlit.evaluate.tiny import build_tiny_llava
 
 pytestmark = pytest.mark.model
 

@@ -19,7 +19,6 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from test_evaluate_bench import OUR_QUESTIONS, _question  # noqa: E402
-from tiny_vlms import build_tiny_openflamingo  # noqa: E402
 from vlit.errors import ConfigError, ModelUnavailableError  # noqa: E402
 from vlit.evaluate.bench import (  # noqa: E402
     GenerationChoiceAnswerer,
@@ -31,6 +30,7 @@ from vlit.evaluate.export import export_for_training  # noqa: E402
 from vlit.evaluate.models import load_vision_language_model, model_family  # noqa: E402
 from vlit.evaluate.openflamingo import CHECKPOINT_FILE, SPEC_FILE, read_spec  # noqa: E402
 from vlit.evaluate.seed_bench import load_questions  # noqa: E402
+from vlit.evaluate.tiny import build_tiny_openflamingo  # noqa: E402
 from vlit.evaluate.tuning import (  # noqa: E402
     IGNORE_INDEX,
     LoraTuner,

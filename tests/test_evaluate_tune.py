@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_vlms import build_tiny_llava
 from vlit.errors import ConfigError
 from vlit.evaluate.export import export_for_training
 from vlit.evaluate.models import load_vision_language_model
+from vlit.evaluate.tiny import build_tiny_llava
 from vlit.evaluate.tuning import (
     IGNORE_INDEX,
     TUNING_PRESETS,
@@ -303,9 +303,9 @@ def test_cli_tune_and_tune_export(tiny_llava: Path, run_dir: Path, tmp_path: Pat
 def test_blip2_scores_and_tunes_through_the_same_code(
     run_dir: Path, coco_tiny: Path, tmp_path: Path
 ) -> None:
-    from tiny_vlms import build_tiny_blip2
     from vlit.evaluate.bench import LikelihoodChoiceScorer
     from vlit.evaluate.seed_bench import BenchQuestion
+    from vlit.evaluate.tiny import build_tiny_blip2
 
     _, texts, _ = _coco(coco_tiny)
     folder = build_tiny_blip2(tmp_path / "blip2", texts=[t for c in texts.values() for t in c])

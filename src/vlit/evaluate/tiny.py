@@ -1,4 +1,4 @@
-"""Tiny randomly initialised LLaVA, BLIP-2 and OpenFlamingo checkpoints, for tests offline.
+"""Tiny randomly initialised LLaVA and BLIP-2 checkpoints, for smoke runs and tests offline.
 
 ``build_tiny_llava`` trains a small byte-level BPE tokenizer on the texts given, adds the
 ``<image>`` token and a chat template, and saves a LLaVA model (tiny CLIP vision tower, tiny
