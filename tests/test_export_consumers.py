@@ -58,6 +58,24 @@ def _export(capsys: pytest.CaptureFixture[str], run: Path, fmt: str, out: Path, 
     return summary
 
 
+def _import_llava(
+    capsys: pytest.CaptureFixture[str], source: Path, images: Path, run: Path
+) -> Path:
+    code, _, err = _vlit(
+        capsys,
+        "import",
+        str(source),
+        "--format",
+        "llava",
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+    )
+    assert code == 0, err
+    return run
+
+
 def _all_consumers(
     capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path, *more: str
 ) -> dict[str, Any]:
@@ -185,20 +203,7 @@ def edge_case_run(tmp_path: Path, coco_tiny: Path, capsys: pytest.CaptureFixture
     Image.open(photos[2]).convert("RGB").resize((64, 48)).save(images / "c.png")
     source = tmp_path / "edge.json"
     source.write_text(json.dumps(_edge_case_records(), ensure_ascii=False), encoding="utf-8")
-    run = tmp_path / "edge_run"
-    code, _, err = _vlit(
-        capsys,
-        "import",
-        str(source),
-        "--format",
-        "llava",
-        "--images",
-        str(images),
-        "--out",
-        str(run),
-    )
-    assert code == 0, err
-    return run
+    return _import_llava(capsys, source, images, tmp_path / "edge_run")
 
 
 def test_edge_cases(
@@ -406,19 +411,7 @@ def test_samples_sharing_an_image_look_it_up_once_and_each_misses_it(
     ]
     source = tmp_path / "shared.json"
     source.write_text(json.dumps(records))
-    run = tmp_path / "run"
-    code, _, err = _vlit(
-        capsys,
-        "import",
-        str(source),
-        "--format",
-        "llava",
-        "--images",
-        str(images),
-        "--out",
-        str(run),
-    )
-    assert code == 0, err
+    run = _import_llava(capsys, source, images, tmp_path / "run")
     (images / "gone.jpg").unlink()  # four samples show it
     looked_up: Counter[str] = Counter()
     resolve = export_images.resolve_image_path
