@@ -50,8 +50,7 @@ def run(run: RunDir, settings: ReportSettings, runner: Runner | None = None) -> 
         run.root,
         embedder=embedder,
         settings=IndicatorSettings(seed=settings.seed),
-        runner=runner.settings.kind,
-        ray_address=runner.settings.address,
+        runner=runner,
     )
     summary = ReportSummary(
         indicators=view.report.get("table", {}),
