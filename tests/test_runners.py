@@ -31,6 +31,7 @@ from vlit.stages import score as score_stage
 from vlit.stages.filter import FilterSettings
 from vlit.stages.generate import GenerateSettings
 from vlit.stages.score import JudgeSettings, ScoreSettings
+from vlit.storage import StagedRunDir
 
 
 @pytest.fixture(scope="module")
@@ -105,42 +106,52 @@ def test_score_and_filter_are_identical_on_both_runners(
 
 
 def test_the_report_on_ray_equals_the_local_report(
-    adapted_run: Path, tmp_path: Path, ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
+    adapted_run: Path,
+    tmp_path: Path,
+    ray_cluster: Any,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Eight shards, a failed and a dropped sample: the Ray workers read the shards themselves
-    (this process cannot read them) and the merged report is the local one."""
+    (this process reads none), or for a run on S3 are handed them by this process, and the
+    merged report is the local one."""
     from vlit.quality.indicators.embeddings import load_embedder
     from vlit.report.build import report_run
 
     embedder = load_embedder("wordllama")
     reader = RunDir.read_sample_shards
+    read: list[str] = []
 
-    def dropped_only(self: RunDir, stage: str) -> Any:
-        assert stage == "dropped", f"the driver read {stage}"
+    def recorded(self: RunDir, stage: str) -> Any:
+        read.append(stage)
         return reader(self, stage)
 
     written: dict[str, dict[str, Any]] = {}
     shown: dict[str, list[str]] = {}
-    for kind in ("local", "ray"):
-        root = tmp_path / kind
+    for kind in ("local", "ray", "ray, run on s3"):
+        folder = tmp_path / kind.replace(", ", "-").replace(" ", "_")
+        root = folder / "run"
         shutil.copytree(adapted_run, root)
-        run = RunDir(root)
+        on_s3 = kind.endswith("s3")
+        run = StagedRunDir(f"s3://report/{folder.name}", staging=folder) if on_s3 else RunDir(root)
         samples = list(run.read_samples("samples"))
         samples[2].failure_reason = FAILURE_LLM
         samples[5].drop_reason = "lint: refusal"
         run.write_samples("kept", samples, shard_size=-(-len(samples) // 8))
         assert len(run.check_current("kept").shards) == 8
-        runner = build_runner(RunnerSettings(kind=kind))  # type: ignore[arg-type]
+        runner = build_runner(RunnerSettings(kind=kind.split(",")[0]))  # type: ignore[arg-type]
+        read.clear()
         with monkeypatch.context() as patched:
-            if kind == "ray":
-                patched.setattr(RunDir, "read_sample_shards", dropped_only)
-            view = report_run(root, embedder=embedder, runner=runner, name="run")
+            patched.setattr(RunDir, "read_sample_shards", recorded)
+            view = report_run(run, embedder=embedder, runner=runner, name="run")
+        assert ("kept" in read) == (kind != "ray"), read
         shown[kind] = [sample.sample_id for sample in view.samples]
         written[kind] = json.loads((root / "indicators.json").read_text())
         assert written[kind].pop("run") == str(root)
         written[kind].pop("timings")
-    assert written["ray"] == written["local"]
-    assert shown["ray"] == shown["local"] and len(shown["local"]) >= 6
+    assert written["ray"] == written["local"] == written["ray, run on s3"]
+    assert shown["ray"] == shown["local"] == shown["ray, run on s3"]
+    assert len(shown["local"]) >= 6
     assert written["local"]["excluded"] == {"failed": 1, "dropped": 1}
     assert written["local"]["samples"] == len(samples) - 2
     assert written["local"]["table"]["response_diversity"] is not None

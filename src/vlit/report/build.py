@@ -36,7 +36,7 @@ from vlit.schema import Sample
 
 
 def report_run(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | RunDir,
     *,
     embedder: Embedder | None,
     settings: IndicatorSettings | None = None,
@@ -70,7 +70,13 @@ def report_run(
             loaded, embedder, settings, session, use_taggpt, complexity_samples, on_step
         )
     dataset = name or loaded.name
-    report.update({"dataset": dataset, "run": str(path), "stage": loaded.stage})
+    report.update(
+        {
+            "dataset": dataset,
+            "run": str(loaded.root if isinstance(path, RunDir) else path),
+            "stage": loaded.stage,
+        }
+    )
     report["excluded"] = excluded
     (loaded.root / "indicators.json").write_text(
         json.dumps(without_histograms(report), indent=2, sort_keys=True), encoding="utf-8"
@@ -89,7 +95,7 @@ def _streamed_report(
     README), and the few samples the HTML shows."""
     if on_step is not None:
         on_step("indicators, shard by shard")
-    run = RunDir(loaded.root)
+    run = loaded.run
     feed = IndicatorFeed(
         embedder=embedder,
         cache_dir=loaded.root / "embeddings",

@@ -74,6 +74,7 @@ class LoadedRun:
     """The samples of a run directory the report looks at, and what it needs beside them."""
 
     root: Path
+    run: RunDir  # the run directory the samples come from (a staged one for a URL)
     name: str
     stage: str
     samples: list[Sample]
@@ -82,7 +83,7 @@ class LoadedRun:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> LoadedRun:
+def load_run(path: str | os.PathLike[str] | RunDir, *, with_samples: bool = True) -> LoadedRun:
     """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
     samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
     samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
@@ -99,6 +100,7 @@ def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> Load
     dropped = list(run.read_samples("dropped")) if with_samples and run.has_stage("dropped") else []
     return LoadedRun(
         root=run.root,
+        run=run,
         name=run.root.name,
         stage=stage,
         samples=samples,
@@ -108,10 +110,10 @@ def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> Load
     )
 
 
-def report_stage(path: str | os.PathLike[str]) -> tuple[RunDir, str]:
+def report_stage(path: str | os.PathLike[str] | RunDir) -> tuple[RunDir, str]:
     """The run directory and the stage the report looks at: ``kept`` if present, else the
     latest sample stage."""
-    run = RunDir(path)
+    run = path if isinstance(path, RunDir) else RunDir(path)
     if not run.root.is_dir():
         raise InputFileError(
             "run directory not found",
