@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vlit.cli import app
@@ -200,3 +204,63 @@ def test_report_reads_the_run_shard_by_shard(
 
     assert examples(html.read_text()) == examples(expected_html)
     assert "alert(1)" in examples(expected_html)  # the dropped stage's example
+
+
+@pytest.fixture(scope="module")
+def wordllama() -> Any:
+    from vlit.quality.indicators.embeddings import load_embedder
+
+    return load_embedder("wordllama")
+
+
+@settings(max_examples=6, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=6))
+def test_feeds_of_any_partition_merge_to_the_feed_of_the_whole(
+    llava_slice: Path, wordllama: Any, cuts: list[int]
+) -> None:
+    """Split 60 samples at ``cuts`` into consecutive batches (empty ones too), feed each to a
+    feed of its own and merge them in order: the report, the excluded counts and the examples
+    are those of one feed given every batch."""
+    from vlit.quality.indicators.suite import IndicatorFeed, IndicatorSettings
+
+    def samples() -> list[Sample]:
+        records = json.loads(llava_slice.read_text())[:60]
+        made = [
+            Sample(
+                str(record["id"]),
+                turns=[
+                    Turn("user" if c["from"] == "human" else "assistant", c["value"])
+                    for c in record["conversations"]
+                ],
+                scores={"md": 0.2 + (i % 7) / 50, "correct": float(i % 3 != 0)},
+            )
+            for i, record in enumerate(records)
+        ]
+        made[7].failure_reason = FAILURE_LLM
+        made[11].drop_reason = "lint: refusal"
+        return made
+
+    def feed() -> IndicatorFeed:
+        # a subsample and a parse sample smaller than the data: the merged ones must match too
+        chosen = IndicatorSettings(subsample_size=25, parse_limit=20)
+        return IndicatorFeed(embedder=wordllama, settings=chosen, examples_per_task=2)
+
+    whole = feed()
+    parts = feed()
+    edges = [0, *sorted(cuts), 60]
+    for start, end in itertools.pairwise(edges):
+        whole.update_shard(samples()[start:end])
+        part = feed()
+        part.update_shard(samples()[start:end])
+        parts.merge(part)
+
+    def seen(fed: IndicatorFeed) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+        report = fed.report()
+        report.pop("timings")
+        ids = [s.sample_id for group in fed.examples.values() for s in group]
+        return report, fed.excluded, ids
+
+    assert seen(parts) == seen(whole)
+    report, excluded, ids = seen(whole)
+    assert excluded == {"failed": 1, "dropped": 1} and report["samples"] == 58
+    assert len(ids) >= 4 and report["table"]["response_diversity"] is not None

@@ -1,13 +1,14 @@
 """The local and the Ray runner give the same output on the same input (issue: scale-out).
 
-The same scoring/filtering run and the same dataset indicators are computed on both runners (a
-pytest parameter); Ray is started locally in the test with ``num_cpus=2``. The input is real:
+The same scoring/filtering run and the same report are computed on both runners (a pytest
+parameter); Ray is started locally in the test with ``num_cpus=2``. The input is real:
 the COCO annotations of ../shared/data/coco_tiny, with conversations made by annotation
 adaptation (no LLM) plus planted hallucinations, so grounding and lint have something to find.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -18,23 +19,19 @@ import ray
 
 from llm_servers import Response, ScriptedServer
 from vlit.collect import CocoCollector
+from vlit.generate.generator import FAILURE_LLM
 from vlit.llm.config import LlmConfig
-from vlit.quality.indicators.balance import TaskDistributionIndicator
-from vlit.quality.indicators.complexity import ComplexityProxyIndicator
-from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
-from vlit.quality.indicators.labels import RuleTaskLabeller
-from vlit.quality.indicators.scores import QualityScoresIndicator
 from vlit.quality.judge import clue_for, judge_messages, render_conversation
 from vlit.rundir import RunDir
 from vlit.runners.base import RunnerSettings, build_runner
-from vlit.runners.local import compute_indicators
-from vlit.schema import Sample, Turn
+from vlit.schema import Turn
 from vlit.stages import filter as filter_stage
 from vlit.stages import generate as generate_stage
 from vlit.stages import score as score_stage
 from vlit.stages.filter import FilterSettings
 from vlit.stages.generate import GenerateSettings
 from vlit.stages.score import JudgeSettings, ScoreSettings
+from vlit.storage import StagedRunDir
 
 
 @pytest.fixture(scope="module")
@@ -108,45 +105,57 @@ def test_score_and_filter_are_identical_on_both_runners(
     assert local["counters"]["grounding"]["with_hallucination"] >= 10
 
 
-def _indicators() -> list[Any]:
-    return [
-        TaskDistributionIndicator(),
-        InstructionDiversityIndicator(),
-        ComplexityProxyIndicator(),
-        QualityScoresIndicator(),
-    ]
-
-
-@pytest.mark.parametrize("parallelism", [1, 3])
-def test_dataset_indicators_merge_to_the_local_result(
-    adapted_run: Path, ray_cluster: Any, parallelism: int
+def test_the_report_on_ray_equals_the_local_report(
+    adapted_run: Path,
+    tmp_path: Path,
+    ray_cluster: Any,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from vlit.runners.ray_runner import compute_indicators_ray
+    """Eight shards, a failed and a dropped sample: the Ray workers read the shards themselves
+    (this process reads none), or for a run on S3 are handed them by this process, and the
+    merged report is the local one."""
+    from vlit.quality.indicators.embeddings import load_embedder
+    from vlit.report.build import report_run
 
-    samples: list[Sample] = list(RunDir(adapted_run).read_samples("samples"))
-    RuleTaskLabeller()(samples)
-    local = compute_indicators(_indicators(), samples, batch_size=37)
-    on_ray = compute_indicators_ray(_indicators(), samples, parallelism=parallelism)
-    assert on_ray == local
-    assert local["tasks"]["task_diversity"] >= 3 and local["tasks"]["samples"] == len(samples)
+    embedder = load_embedder("wordllama")
+    reader = RunDir.read_sample_shards
+    read: list[str] = []
 
+    def recorded(self: RunDir, stage: str) -> Any:
+        read.append(stage)
+        return reader(self, stage)
 
-def test_the_report_suite_on_ray_equals_the_local_suite(
-    adapted_run: Path, ray_cluster: Any
-) -> None:
-    from vlit.quality.indicators.suite import compute_indicators as indicator_suite
-    from vlit.quality.indicators.suite import load_run
-
-    reports = {}
-    for runner in ("local", "ray"):
-        loaded = load_run(adapted_run)
-        reports[runner] = indicator_suite(
-            loaded.samples, embedder=None, records=loaded.records, runner=runner
-        )
-    assert reports["ray"]["indicators"] == reports["local"]["indicators"]
-    assert reports["ray"]["table"] == reports["local"]["table"]
-    assert "ray_workers" in reports["ray"]["timings"]
-    granularity = reports["local"]["indicators"]["object_granularity"]
+    written: dict[str, dict[str, Any]] = {}
+    shown: dict[str, list[str]] = {}
+    for kind in ("local", "ray", "ray, run on s3"):
+        folder = tmp_path / kind.replace(", ", "-").replace(" ", "_")
+        root = folder / "run"
+        shutil.copytree(adapted_run, root)
+        on_s3 = kind.endswith("s3")
+        run = StagedRunDir(f"s3://report/{folder.name}", staging=folder) if on_s3 else RunDir(root)
+        samples = list(run.read_samples("samples"))
+        samples[2].failure_reason = FAILURE_LLM
+        samples[5].drop_reason = "lint: refusal"
+        run.write_samples("kept", samples, shard_size=-(-len(samples) // 8))
+        assert len(run.check_current("kept").shards) == 8
+        runner = build_runner(RunnerSettings(kind=kind.split(",")[0]))  # type: ignore[arg-type]
+        read.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(RunDir, "read_sample_shards", recorded)
+            view = report_run(run, embedder=embedder, runner=runner, name="run")
+        assert ("kept" in read) == (kind != "ray"), read
+        shown[kind] = [sample.sample_id for sample in view.samples]
+        written[kind] = json.loads((root / "indicators.json").read_text())
+        assert written[kind].pop("run") == str(root)
+        written[kind].pop("timings")
+    assert written["ray"] == written["local"] == written["ray, run on s3"]
+    assert shown["ray"] == shown["local"] == shown["ray, run on s3"]
+    assert len(shown["local"]) >= 6
+    assert written["local"]["excluded"] == {"failed": 1, "dropped": 1}
+    assert written["local"]["samples"] == len(samples) - 2
+    assert written["local"]["table"]["response_diversity"] is not None
+    granularity = written["local"]["indicators"]["object_granularity"]
     assert granularity["source"] == "annotations" and granularity["object_granularity"] > 0
 
 

@@ -335,30 +335,38 @@ class RunDir:
 
     def read_sample_shards(self, stage: str) -> Iterator[list[Sample]]:
         """The stage's samples one shard at a time (memory bounded by the shard size)."""
-        for path, table in self._checked_tables(stage, _SAMPLE_COLUMNS):
-            with _collector_paused():
-                samples = [
-                    _sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())
-                ]
-            yield samples
+        for shard in self.check_current(stage).shards:
+            yield self.read_sample_shard(stage, shard["file"])
+
+    def read_sample_shard(self, stage: str, file: str) -> list[Sample]:
+        """The samples of ``file``, a shard the stage's manifest lists (not checked current
+        here: a Ray worker reads its shard this way after the driver checked the stage)."""
+        path, table = self._checked_table(stage, file, _SAMPLE_COLUMNS)
+        with _collector_paused():
+            return [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
 
     def _checked_tables(
         self, stage: str, required: tuple[str, ...]
     ) -> Iterator[tuple[Path, pa.Table]]:
         """(path, table) of each shard; a shard without the ``required`` columns is an
         `InputFileError` naming it."""
-        manifest = self.check_current(stage)
-        for table, shard in zip(self._tables(stage, None), manifest.shards, strict=False):
-            path = self.stage_dir(stage) / shard["file"]
-            missing = [name for name in required if name not in table.column_names]
-            if missing:
-                raise InputFileError(
-                    f"the shard lacks the column(s) {', '.join(missing)}: it is not a vlit "
-                    f"{stage} shard",
-                    file=str(path),
-                    fix=f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`",
-                )
-            yield path, table
+        for shard in self.check_current(stage).shards:
+            yield self._checked_table(stage, shard["file"], required)
+
+    def _checked_table(
+        self, stage: str, file: str, required: tuple[str, ...]
+    ) -> tuple[Path, pa.Table]:
+        path = self.stage_dir(stage) / file
+        table = self._shard_table(stage, file, None)
+        missing = [name for name in required if name not in table.column_names]
+        if missing:
+            raise InputFileError(
+                f"the shard lacks the column(s) {', '.join(missing)}: it is not a vlit "
+                f"{stage} shard",
+                file=str(path),
+                fix=f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`",
+            )
+        return path, table
 
     def read_columns(self, stage: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
         """Only ``columns`` of the stage, one shard at a time (column name -> values)."""
@@ -371,15 +379,17 @@ class RunDir:
             yield table.to_pylist()
 
     def _tables(self, stage: str, columns: list[str] | None) -> Iterator[pa.Table]:
-        manifest = self.check_current(stage)
-        for shard in manifest.shards:
-            path = self.stage_dir(stage) / shard["file"]
-            fix = f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`"
-            if not path.exists():
-                raise InputFileError(
-                    "a shard the stage's manifest lists is missing", file=str(path), fix=fix
-                )
-            yield read_parquet_shard(path, fix=fix, columns=columns)
+        for shard in self.check_current(stage).shards:
+            yield self._shard_table(stage, shard["file"], columns)
+
+    def _shard_table(self, stage: str, file: str, columns: list[str] | None) -> pa.Table:
+        path = self.stage_dir(stage) / file
+        fix = f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`"
+        if not path.exists():
+            raise InputFileError(
+                "a shard the stage's manifest lists is missing", file=str(path), fix=fix
+            )
+        return read_parquet_shard(path, fix=fix, columns=columns)
 
     # -- metadata ----------------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from vlit.errors import ConfigError
 from vlit.llm.session import LlmSession
@@ -26,16 +26,17 @@ from vlit.quality.indicators.suite import (
     LoadedRun,
     compute_indicators,
     load_run,
-    usable_batches,
     without_histograms,
 )
-from vlit.report.html import DatasetView, examples_by_reason, examples_by_task, render_html
+from vlit.report.html import EXAMPLES_PER_GROUP, DatasetView, examples_by_reason, render_html
 from vlit.rundir import RunDir
+from vlit.runners.base import Runner
+from vlit.runners.local import LocalRunner
 from vlit.schema import Sample
 
 
 def report_run(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | RunDir,
     *,
     embedder: Embedder | None,
     settings: IndicatorSettings | None = None,
@@ -44,32 +45,38 @@ def report_run(
     complexity_samples: int = 500,
     name: str | None = None,
     on_step: Callable[[str], None] | None = None,
-    runner: Literal["local", "ray"] = "local",
-    ray_address: str | None = None,
+    runner: Runner | None = None,
     loaded: LoadedRun | None = None,
 ) -> DatasetView:
     """Indicators of one run (``RUN/kept`` if present, else its latest samples).
 
     With an LLM ``session`` the instruction complexity is also scored by the LLM, and with
-    ``use_taggpt`` task labels come from TagGPT instead of the offline rules. ``runner="ray"``
-    updates the streaming indicators on Ray workers (``ray_address``: an existing cluster).
-    ``loaded``: the run already loaded by ``load_run(path)``. Without an LLM and on the local
-    runner the samples are read shard by shard; the view keeps only the examples it shows.
+    ``use_taggpt`` task labels come from TagGPT instead of the offline rules. ``loaded``: the
+    run already loaded by ``load_run(path)``. Without an LLM the samples are read shard by
+    shard on ``runner`` (default: this process; on Ray, by its workers) and the view keeps
+    only the examples it shows; with one they are all held here.
     """
     settings = settings or IndicatorSettings()
-    if session is None and runner == "local":  # rules and mergeable indicators: stream the run
+    if session is None:  # rules and mergeable indicators: stream the run
         loaded = loaded or load_run(path, with_samples=False)
-        report, shown, dropped = _streamed_report(loaded, embedder, settings, on_step)
+        report, shown, dropped = _streamed_report(
+            loaded, embedder, settings, on_step, runner or LocalRunner()
+        )
         excluded = report.pop("excluded")
     else:
         loaded = loaded if loaded is not None and loaded.samples else load_run(path)
         shown, dropped, excluded = loaded.samples, loaded.dropped, loaded.excluded
         report = _report_in_memory(
-            loaded, embedder, settings, session, use_taggpt, complexity_samples, on_step,
-            runner, ray_address,
-        )  # fmt: skip
+            loaded, embedder, settings, session, use_taggpt, complexity_samples, on_step
+        )
     dataset = name or loaded.name
-    report.update({"dataset": dataset, "run": str(path), "stage": loaded.stage})
+    report.update(
+        {
+            "dataset": dataset,
+            "run": str(loaded.root if isinstance(path, RunDir) else path),
+            "stage": loaded.stage,
+        }
+    )
     report["excluded"] = excluded
     (loaded.root / "indicators.json").write_text(
         json.dumps(without_histograms(report), indent=2, sort_keys=True), encoding="utf-8"
@@ -82,27 +89,26 @@ def _streamed_report(
     embedder: Embedder | None,
     settings: IndicatorSettings,
     on_step: Callable[[str], None] | None,
+    runner: Runner,
 ) -> tuple[dict[str, Any], list[Sample], list[Sample]]:
-    """The indicators read shard by shard (memory: what each indicator keeps, README), and the
-    few samples the HTML shows."""
+    """The indicators read shard by shard on ``runner`` (memory: what each indicator keeps,
+    README), and the few samples the HTML shows."""
     if on_step is not None:
         on_step("indicators, shard by shard")
-    run = RunDir(loaded.root)
+    run = loaded.run
     feed = IndicatorFeed(
         embedder=embedder,
         cache_dir=loaded.root / "embeddings",
         records=loaded.records,
         settings=settings,
+        examples_per_task=EXAMPLES_PER_GROUP,
     )
-    excluded = {"failed": 0, "dropped": 0}
-    shown: list[Sample] = []
-    for batch in usable_batches(run, loaded.stage, excluded):
-        feed.update(batch)
-        shown = [s for group in examples_by_task([*shown, *batch]).values() for s in group]
+    runner.fold_indicators(feed, run, loaded.stage)
+    shown = [s for group in feed.examples.values() for s in group]
     shards = run.read_sample_shards("dropped") if run.has_stage("dropped") else ()
     by_reason = examples_by_reason(s for shard in shards for s in shard)
     shown_dropped = [s for group in by_reason.values() for s in group]
-    return {**feed.report(), "excluded": excluded}, shown, shown_dropped
+    return {**feed.report(), "excluded": feed.excluded}, shown, shown_dropped
 
 
 def _report_in_memory(
@@ -113,10 +119,8 @@ def _report_in_memory(
     use_taggpt: bool,
     complexity_samples: int,
     on_step: Callable[[str], None] | None,
-    runner: Literal["local", "ray"],
-    ray_address: str | None,
 ) -> dict[str, Any]:
-    """The indicators with an LLM (TagGPT labels, LLM complexity) or on Ray: all in memory."""
+    """The indicators with an LLM (TagGPT labels, LLM complexity): all in memory."""
     tagger = complexity = None
     if session is not None:
         complexity = LlmComplexityScorer(
@@ -135,8 +139,6 @@ def _report_in_memory(
         complexity_scorer=complexity,
         settings=settings,
         on_step=on_step,
-        runner=runner,
-        ray_address=ray_address,
     )
 
 

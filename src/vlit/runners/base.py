@@ -21,11 +21,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 from vlit.rundir import RunDir, StageWriter
 from vlit.schema import Sample
 from vlit.stages.base import Settings
+
+if TYPE_CHECKING:
+    from vlit.quality.indicators.suite import IndicatorFeed
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,11 @@ class RunnerSettings(Settings):
 class Runner(Protocol):
     """What a stage asks of a runner: every sample of stage ``source`` through ``steps``, in
     order, into ``writer``; afterwards each step's ``counts`` holds what every worker counted.
-    ``on_batch(n)`` is told about each batch of n samples done (where the runner can tell)."""
+    ``on_batch(n)`` is told about each batch of n samples done (where the runner can tell).
+
+    What the report asks of it: every shard of stage ``stage`` into ``feed``, a feed that has
+    seen nothing yet (`IndicatorFeed.update_shard` per shard, or partial feeds merged in shard
+    order: the same report either way)."""
 
     settings: RunnerSettings
 
@@ -77,6 +84,8 @@ class Runner(Protocol):
         *,
         on_batch: Callable[[int], None] | None = None,
     ) -> None: ...
+
+    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None: ...
 
     def describe(self) -> dict[str, Any] | None: ...
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlit.rundir import RunDir, StageWriter
-from vlit.runners.base import DatasetIndicator, RunnerSettings, Step
+from vlit.runners.base import RunnerSettings, Step
 from vlit.schema import Sample
+
+if TYPE_CHECKING:
+    from vlit.quality.indicators.suite import IndicatorFeed
 
 
 class LocalRunner:
@@ -27,6 +30,11 @@ class LocalRunner:
     ) -> None:
         for sample in run_stages(steps, run.read_samples(source), on_batch=on_batch):
             writer.add_rows([sample.to_row()])
+
+    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None:
+        """Read the stage shard by shard into ``feed``."""
+        for shard in run.read_sample_shards(stage):
+            feed.update_shard(shard)
 
     def describe(self) -> dict[str, Any] | None:
         """Nothing to say: the local runner is the default."""
@@ -66,20 +74,3 @@ def _through(
     if on_batch is not None:
         on_batch(size)
     return batch
-
-
-def compute_indicators(
-    indicators: Sequence[DatasetIndicator], samples: Iterable[Sample], *, batch_size: int = 1024
-) -> dict[str, dict[str, object]]:
-    """Feed samples to each indicator in batches and return ``{name: result}``."""
-    batch: list[Sample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) >= batch_size:
-            for indicator in indicators:
-                indicator.update(batch)
-            batch = []
-    if batch:
-        for indicator in indicators:
-            indicator.update(batch)
-    return {indicator.name: indicator.result() for indicator in indicators}

@@ -5,8 +5,8 @@ run as callable classes, so each actor calls ``setup()`` once and keeps its mode
 knows only the ``Step`` contract. Order is preserved, so on the same input the output equals
 the local runner's. A stage's ``counts`` (a ``Counter``, when it keeps one) are summed over the
 workers by a small actor and added to the driver's stage object, so summaries read the same on
-both runners. Dataset indicators are updated per block on the workers and their partial
-states merged on the driver with ``merge``.
+both runners. For the report, each worker reads one shard of the stage, updates a copy of the
+report's `IndicatorFeed` with it and returns the copy; the driver merges them in shard order.
 
 Example:
     >>> samples = run_stages_ray([LintStage()], samples, address=None)  # doctest: +SKIP
@@ -14,14 +14,12 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import pickle
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,8 +27,11 @@ import pyarrow.parquet as pq
 from vlit.errors import ConfigError
 from vlit.images import is_url
 from vlit.rundir import RunDir, StageWriter
-from vlit.runners.base import DatasetIndicator, Resources, RunnerSettings, Step
+from vlit.runners.base import Resources, RunnerSettings, Step
 from vlit.schema import SAMPLE_SCHEMA, Sample
+
+if TYPE_CHECKING:
+    from vlit.quality.indicators.suite import IndicatorFeed
 
 
 def _import_ray() -> Any:
@@ -318,39 +319,6 @@ def _dataset(ray: Any, samples: Iterable[Sample], parallelism: int | None) -> An
     )
 
 
-def _partial_state(table: pa.Table, indicators: Sequence[DatasetIndicator]) -> dict[str, Any]:
-    fresh = [copy.deepcopy(indicator) for indicator in indicators]
-    samples = _to_samples(table)
-    for indicator in fresh:
-        indicator.update(samples)
-    from ray import cloudpickle  # indicators defined in scripts or notebooks pickle too
-
-    return {"state": [cloudpickle.dumps(fresh)]}
-
-
-def compute_indicators_ray(
-    indicators: Sequence[DatasetIndicator],
-    samples: Iterable[Sample],
-    *,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    parallelism: int | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Update copies of ``indicators`` per block on the workers; merge them on the driver."""
-    ray = init_ray(address, num_cpus=num_cpus)
-    dataset = _dataset(ray, samples, parallelism)
-    if dataset is None:
-        return {indicator.name: indicator.result() for indicator in indicators}
-    partials = dataset.map_batches(
-        _partial_state, fn_kwargs={"indicators": list(indicators)}, batch_format="pyarrow"
-    )
-    merged = [copy.deepcopy(indicator) for indicator in indicators]
-    for row in partials.iter_rows():
-        for total, part in zip(merged, pickle.loads(row["state"]), strict=True):
-            total.merge(part)
-    return {indicator.name: indicator.result() for indicator in merged}
-
-
 class RayRunner:
     """The `Runner` on a Ray cluster.
 
@@ -402,6 +370,31 @@ class RayRunner:
             if used is not step:  # the workers' counts were summed into the copy they used
                 step.counts.update(used.counts)
 
+    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None:
+        """One task per shard: the worker reads the shard itself (the run on a file system the
+        workers share) or is given it by this process (a run on object storage), updates a
+        copy of the unfed ``feed`` and returns it; the copies are merged into ``feed`` in shard
+        order, with at most two per CPU of the cluster waiting."""
+        if feed.samples or any(feed.excluded.values()):
+            raise ValueError("fold_indicators needs a feed that has seen nothing yet")
+        ray = init_ray(self.settings.address)
+        fold = ray.remote(num_cpus=1)(_fold_shard)
+        unfed = ray.put(feed)  # pickled without the embedder: workers only update
+        work: Iterable[str | list[Sample]]  # shard file names, or the shards themselves
+        if is_url(run.location):
+            work = run.read_sample_shards(stage)
+        else:
+            work = [shard["file"] for shard in run.check_current(stage).shards]
+        root = str(run.root.absolute())
+        waiting: deque[Any] = deque()
+        most = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        for shard in work:
+            waiting.append(fold.remote(unfed, root, stage, shard))
+            if len(waiting) >= most:
+                feed.merge(ray.get(waiting.popleft()))
+        while waiting:
+            feed.merge(ray.get(waiting.popleft()))
+
     def describe(self) -> dict[str, Any] | None:
         return {"kind": "ray", "address": self.settings.address or "local"}
 
@@ -420,3 +413,14 @@ def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any
         return client
 
     return copy_for_workers(share_journal)
+
+
+def _fold_shard(
+    feed: IndicatorFeed, root: str, stage: str, shard: str | list[Sample]
+) -> IndicatorFeed:
+    """``feed`` (this task's own copy) updated with ``shard``: the samples, or the name of the
+    stage's shard file in the run at ``root``, read here."""
+    if isinstance(shard, str):
+        shard = RunDir(root).read_sample_shard(stage, shard)
+    feed.update_shard(shard)
+    return feed

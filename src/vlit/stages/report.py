@@ -47,11 +47,10 @@ def run(run: RunDir, settings: ReportSettings, runner: Runner | None = None) -> 
     runner = runner or build_runner()
     embedder = None if settings.embedder == "none" else load_embedder(settings.embedder)
     view = report_run(
-        run.root,
+        run,
         embedder=embedder,
         settings=IndicatorSettings(seed=settings.seed),
-        runner=runner.settings.kind,
-        ray_address=runner.settings.address,
+        runner=runner,
     )
     summary = ReportSummary(
         indicators=view.report.get("table", {}),

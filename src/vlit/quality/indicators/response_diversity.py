@@ -180,6 +180,11 @@ class ResponseDiversityIndicator:
                 self._add(self._hash(key), key)
         self._points = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The state without the embedder (a Ray worker only updates; the driver's copy, which
+        merges and embeds, keeps its own)."""
+        return {**self.__dict__, "embedder": None, "_points": None}
+
     def merge(self, other: Self) -> None:
         self.hashes.extend(other.hashes)
         for key, text in other.kept.items():

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from vlit.errors import InputFileError
 from vlit.quality.indicators.balance import TaskDistributionIndicator
@@ -38,6 +38,7 @@ from vlit.quality.indicators.response_diversity import (
 )
 from vlit.quality.indicators.scores import QualityScoresIndicator
 from vlit.rundir import RunDir
+from vlit.runners.base import DatasetIndicator
 from vlit.schema import ImageRecord, Sample
 
 # (column of the paper's Table 4, key in ``table``)
@@ -73,6 +74,7 @@ class LoadedRun:
     """The samples of a run directory the report looks at, and what it needs beside them."""
 
     root: Path
+    run: RunDir  # the run directory the samples come from (a staged one for a URL)
     name: str
     stage: str
     samples: list[Sample]
@@ -81,7 +83,7 @@ class LoadedRun:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> LoadedRun:
+def load_run(path: str | os.PathLike[str] | RunDir, *, with_samples: bool = True) -> LoadedRun:
     """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
     samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
     samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
@@ -98,6 +100,7 @@ def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> Load
     dropped = list(run.read_samples("dropped")) if with_samples and run.has_stage("dropped") else []
     return LoadedRun(
         root=run.root,
+        run=run,
         name=run.root.name,
         stage=stage,
         samples=samples,
@@ -107,10 +110,10 @@ def load_run(path: str | os.PathLike[str], *, with_samples: bool = True) -> Load
     )
 
 
-def report_stage(path: str | os.PathLike[str]) -> tuple[RunDir, str]:
+def report_stage(path: str | os.PathLike[str] | RunDir) -> tuple[RunDir, str]:
     """The run directory and the stage the report looks at: ``kept`` if present, else the
     latest sample stage."""
-    run = RunDir(path)
+    run = path if isinstance(path, RunDir) else RunDir(path)
     if not run.root.is_dir():
         raise InputFileError(
             "run directory not found",
@@ -127,20 +130,31 @@ def usable_batches(
     ``excluded``)."""
     excluded = excluded if excluded is not None else {"failed": 0, "dropped": 0}
     for shard in run.read_sample_shards(stage):
-        usable = []
-        for sample in shard:
-            if sample.failure_reason is not None or not sample.turns:
-                excluded["failed"] += 1
-            elif sample.drop_reason is not None:
-                excluded["dropped"] += 1
-            else:
-                usable.append(sample)
-        yield usable
+        yield usable(shard, excluded)
+
+
+def usable(shard: list[Sample], excluded: dict[str, int]) -> list[Sample]:
+    """The samples of ``shard`` neither failed nor dropped (those are counted in ``excluded``)."""
+    kept = []
+    for sample in shard:
+        if sample.failure_reason is not None or not sample.turns:
+            excluded["failed"] += 1
+        elif sample.drop_reason is not None:
+            excluded["dropped"] += 1
+        else:
+            kept.append(sample)
+    return kept
 
 
 class IndicatorFeed:
     """The mergeable indicators of one dataset fed batch by batch, with rule task labels (what
-    each keeps per sample is in the README); `report` has `compute_indicators`' shape."""
+    each keeps per sample is in the README); `report` has `compute_indicators`' shape.
+
+    Feeds updated on separate parts of a dataset and merged in the parts' order report what
+    one feed updated on the whole would (timings are summed). ``examples_per_task``: how many
+    of the first samples of each task (first label) ``examples`` keeps, for the HTML report.
+    Pickled, a feed leaves its embedder behind (a Ray worker only updates it).
+    """
 
     def __init__(
         self,
@@ -149,12 +163,20 @@ class IndicatorFeed:
         cache_dir: str | os.PathLike[str] | None = None,
         records: dict[str, ImageRecord] | None = None,
         settings: IndicatorSettings = IndicatorSettings(),
+        examples_per_task: int = 0,
     ) -> None:
         self.labeller = RuleTaskLabeller()
         self.indicators = _streaming_indicators(embedder, cache_dir, records, settings)
         self.settings = settings
         self.samples = 0
         self.timings: dict[str, float] = {}
+        self.excluded = {"failed": 0, "dropped": 0}
+        self.examples_per_task = examples_per_task
+        self.examples: dict[str, list[Sample]] = {}
+
+    def update_shard(self, shard: list[Sample]) -> None:
+        """Update with the usable samples of ``shard``; count the failed and dropped ones."""
+        self.update(usable(shard, self.excluded))
 
     def update(self, batch: list[Sample]) -> None:
         with _timed(self.timings, "task_labels"):
@@ -163,6 +185,28 @@ class IndicatorFeed:
             with _timed(self.timings, indicator.name):
                 indicator.update(batch)
         self.samples += len(batch)
+        self._keep_examples(batch)
+
+    def merge(self, other: IndicatorFeed) -> None:
+        """Add what ``other`` (a feed of the same settings, on the samples after this one's)
+        has seen."""
+        for indicator, theirs in zip(self.indicators, other.indicators, strict=True):
+            indicator.merge(theirs)
+        self.samples += other.samples
+        for name, seconds in other.timings.items():
+            self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+        for reason, count in other.excluded.items():
+            self.excluded[reason] = self.excluded.get(reason, 0) + count
+        self._keep_examples(s for group in other.examples.values() for s in group)
+
+    def _keep_examples(self, samples: Iterable[Sample]) -> None:
+        if not self.examples_per_task:
+            return
+        for sample in samples:
+            for label in sample.labels[:1]:
+                group = self.examples.setdefault(label, [])
+                if len(group) < self.examples_per_task:
+                    group.append(sample)
 
     def report(self) -> dict[str, Any]:
         details: dict[str, Any] = {
@@ -179,8 +223,8 @@ def _streaming_indicators(
     cache_dir: str | os.PathLike[str] | None,
     records: dict[str, ImageRecord] | None,
     settings: IndicatorSettings,
-) -> list[Any]:
-    indicators: list[Any] = [
+) -> list[DatasetIndicator]:
+    indicators: list[DatasetIndicator] = [
         TaskDistributionIndicator(),
         InstructionDiversityIndicator(),
         ObjectGranularityIndicator(
@@ -248,15 +292,11 @@ def compute_indicators(
     complexity_scorer: LlmComplexityScorer | None = None,
     settings: IndicatorSettings = IndicatorSettings(),
     on_step: Callable[[str], None] | None = None,
-    runner: Literal["local", "ray"] = "local",
-    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Every dataset indicator of ``samples`` (labels are written into ``sample.labels``).
 
     ``embedder=None`` skips response diversity (reported as not computed); ``tagger=None``
     uses the rule labeller; ``complexity_scorer=None`` leaves the LLM complexity not computed.
-    With ``runner="ray"`` the streaming indicators are updated per block on the Ray workers
-    and merged here; labelling, embedding and clustering stay on the driver.
     """
     timings: dict[str, float] = {}
     step = on_step or (lambda _name: None)
@@ -281,14 +321,6 @@ def compute_indicators(
             details["task_labels"] = {"labeller": "rules", "rules": labeller.label_names}
 
     streaming = _streaming_indicators(embedder, cache_dir, records, settings)
-    if runner == "ray":
-        from vlit.runners.ray_runner import compute_indicators_ray
-
-        on_workers = [i for i in streaming if not isinstance(i, ResponseDiversityIndicator)]
-        step("indicators on Ray")
-        with _timed(timings, "ray_workers"):
-            details |= compute_indicators_ray(on_workers, samples, address=ray_address)
-        streaming = [i for i in streaming if i not in on_workers]
     for indicator in streaming:
         step(indicator.name)
         with _timed(timings, indicator.name):
