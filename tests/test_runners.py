@@ -23,6 +23,7 @@ from vlit.generate.generator import FAILURE_LLM
 from vlit.llm.config import LlmConfig
 from vlit.quality.judge import clue_for, judge_messages, render_conversation
 from vlit.rundir import RunDir
+from vlit.runners import ray_runner
 from vlit.runners.base import RunnerSettings, build_runner
 from vlit.schema import Turn
 from vlit.stages import filter as filter_stage
@@ -79,21 +80,27 @@ def _score_and_filter(source: Path, target: Path, runner: str) -> dict[str, Any]
     }
     # the stages' counters, summed over the Ray workers on that runner
     outputs["counters"] = {key: summary[key] for key in ("lint", "grounding")}
-    outputs["score_shards"] = [shard["file"] for shard in run.manifest("scores").shards]
+    outputs["score_shards"] = [
+        (shard["file"], shard["rows"]) for shard in run.manifest("scores").shards
+    ]
     return outputs
 
 
 @pytest.mark.model
 def test_score_and_filter_are_identical_on_both_runners(
-    adapted_run: Path, tmp_path: Path, ray_cluster: Any
+    adapted_run: Path, tmp_path: Path, ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = _score_and_filter(adapted_run, tmp_path / "local", "local")
+    # the input's shards hold 70 rows: Ray's files are cut at the shard size, not merged
+    monkeypatch.setattr(ray_runner, "DEFAULT_SHARD_SIZE", 30)
     on_ray = _score_and_filter(adapted_run, tmp_path / "ray", "ray")
     # On Ray the workers wrote the scores' shards themselves (named by write task, not by the
     # driver's writer), and the manifest lists them.
-    local_names, ray_names = local.pop("score_shards"), on_ray.pop("score_shards")
+    local_names = [name for name, _ in local.pop("score_shards")]
+    ray_names, ray_rows = zip(*on_ray.pop("score_shards"), strict=True)
     assert all(re.fullmatch(r"shard-\w+-\d{5}\.parquet", name) for name in local_names)
     assert ray_names and all(re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", n) for n in ray_names)
+    assert max(ray_rows) <= 30 and len(ray_rows) >= len(local["scores"]) / 30
     assert local == on_ray
     # The comparison is not vacuous: grounding and lint scored every sample and dropped some.
     scores = [dict(row["scores"]) for row in local["scores"]]

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from vlit.errors import ConfigError
 from vlit.images import is_url
-from vlit.rundir import RunDir, StageWriter
+from vlit.rundir import DEFAULT_SHARD_SIZE, RunDir, StageWriter
 from vlit.runners.base import Resources, RunnerSettings, Step
 from vlit.schema import SAMPLE_SCHEMA, Sample
 
@@ -190,7 +190,11 @@ def run_stages_ray_on_files(
     # one CPU stays free for the tasks that read and write the files: a model stage holding
     # every CPU of a small cluster would leave them waiting forever
     dataset = _through_stages(ray, dataset, stages, sink, spare_cpus=1.0)
-    dataset.write_parquet(output_dir, filename_provider=_shard_names(prefix))
+    # files of at most a shard's rows, as this process's writer makes: Ray would otherwise
+    # write a whole stage as one file, which every later reader must hold at once
+    dataset.write_parquet(
+        output_dir, filename_provider=_shard_names(prefix), max_rows_per_file=DEFAULT_SHARD_SIZE
+    )
     _add_counts(ray, sink, stages)
     written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
     return sorted(written, key=lambda name: _task_and_part(name, prefix))
