@@ -10,9 +10,10 @@ says what to change.
 Requests go through ``httpx.AsyncClient`` (``trust_env``: ``HTTPS_PROXY``, ``HTTP_PROXY``,
 ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` work as usual). Under it,
 ``transport`` picks who speaks HTTP: ``aiohttp`` (through ``httpx-aiohttp``, the transport the
-OpenAI SDK offers for high concurrency: one client, aiohttp's pool, about half httpx's CPU per
-request) or ``httpx``'s own (HTTP/2 over TLS when the ``h2`` package is installed, ``pip install
-"vlit[http2]"``; one client per request in flight, each keeping its one connection alive).
+OpenAI SDK offers for high concurrency: one client, aiohttp's pool, about 0.6x the CPU per
+request of httpx's own) or ``httpx``'s own (HTTP/2 over TLS when the ``h2`` package is
+installed, ``pip install "vlit[http2]"``; one client per request in flight, each keeping its one
+connection alive).
 ``auto`` takes httpx's own where HTTP/2 can be spoken (an https endpoint with ``h2``), aiohttp
 elsewhere. Without ``SSL_CERT_FILE`` the server's certificate is checked against certifi's CA
 bundle.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from vlit.quality.indicators.suite import TABLE_ROWS
+from vlit.quality.indicators.suite import TABLE_ROWS, add_task_examples
 from vlit.report.table import NOT_COMPUTED, format_value, indicator_rows, measured_with
 from vlit.schema import Sample
 
@@ -166,11 +166,7 @@ def _sample_html(sample: Sample) -> str:
 def examples_by_task(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
     """The first few samples of each task (first label): all the report shows of a dataset."""
     by_task: dict[str, list[Sample]] = {}
-    for sample in samples:
-        for label in sample.labels[:1]:
-            group = by_task.setdefault(label, [])
-            if len(group) < EXAMPLES_PER_GROUP:
-                group.append(sample)
+    add_task_examples(by_task, samples, EXAMPLES_PER_GROUP)
     return by_task
 
 

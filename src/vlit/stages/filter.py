@@ -116,8 +116,8 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
     that readers refuse.
     """
     source = "scores" if run.has_stage("scores") else run.latest_sample_stage()
-    asks = settings.min_md is not None or settings.min_md_quantile is not None
-    if asks or settings.require_correct:
+    md_rule = settings.min_md is not None or settings.min_md_quantile is not None
+    if md_rule or settings.require_correct:  # they ask what scores the stage holds
         gathered = _score_values(run, source)
     else:
         run.check_current(source)  # a stale stage is refused before the rules are checked

@@ -146,6 +146,19 @@ def usable(shard: list[Sample], excluded: dict[str, int]) -> list[Sample]:
     return kept
 
 
+def add_task_examples(
+    by_task: dict[str, list[Sample]], samples: Iterable[Sample], per_task: int
+) -> None:
+    """Add to ``by_task`` the first samples of each task (first label), ``per_task`` at most."""
+    if per_task <= 0:
+        return
+    for sample in samples:
+        for label in sample.labels[:1]:
+            group = by_task.setdefault(label, [])
+            if len(group) < per_task:
+                group.append(sample)
+
+
 class IndicatorFeed:
     """The mergeable indicators of one dataset fed batch by batch, with rule task labels (what
     each keeps per sample is in the README); `report` has `compute_indicators`' shape.
@@ -185,7 +198,7 @@ class IndicatorFeed:
             with _timed(self.timings, indicator.name):
                 indicator.update(batch)
         self.samples += len(batch)
-        self._keep_examples(batch)
+        add_task_examples(self.examples, batch, self.examples_per_task)
 
     def merge(self, other: IndicatorFeed) -> None:
         """Add what ``other`` (a feed of the same settings, on the samples after this one's)
@@ -197,16 +210,8 @@ class IndicatorFeed:
             self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
         for reason, count in other.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + count
-        self._keep_examples(s for group in other.examples.values() for s in group)
-
-    def _keep_examples(self, samples: Iterable[Sample]) -> None:
-        if not self.examples_per_task:
-            return
-        for sample in samples:
-            for label in sample.labels[:1]:
-                group = self.examples.setdefault(label, [])
-                if len(group) < self.examples_per_task:
-                    group.append(sample)
+        theirs = (sample for group in other.examples.values() for sample in group)
+        add_task_examples(self.examples, theirs, self.examples_per_task)
 
     def report(self) -> dict[str, Any]:
         details: dict[str, Any] = {
