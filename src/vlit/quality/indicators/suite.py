@@ -210,8 +210,8 @@ class IndicatorFeed:
             self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
         for reason, count in other.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + count
-        theirs = (sample for group in other.examples.values() for sample in group)
-        add_task_examples(self.examples, theirs, self.examples_per_task)
+        examples = (sample for group in other.examples.values() for sample in group)
+        add_task_examples(self.examples, examples, self.examples_per_task)
 
     def report(self) -> dict[str, Any]:
         details: dict[str, Any] = {
