@@ -5,10 +5,12 @@ answers every request after a fixed latency L, at a small CPU cost per request (
 one can check it is not the bottleneck). With C requests in flight the ideal throughput is
 C / L requests per second; the table shows how close the session gets with the journal off and
 on, the CPU time per request of client and server, and how fast a finished run replays from
-the journal. For reference, a plain httpx client (one AsyncClient and a semaphore) runs the same
-requests. The journal's cost is shown two ways: extra client CPU per request of the journaled
-run, and a direct timing of a lookup plus a commit. The machine's load average is printed too:
-on a shared machine the other processes' load lowers the percentages.
+the journal. For reference, a plain httpx client (one AsyncClient and a semaphore) and a plain
+aiohttp client (one ClientSession and a semaphore: the leanest maintained client, a floor for any
+stack built on one) run the same requests. The journal's cost is shown two ways: extra client
+CPU per request of the journaled run, and a direct timing of a lookup plus a commit. The
+machine's load average is printed too: on a shared machine the other processes' load lowers the
+percentages.
 
 ``--old-src DIR [DIR ...]`` also compares this vlit, on each of its transports (aiohttp and
 httpx's own; the first table uses ``auto``), with the ones found in each ``DIR`` (say an older
@@ -31,9 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import httpx
 
 from vlit.llm import ChatRequest, Choice, LlmJournal, LlmSession, Message, OpenAICompatibleBackend
@@ -107,31 +112,53 @@ def timed_run(
     )
 
 
-def baseline_run(endpoint: Endpoint, requests: list[ChatRequest], concurrency: int) -> Timing:
+def chat_body(request: ChatRequest) -> dict[str, object]:
+    return {
+        "model": "bench-model",
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "seed": request.seed,
+    }
+
+
+async def plain_httpx(url: str, requests: list[ChatRequest], concurrency: int) -> None:
     """What one writes with httpx alone: one AsyncClient, a semaphore, no journal."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        semaphore = asyncio.Semaphore(concurrency)
 
-    async def run_all() -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=endpoint.url, limits=limits, timeout=60) as client:
-            semaphore = asyncio.Semaphore(concurrency)
+        async def one(request: ChatRequest) -> None:
+            async with semaphore:
+                response = await client.post("/chat/completions", json=chat_body(request))
+            response.raise_for_status()
+            response.json()["choices"][0]["message"]["content"]
 
-            async def one(request: ChatRequest) -> None:
-                body = {
-                    "model": "bench-model",
-                    "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-                    "max_tokens": request.max_tokens,
-                    "seed": request.seed,
-                }
-                async with semaphore:
-                    response = await client.post("/chat/completions", json=body)
-                response.raise_for_status()
-                response.json()["choices"][0]["message"]["content"]
+        await asyncio.gather(*(one(request) for request in requests))
 
-            await asyncio.gather(*(one(request) for request in requests))
 
+async def plain_aiohttp(url: str, requests: list[ChatRequest], concurrency: int) -> None:
+    """The same with aiohttp alone (one ClientSession): the floor of a maintained client."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(request: ChatRequest) -> None:
+            async with semaphore:
+                async with client.post(f"{url}/chat/completions", json=chat_body(request)) as got:
+                    got.raise_for_status()
+                    (await got.json())["choices"][0]["message"]["content"]
+
+        await asyncio.gather(*(one(request) for request in requests))
+
+
+def baseline_run(
+    endpoint: Endpoint, requests: list[ChatRequest], concurrency: int, client: Callable[..., Any]
+) -> Timing:
+    """``client`` (``plain_httpx`` or ``plain_aiohttp``) sends ``requests``, timed."""
+    asyncio.run(client(endpoint.url, requests[:concurrency], concurrency))  # warm: connections
     server_cpu_started = endpoint.cpu_s()
     started, cpu_started = time.perf_counter(), time.process_time()
-    asyncio.run(run_all())
+    asyncio.run(client(endpoint.url, requests, concurrency))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return Timing(
         elapsed_s=elapsed,
@@ -238,7 +265,12 @@ def main() -> None:
         for concurrency in args.concurrency:
             ideal = concurrency / latency
             count = max(int(ideal * args.seconds), concurrency)
-            base = baseline_run(endpoint, requests_for(count, f"base{concurrency}"), concurrency)
+            base = baseline_run(
+                endpoint, requests_for(count, f"base{concurrency}"), concurrency, plain_httpx
+            )
+            bare = baseline_run(
+                endpoint, requests_for(count, f"bare{concurrency}"), concurrency, plain_aiohttp
+            )
             off = timed_run(endpoint, requests_for(count, f"off{concurrency}"), concurrency, None)
             journal = directory / f"journal-{concurrency}.sqlite"
             on = timed_run(endpoint, requests_for(count, f"on{concurrency}"), concurrency, journal)
@@ -246,7 +278,7 @@ def main() -> None:
                 endpoint, requests_for(count, f"on{concurrency}"), concurrency, journal
             )
             assert replay.requests_sent == 0
-            rows.append((concurrency, count, ideal, base, off, on, replay))
+            rows.append((concurrency, count, ideal, base, bare, off, on, replay))
             if args.old_src:
                 runs: dict[Stack, list[Timing]] = {(None, name): [] for name in TRANSPORTS}
                 runs.update(((source, None), []) for source in args.old_src)
@@ -262,10 +294,11 @@ def main() -> None:
     print(f"LLM session throughput, endpoint latency L = {args.latency_ms:g} ms")
     print(
         f"{'C':>3} {'requests':>8} {'ideal C/L':>9} | {'httpx':>6} {'CPU µs':>6} | "
+        f"{'aiohttp':>7} {'% ideal':>7} {'CPU µs':>6} | "
         f"{'session':>7} {'% ideal':>7} {'CPU µs':>6} {'server µs':>9} | "
         f"{'+journal':>8} {'% ideal':>7} {'CPU µs':>6} | {'replay':>7}"
     )
-    for concurrency, count, ideal, base, off, on, replay in rows:
+    for concurrency, count, ideal, base, bare, off, on, replay in rows:
 
         def rate(timing: Timing, count: int = count) -> float:
             return count / timing.elapsed_s
@@ -275,20 +308,23 @@ def main() -> None:
 
         print(
             f"{concurrency:>3} {count:>8} {ideal:>9.0f} | {rate(base):>6.0f} "
-            f"{micros(base.cpu_s):>6.0f} | {rate(off):>7.0f} {rate(off) / ideal:>7.0%} "
+            f"{micros(base.cpu_s):>6.0f} | {rate(bare):>7.0f} {rate(bare) / ideal:>7.0%} "
+            f"{micros(bare.cpu_s):>6.0f} | {rate(off):>7.0f} {rate(off) / ideal:>7.0%} "
             f"{micros(off.cpu_s):>6.0f} {micros(off.server_cpu_s):>9.0f} | "
             f"{rate(on):>8.0f} {rate(on) / ideal:>7.0%} {micros(on.cpu_s):>6.0f} | "
             f"{rate(replay):>7.0f}"
         )
     print(
-        "req/s: httpx = one httpx.AsyncClient + a semaphore (reference); session = LlmSession "
-        "+ OpenAICompatibleBackend, journal off;\n+journal = journal on; replay = rerun "
-        "answered from the journal. CPU µs = client process CPU time per request\n(one free "
-        "core sustains at most 1e6 / that many req/s); server µs = the endpoint's CPU per request."
+        "req/s: httpx = one httpx.AsyncClient + a semaphore (reference); aiohttp = one "
+        "aiohttp.ClientSession + a semaphore\n(the leanest maintained client, nothing else); "
+        "session = LlmSession + OpenAICompatibleBackend, journal off;\n+journal = journal on; "
+        "replay = rerun answered from the journal. CPU µs = client process CPU time per "
+        "request\n(one free core sustains at most 1e6 / that many req/s); server µs = the "
+        "endpoint's CPU per request."
     )
     overhead = ", ".join(
         f"C={concurrency}: {(on.cpu_s - off.cpu_s) / count * 1e6:+.0f} µs CPU"
-        for concurrency, count, _, _, off, on, _ in rows
+        for concurrency, count, _, _, _, off, on, _ in rows
     )
     print(
         f"journal overhead per request: {overhead}; lookup + commit timed directly: {micro:.0f} µs"
