@@ -345,6 +345,22 @@ class RunDir:
         with _collector_paused():
             return [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
 
+    def read_sample_tables(
+        self, stage: str, columns: Sequence[str]
+    ) -> Iterator[tuple[pa.Table, list[Sample]]]:
+        """Each shard as its Arrow table (``SAMPLE_SCHEMA``), with its samples decoded from
+        ``columns`` only (the rest keep their defaults), for a stage that passes rows through
+        without decoding what it does not read. A shard of another schema (an older vlit) is
+        decoded whole and given back in ``SAMPLE_SCHEMA``."""
+        for path, table in self._checked_tables(stage, _SAMPLE_COLUMNS):
+            if not table.schema.equals(SAMPLE_SCHEMA):
+                samples = self.read_sample_shard(stage, path.name)
+                yield pa.Table.from_pylist([s.to_row() for s in samples], SAMPLE_SCHEMA), samples
+                continue
+            with _collector_paused():
+                rows = table.select(list(columns)).to_pylist()
+                yield table, [_sample_from_row(row, path, i) for i, row in enumerate(rows)]
+
     def _checked_tables(
         self, stage: str, required: tuple[str, ...]
     ) -> Iterator[tuple[Path, pa.Table]]:
@@ -417,7 +433,8 @@ class StageWriter:
 
     Use as a context manager: it commits when the block ends normally, and deletes its own
     shards when the block raises (the previous version of the stage stays as it was).
-    `add_rows` cuts shards of ``shard_size`` rows; `write_shard` writes one shard as given (a
+    `add_rows` (and `add_table`, for rows already in Arrow form) cut shards of ``shard_size``
+    rows; `write_shard` writes one shard as given (a
     stage that maps input shards to output shards one to one).
     """
 
@@ -447,13 +464,30 @@ class StageWriter:
         self.directory = run.stage_dir(stage)
         self._shards: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []  # added by add_table, not yet written
+        self._table_rows = 0
         self.manifest: StageManifest | None = None
 
     def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        self._flush_tables()  # tables added before keep their place
         for row in rows:
             self._pending.append(row)
             if len(self._pending) >= self.shard_size:
                 self._flush()
+
+    def add_table(self, table: pa.Table) -> None:
+        """Rows already in the stage's schema, cut into shards like `add_rows`'s."""
+        self._flush()
+        self._tables.append(table)
+        self._table_rows += table.num_rows
+        if self._table_rows >= self.shard_size:
+            whole = pa.concat_tables(self._tables)
+            start = 0
+            while whole.num_rows - start >= self.shard_size:
+                self._write_table(whole.slice(start, self.shard_size))
+                start += self.shard_size
+            rest = whole.slice(start)
+            self._tables, self._table_rows = [rest], rest.num_rows
 
     def write_shard(self, rows: list[dict[str, Any]]) -> None:
         self._flush()
@@ -499,20 +533,29 @@ class StageWriter:
         """Delete the shards this writer wrote; the committed version is untouched."""
         for shard in self._shards:
             (self.directory / shard["file"]).unlink(missing_ok=True)
-        self._shards, self._pending = [], []
+        self._shards, self._pending, self._tables, self._table_rows = [], [], [], 0
         self._lock.release()
 
     def _flush(self) -> None:
         if self._pending:
             rows, self._pending = self._pending, []
             self._write(rows)
+        self._flush_tables()
+
+    def _flush_tables(self) -> None:
+        if self._table_rows:
+            self._write_table(pa.concat_tables(self._tables))
+        self._tables, self._table_rows = [], 0
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
+        self._write_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def _write_table(self, table: pa.Table) -> None:
         name = f"shard-{self.token}-{len(self._shards):05d}.parquet"
         path = self.directory / name
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=self.schema), path)
-        self._shards.append({"file": name, "rows": len(rows), "digest": _file_digest(path)})
-        self.rows += len(rows)
+        write_parquet_atomic(table.cast(self.schema), path)
+        self._shards.append({"file": name, "rows": table.num_rows, "digest": _file_digest(path)})
+        self.rows += table.num_rows
 
     def __enter__(self) -> StageWriter:
         return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow as pa
 from pydantic import Field
 
 from vlit.errors import ConfigError
@@ -30,6 +31,7 @@ from vlit.quality.filtering import (
 )
 from vlit.rundir import RunDir
 from vlit.runners.base import Runner
+from vlit.schema import Sample
 from vlit.stages.base import Settings, Summary
 
 
@@ -111,7 +113,9 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
 
     Streaming passes in this process whatever the ``runner`` (a split is cheap): a first one,
     only when an MD or correctness rule asks what the stage holds, reads only the score columns
-    (for quantile thresholds); the second splits shard by shard. ``dropped`` is committed after
+    (for quantile thresholds); the second splits shard by shard, decoding only the columns
+    the rules read and passing rows through as Arrow data (a kept row is written as it was
+    read). ``dropped`` is committed after
     ``kept`` and lists it as an input, so a filter killed between the two leaves a ``dropped``
     that readers refuse.
     """
@@ -131,11 +135,11 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
     dropped = run.writer("dropped", inputs=(source,), settings=recorded, command="vlit filter")
     with dropped:
         with kept:
-            for shard in run.read_sample_shards(source):
-                kept_now, dropped_now = sequence.split(shard)
-                kept.add_rows(sample.to_row() for sample in kept_now)
-                dropped.add_rows(sample.to_row() for sample in dropped_now)
-                reasons.update(s.drop_reason.code for s in dropped_now if s.drop_reason)
+            for table, shard in run.read_sample_tables(source, _FILTER_COLUMNS):
+                sequence.split(shard)
+                kept.add_table(_kept_rows(table, shard))
+                dropped.add_table(_dropped_rows(table, shard))
+                reasons.update(s.drop_reason.code for s in shard if s.drop_reason)
                 total += len(shard)
         assert kept.manifest is not None
         dropped.inputs["kept"] = {"id": kept.manifest.id, "rows": kept.manifest.rows}
@@ -152,6 +156,33 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
             if hasattr(f, "minimum") or hasattr(f, "maximum")
         },
     ).save(run, "filter")
+
+
+# What the rules read, and what a sample's decoding checks (a damaged JSON column fails it).
+_FILTER_COLUMNS = ("sample_id", "scores", "failure_reason", "provenance", "extra")
+# The columns a dropped row's decoding may change (its reasons, a damaged column emptied).
+_DROPPED_COLUMNS = ("failure_reason", "drop_reason", "provenance", "extra")
+
+
+def _kept_rows(table: pa.Table, shard: list[Sample]) -> pa.Table:
+    """The kept samples' rows as they were read, without a drop reason."""
+    chosen = [i for i, sample in enumerate(shard) if sample.drop_reason is None]
+    kept = table.take(pa.array(chosen, pa.int64()))
+    column = kept.schema.get_field_index("drop_reason")
+    return kept.set_column(column, "drop_reason", pa.nulls(kept.num_rows, pa.string()))
+
+
+def _dropped_rows(table: pa.Table, shard: list[Sample]) -> pa.Table:
+    """The dropped samples' rows, with their reasons (and any column their decoding emptied)
+    as `Sample.to_row` writes them."""
+    chosen = [i for i, sample in enumerate(shard) if sample.drop_reason is not None]
+    dropped = table.take(pa.array(chosen, pa.int64()))
+    rows = [shard[i].to_row() for i in chosen]
+    for name in _DROPPED_COLUMNS:
+        column = dropped.schema.get_field_index(name)
+        values = pa.array([row[name] for row in rows], pa.string())
+        dropped = dropped.set_column(column, name, values)
+    return dropped
 
 
 def _score_values(run: RunDir, stage: str) -> ScoreValues:
