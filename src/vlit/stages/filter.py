@@ -143,6 +143,7 @@ def run(run: RunDir, settings: FilterSettings, runner: Runner | None = None) -> 
                 total += len(shard)
         assert kept.manifest is not None
         dropped.inputs["kept"] = {"id": kept.manifest.id, "rows": kept.manifest.rows}
+    pa.default_memory_pool().release_unused()  # Arrow's freed pages, before the next stage
     return FilterSummary(
         input_stage=source,
         total=total,
