@@ -4,7 +4,7 @@ memory.
 Builds a LLaVA file of N varied conversations about the 50 real COCO images in
 ``../shared/data/coco_tiny`` (questions and answers recombined from the COCO captions, the VQA v2
 questions and the LLaVA slice's captions, so no two samples are the same text by construction)
-and a run holding those images' records (for grounding), then runs the four stages one after
+and a run holding those images' records (for grounding), then runs the stages one after
 the other in ONE Python process (as `vlit.cli.main` would run each command) and reports each
 stage's wall time, CPU seconds (user+sys of the process and of any children it waited for,
 from ``getrusage``; steadier than wall time on a shared machine) and peak RSS (the kernel's
@@ -13,7 +13,8 @@ the last column of a row is the process's peak so
 far. With ``--compare SRC`` the same pipeline also runs on another checkout's ``src`` (for
 example the commit before a change), alternating, so both come from the same session;
 ``--repeat`` alternates several times. ``--score-args`` adds flags to the score command (for
-example ``--no-grounding`` to time lint-only scoring).
+example ``--no-grounding`` to time lint-only scoring); ``--report EMBEDDER`` adds the report
+(without an LLM) as a fifth stage.
 
     .venv/bin/python benchmarks/bench_run_dir.py --sizes 10000 40000
     .venv/bin/python benchmarks/bench_run_dir.py --sizes 20000 --compare /tmp/old/src --repeat 2
@@ -110,21 +111,21 @@ with open(out, "w") as handle:
 
 
 def run_pipeline(
-    run: Path, env: dict[str, str], score_args: list[str]
+    run: Path, env: dict[str, str], stages: dict[str, list[str]], score_args: list[str]
 ) -> list[tuple[str, float, float, float, float]]:
     """(stage, seconds, CPU seconds, peak RSS MB of the stage, of the process so far) per
-    stage, all four run in one process."""
+    stage, all run in one process."""
     places = {"RUN": str(run), "FILE": str(run) + ".json", "IMAGES": str(IMAGES)}
-    stages = [
+    commands = [
         (
             stage,
             [places.get(a, a.replace("RUN", str(run))) for a in argv]
             + (score_args if stage == "score" else []),
         )
-        for stage, argv in STAGES.items()
+        for stage, argv in stages.items()
     ]
     out = f"{run}.times.json"
-    command = [sys.executable, "-c", _PIPELINE, json.dumps(stages), out]
+    command = [sys.executable, "-c", _PIPELINE, json.dumps(commands), out]
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if done.returncode != 0:
         raise SystemExit(f"pipeline on {run} failed: {done.stderr.decode()[-2000:]}")
@@ -141,7 +142,15 @@ def main() -> None:
         default="",
         help="extra flags for the score command, one string (e.g. --score-args=--no-grounding)",
     )
+    parser.add_argument(
+        "--report",
+        metavar="EMBEDDER",
+        help="also run `vlit report RUN --embedder EMBEDDER` after the export (e.g. wordllama)",
+    )
     args = parser.parse_args()
+    stages = dict(STAGES)
+    if args.report:
+        stages["report"] = ["report", "RUN", "--embedder", args.report, "--json"]
     versions = {"this": str(REPO / "src")}
     if args.compare is not None:
         versions["compare"] = str(args.compare.resolve())
@@ -155,7 +164,7 @@ def main() -> None:
                     dataset = f"{run}.json"
                     build = [sys.executable, "-c", _BUILD, str(run), str(size), str(DATA), dataset]
                     subprocess.run(build, env=env, check=True)
-                    times = run_pipeline(run, env, args.score_args.split())
+                    times = run_pipeline(run, env, stages, args.score_args.split())
                     for stage, seconds, cpu, peak, process_peak in times:
                         row = (name, size, stage, seconds, cpu, size / seconds, peak, process_peak)
                         rows.append(row)
