@@ -17,6 +17,8 @@ similarity is at least ``merge_threshold`` (the more frequent tag names the grou
 sample is assigned the kept groups of its own tags, most frequent first, at most
 ``max_labels_per_sample``. Samples whose tags were all dropped are counted as ``untagged``.
 All requests go through the LLM session, so they are journalled and resumable.
+``ShardTagging`` does the same over a dataset read shard by shard, holding only each sample's
+tags, and gives the labels per shard (``AssignedLabels``) for a later pass to set.
 
 Example:
     >>> RuleTaskLabeller().label_text("How many dogs are on the beach?")
