@@ -2,9 +2,9 @@
 
 Builds, for each size, the run of ``bench_run_dir.py`` (N varied LLaVA conversations about the
 50 real COCO images, imported), starts a scripted OpenAI-compatible server
-(``tests/llm_servers.py``) in a process of its own that answers like a small consistent tagging
-model (tags from what the conversation asks, plus a rare tag per rollout) and scores complexity
-with first-token log-probabilities, then runs ``vlit report RUN --labeller taggpt`` against it
+(``tests/llm_servers.py``) in a process of its own that answers with its ``indicator_model``
+(TagGPT tags from what the conversation asks plus a rare tag per rollout; complexity scores
+with first-token log-probabilities), then runs ``vlit report RUN --labeller taggpt`` against it
 (journal in the run, removed before each run so every request is sent) with WordLlama, under
 ``/usr/bin/time``. Prints each run's wall time, CPU seconds (user+sys) and peak RSS, and the
 ratio of the peaks between the largest and the smallest size. ``--compare SRC`` also runs
@@ -25,30 +25,9 @@ from pathlib import Path
 from bench_run_dir import _BUILD, DATA, IMAGES, REPO
 
 _SERVER = """
-import math, sys, time, zlib
+import sys, time
 sys.path.insert(0, sys.argv[1])
-from llm_servers import Response, ScriptedServer
-
-FORMS = {
-    "how many": ["Counting", "counting", "object counting!"],
-    "color": ["colour recognition", "Colour-Recognition", "attribute"],
-    "what is": ["Identification", "object identification", "identifying"],
-    "where": ["spatial reasoning", "Location", "spatial"],
-}
-
-def model(body):
-    last = body["messages"][-1]["content"]
-    if "Score:" in last:
-        return Response.text("3", logprobs={"3": math.log(0.5), "4": math.log(0.3),
-                                            "7": math.log(0.2)})
-    lowered = last.lower()
-    seed, n = int(body.get("seed") or 0), int(body.get("n") or 1)
-    answers = []
-    for rollout in range(seed, seed + n):
-        tags = [forms[rollout % 3] for key, forms in FORMS.items() if key in lowered]
-        tags.append(f"oddity {zlib.crc32(lowered.encode()) % 1000}-{rollout}")
-        answers.append(", ".join(tags))
-    return Response.text(*answers)
+from llm_servers import ScriptedServer, indicator_model
 
 class Forgetful(ScriptedServer):
     def _pick(self, body):
@@ -57,7 +36,7 @@ class Forgetful(ScriptedServer):
         return super()._pick(body)
 
 server = Forgetful()
-server.add_rule(model)
+server.add_rule(indicator_model)
 server.start()
 print(server.url, flush=True)
 time.sleep(1e9)

@@ -6,7 +6,6 @@ import itertools
 import json
 import pickle
 import weakref
-import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from llm_servers import Response, ScriptedServer
+from llm_servers import ScriptedServer, indicator_model
 from vlit.cli import app
 from vlit.errors import InputFileError
 from vlit.generate.generator import FAILURE_LLM
@@ -210,32 +209,6 @@ def test_report_reads_the_run_shard_by_shard(
     assert "alert(1)" in examples(expected_html)  # the dropped stage's example
 
 
-TAG_FORMS = {
-    "descri": ["Description", "image description", "describing"],
-    "summar": ["Summarisation", "summary", "Summarizing"],
-    "concise": ["brevity", "Brevity", "conciseness"],
-    "what is": ["Identification", "object identification", "identifying"],
-}
-
-
-def _tagging_model(body: dict[str, Any]) -> Response:
-    """A small consistent model: tags from what the conversation asks (surface forms vary by
-    rollout) plus a rare tag per rollout; a complexity prompt ("Score:") gets a score of its
-    own conversation (1-9 from its hash), so the mean depends on which samples are scored."""
-    last = body["messages"][-1]["content"]
-    conversation = last.rsplit("Conversation:", 1)[-1].lower()
-    digest = zlib.crc32(conversation.encode())
-    if last.endswith("Score:"):
-        score = str(1 + digest % 9)
-        return Response.text(score, logprobs={score: 0.0})
-    seed, n = int(body.get("seed") or 0), int(body.get("n") or 1)
-    answers = []
-    for rollout in range(seed, seed + n):
-        tags = [forms[rollout % 3] for key, forms in TAG_FORMS.items() if key in conversation]
-        answers.append(", ".join([*tags, f"oddity {digest % 1000}-{rollout}"]))
-    return Response.text(*answers)
-
-
 @pytest.mark.model
 def test_the_llm_report_reads_the_run_shard_by_shard(
     llava_slice: Path,
@@ -257,7 +230,7 @@ def test_the_llm_report_reads_the_run_shard_by_shard(
     from vlit.quality.indicators.labels import TagGptTagger
     from vlit.report.html import DatasetView, examples_by_task, render_html
 
-    scripted_server.add_rule(_tagging_model)
+    scripted_server.add_rule(indicator_model)
     root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
     run = RunDir(root)
     samples = list(run.read_samples("kept"))
