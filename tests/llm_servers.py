@@ -41,6 +41,11 @@ Fixtures
     before ``start()`` to serve HTTPS. ``backend(**options)`` builds an
     ``OpenAICompatibleBackend`` aimed at it.
 
+``indicator_model`` (a rule for ``add_rule``): answers the report's LLM prompts like a small
+    consistent model: TagGPT prompts get tags from what the conversation asks (surface forms
+    vary by rollout) plus a rare tag per rollout; complexity prompts ("Score:") a score of
+    their own conversation (1-9 from its hash) with its first-token log-probability.
+
 ``smollm_backend`` (session): ``LocalTransformersBackend`` with the embedded SmolLM2-135M
     (loaded once per test session, ~30-60 s on 2 busy cores; it sets torch to 1 thread, which
     is much faster than 2 on a shared 2-core machine).
@@ -61,6 +66,7 @@ import collections
 import json
 import ssl
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,6 +227,33 @@ def completion_json(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+TAG_FORMS = {
+    "descri": ["Description", "image description", "describing"],
+    "summar": ["Summarisation", "summary", "Summarizing"],
+    "concise": ["brevity", "Brevity", "conciseness"],
+    "what is": ["Identification", "object identification", "identifying"],
+    "how many": ["Counting", "counting", "object counting!"],
+    "colo": ["colour recognition", "Colour-Recognition", "attribute"],
+    "where": ["spatial reasoning", "Location", "spatial"],
+}
+
+
+def indicator_model(body: dict[str, Any]) -> Response:
+    """TagGPT tags or a complexity score for the report's prompts (see the module docstring)."""
+    last = body["messages"][-1]["content"]
+    conversation = last.rsplit("Conversation:", 1)[-1].lower()
+    digest = zlib.crc32(conversation.encode())
+    if last.endswith("Score:"):
+        score = str(1 + digest % 9)
+        return Response.text(score, logprobs={score: 0.0})
+    seed, n = int(body.get("seed") or 0), int(body.get("n") or 1)
+    answers = []
+    for rollout in range(seed, seed + n):
+        tags = [forms[rollout % 3] for key, forms in TAG_FORMS.items() if key in conversation]
+        answers.append(", ".join([*tags, f"oddity {digest % 1000}-{rollout}"]))
+    return Response.text(*answers)
 
 
 @dataclass

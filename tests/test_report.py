@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import pickle
+import weakref
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from llm_servers import ScriptedServer, indicator_model
 from vlit.cli import app
 from vlit.errors import InputFileError
 from vlit.generate.generator import FAILURE_LLM
@@ -204,6 +207,113 @@ def test_report_reads_the_run_shard_by_shard(
 
     assert examples(html.read_text()) == examples(expected_html)
     assert "alert(1)" in examples(expected_html)  # the dropped stage's example
+
+
+@pytest.mark.model
+def test_the_llm_report_reads_the_run_shard_by_shard(
+    llava_slice: Path,
+    tmp_path: Path,
+    scripted_server: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten shards, a failed and a dropped sample, TagGPT labels and the LLM complexity of 10
+    samples: `vlit report` holds at most two shards, the chosen samples and the examples it
+    shows, and writes the indicators and HTML examples computed over the samples in memory
+    (the same labels, the same scored samples). Feeds updated on copies, shard by shard, and
+    merged (as the Ray workers do) give the same report."""
+    from vlit import rundir
+    from vlit.llm.journal import LlmJournal
+    from vlit.llm.session import LlmSession
+    from vlit.quality.indicators import suite
+    from vlit.quality.indicators.complexity import LlmComplexityScorer
+    from vlit.quality.indicators.embeddings import load_embedder
+    from vlit.quality.indicators.labels import TagGptTagger
+    from vlit.report.html import DatasetView, examples_by_task, render_html
+
+    scripted_server.add_rule(indicator_model)
+    root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
+    run = RunDir(root)
+    samples = list(run.read_samples("kept"))
+    samples[3].failure_reason = FAILURE_LLM
+    samples[4].drop_reason = "lint: refusal"
+    run.write_samples("kept", samples, shard_size=20)
+    loaded = suite.load_run(root)
+    embedder = load_embedder("wordllama")
+    session = LlmSession(
+        scripted_server.backend(), journal=LlmJournal(tmp_path / "expected.sqlite")
+    )
+    expected = suite.compute_indicators(
+        loaded.samples,
+        embedder=embedder,
+        tagger=TagGptTagger(session=session, embedder=embedder),
+        complexity_scorer=LlmComplexityScorer(session=session, max_samples=10),
+    )
+    expected_html = render_html([DatasetView("run", expected, loaded.samples, loaded.dropped)])
+    shown = sum(len(group) for group in examples_by_task(loaded.samples).values())
+    asked = scripted_server.received()
+
+    alive = most_alive = 0
+    from_row = rundir._sample_from_row
+
+    def gone() -> None:
+        nonlocal alive
+        alive -= 1
+
+    def counted(*args: Any) -> Sample:
+        nonlocal alive, most_alive
+        sample = from_row(*args)
+        weakref.finalize(sample, gone)
+        alive += 1
+        most_alive = max(most_alive, alive)
+        return sample
+
+    def whole_stage(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the whole stage was loaded")
+
+    html = tmp_path / "report.html"
+    argv = ["report", str(root), "--json", "--embedder", "wordllama", "--html", str(html)]
+    argv += ["--labeller", "taggpt", "--complexity-samples", "10"]
+    argv += ["--llm-base-url", scripted_server.url, "--llm-model", scripted_server.model]
+    with monkeypatch.context() as patched:
+        patched.setattr(RunDir, "read_samples", whole_stage)
+        patched.setattr(suite, "compute_indicators", whole_stage)
+        patched.setattr(rundir, "_sample_from_row", counted)
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    # one tagging request per usable sample, one complexity request per chosen sample
+    assert scripted_server.received() - asked == asked == 198 + 10
+    # two shards at once (the one read, the one before), the chosen, the examples shown (+1 dropped)
+    assert most_alive <= 2 * 20 + 10 + shown + 1 < 198, most_alive
+    written = json.loads((root / "indicators.json").read_text())
+    wanted = suite.without_histograms(expected)
+    for report in (written, wanted):
+        report.pop("timings")
+        report["indicators"]["response_diversity"].pop("embedding_cache")
+    assert {key: written[key] for key in wanted} == wanted
+    assert written["indicators"]["task_labels"]["labeller"] == "taggpt"
+    assert written["indicators"]["task_labels"]["dropped_rare_tags"] > 0
+    assert written["indicators"]["instruction_complexity_llm"]["scored"] == 10
+    assert written["excluded"] == loaded.excluded and written["samples"] == 198
+
+    def examples(page: str) -> str:
+        return page.split("<h3>Examples per task</h3>")[1].split("<details>")[0]
+
+    assert examples(html.read_text()) == examples(expected_html)
+    assert "summar" in examples(expected_html)  # grouped by TagGPT labels
+
+    labels = suite.tag_stage(TagGptTagger(session=session, embedder=embedder), run, "kept")
+    merged = suite.IndicatorFeed(embedder=embedder, labels=labels)
+    unfed = pickle.dumps(merged)  # what Ray hands each task (without the embedder)
+    for index, shard in enumerate(run.read_sample_shards("kept")):
+        part = pickle.loads(unfed)
+        part.update_shard(shard, index)
+        merged.merge(part)
+    report = suite.without_histograms(merged.report())
+    report.pop("timings")
+    report["indicators"]["response_diversity"].pop("embedding_cache")
+    assert report["indicators"] == {
+        k: v for k, v in wanted["indicators"].items() if k != "instruction_complexity_llm"
+    }
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import ray
 
-from llm_servers import Response, ScriptedServer
+from llm_servers import Response, ScriptedServer, indicator_model
 from vlit.collect import CocoCollector
 from vlit.generate.generator import FAILURE_LLM
 from vlit.llm.config import LlmConfig
@@ -164,6 +164,49 @@ def test_the_report_on_ray_equals_the_local_report(
     assert written["local"]["table"]["response_diversity"] is not None
     granularity = written["local"]["indicators"]["object_granularity"]
     assert granularity["source"] == "annotations" and granularity["object_granularity"] > 0
+
+
+def test_the_llm_report_on_ray_equals_the_local_report(
+    adapted_run: Path, tmp_path: Path, ray_cluster: Any, scripted_server: ScriptedServer
+) -> None:
+    """TagGPT labels and the LLM complexity: the LLM is asked from this process shard by
+    shard, the labels go to the Ray workers with the feed, and the report is the local one."""
+    from vlit.llm.journal import LlmJournal
+    from vlit.llm.session import LlmSession
+    from vlit.quality.indicators.embeddings import load_embedder
+    from vlit.report.build import report_run
+
+    scripted_server.add_rule(indicator_model)
+    embedder = load_embedder("wordllama")
+    written: dict[str, dict[str, Any]] = {}
+    shown: dict[str, list[tuple[str, list[str]]]] = {}
+    for kind in ("local", "ray"):
+        root = tmp_path / kind
+        shutil.copytree(adapted_run, root)
+        run = RunDir(root)
+        samples = list(run.read_samples("samples"))
+        samples[2].failure_reason = FAILURE_LLM
+        run.write_samples("kept", samples, shard_size=-(-len(samples) // 8))
+        session = LlmSession(scripted_server.backend(), journal=LlmJournal(run.journal_path))
+        view = report_run(
+            run,
+            embedder=embedder,
+            runner=build_runner(RunnerSettings(kind=kind)),  # type: ignore[arg-type]
+            session=session,
+            use_taggpt=True,
+            complexity_samples=10,
+            name="run",
+        )
+        shown[kind] = [(sample.sample_id, sample.labels) for sample in view.samples]
+        written[kind] = json.loads((root / "indicators.json").read_text())
+        assert written[kind].pop("run") == str(root)
+        written[kind].pop("timings")
+    assert written["ray"] == written["local"]
+    assert shown["ray"] == shown["local"]
+    labels = written["local"]["indicators"]["task_labels"]
+    assert labels["labeller"] == "taggpt" and len(labels["kept_tags"]) >= 2
+    assert labels["untagged_samples"] < written["local"]["samples"] // 2
+    assert written["local"]["indicators"]["instruction_complexity_llm"]["scored"] == 10
 
 
 def test_the_judge_on_ray_shares_one_journal_and_replays_it(

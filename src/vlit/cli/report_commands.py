@@ -206,18 +206,12 @@ def report_command(
             staged.enter_context(open_run_dir(given, writer="vlit report", must_exist=True)).root
             for given in runs
         ]
-        in_memory = llm_base_url is not None  # an LLM labels or scores the samples held
-        loaded_runs = [load_run(path, with_samples=in_memory) for path in paths]
+        loaded_runs = [load_run(path, with_samples=False) for path in paths]
         if len(loaded_runs) > 1 and embedding_model is not None:
             # one ruler: a data-chosen eps is chosen once over all the runs
             settings = shared_settings(
                 [
-                    (
-                        [loaded.samples]
-                        if in_memory
-                        else usable_batches(RunDir(path), loaded.stage),
-                        loaded.root / "embeddings",
-                    )
+                    (usable_batches(RunDir(path), loaded.stage), loaded.root / "embeddings")
                     for path, loaded in zip(paths, loaded_runs, strict=True)
                 ],
                 embedder=embedding_model,

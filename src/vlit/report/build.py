@@ -24,8 +24,11 @@ from vlit.quality.indicators.suite import (
     IndicatorFeed,
     IndicatorSettings,
     LoadedRun,
-    compute_indicators,
     load_run,
+    samples_at,
+    tag_stage,
+    timed,
+    usable_batches,
     without_histograms,
 )
 from vlit.report.html import EXAMPLES_PER_GROUP, DatasetView, examples_by_reason, render_html
@@ -52,23 +55,32 @@ def report_run(
 
     With an LLM ``session`` the instruction complexity is also scored by the LLM, and with
     ``use_taggpt`` task labels come from TagGPT instead of the offline rules. ``loaded``: the
-    run already loaded by ``load_run(path)``. Without an LLM the samples are read shard by
-    shard on ``runner`` (default: this process; on Ray, by its workers) and the view keeps
-    only the examples it shows; with one they are all held here.
+    run as `load_run(path)` gives it (its samples are not used). The samples are read shard by
+    shard on ``runner`` (default: this process; on Ray, by its workers), the LLM's passes
+    (TagGPT's tags before, the complexity's chosen samples after) shard by shard in this
+    process, and the view keeps only the examples it shows.
     """
     settings = settings or IndicatorSettings()
-    if session is None:  # rules and mergeable indicators: stream the run
-        loaded = loaded or load_run(path, with_samples=False)
-        report, shown, dropped = _streamed_report(
-            loaded, embedder, settings, on_step, runner or LocalRunner()
+    tagger = complexity = None
+    if session is not None:
+        complexity = LlmComplexityScorer(
+            session=session, max_samples=complexity_samples, seed=settings.seed
         )
-        excluded = report.pop("excluded")
-    else:
-        loaded = loaded if loaded is not None and loaded.samples else load_run(path)
-        shown, dropped, excluded = loaded.samples, loaded.dropped, loaded.excluded
-        report = _report_in_memory(
-            loaded, embedder, settings, session, use_taggpt, complexity_samples, on_step
-        )
+        if use_taggpt:
+            if embedder is None:
+                raise ConfigError("TagGPT merges tags by embedding", fix="give an embedder")
+            tagger = TagGptTagger(session=session, embedder=embedder, seed=settings.seed)
+    loaded = loaded or load_run(path, with_samples=False)
+    report, shown, dropped = _streamed_report(
+        loaded,
+        embedder,
+        settings,
+        on_step or (lambda _step: None),
+        runner or LocalRunner(),
+        tagger,
+        complexity,
+    )
+    excluded = report.pop("excluded")
     dataset = name or loaded.name
     report.update(
         {
@@ -88,58 +100,45 @@ def _streamed_report(
     loaded: LoadedRun,
     embedder: Embedder | None,
     settings: IndicatorSettings,
-    on_step: Callable[[str], None] | None,
+    step: Callable[[str], None],
     runner: Runner,
+    tagger: TagGptTagger | None,
+    complexity: LlmComplexityScorer | None,
 ) -> tuple[dict[str, Any], list[Sample], list[Sample]]:
     """The indicators read shard by shard on ``runner`` (memory: what each indicator keeps,
-    README), and the few samples the HTML shows."""
-    if on_step is not None:
-        on_step("indicators, shard by shard")
-    run = loaded.run
+    README), and the few samples the HTML shows. With ``tagger``, a first pass asks the LLM
+    for the tags of each shard's samples; with ``complexity``, a last pass picks the samples
+    it scores."""
+    run, stage = loaded.run, loaded.stage
+    timings: dict[str, float] = {}
+    labels = None
+    if tagger is not None:
+        step("task labels (TagGPT), shard by shard")
+        with timed(timings, "task_labels"):
+            labels = tag_stage(tagger, run, stage)
+    step("indicators, shard by shard")
     feed = IndicatorFeed(
         embedder=embedder,
         cache_dir=loaded.root / "embeddings",
         records=loaded.records,
         settings=settings,
         examples_per_task=EXAMPLES_PER_GROUP,
+        labels=labels,
     )
-    runner.fold_indicators(feed, run, loaded.stage)
+    runner.fold_indicators(feed, run, stage)
+    more = {}
+    if complexity is not None:
+        step("instruction complexity (LLM)")
+        with timed(timings, "instruction_complexity_llm"):
+            chosen = samples_at(usable_batches(run, stage), complexity.choose(feed.samples))
+            more["instruction_complexity_llm"] = complexity.score_chosen(chosen)
+    for name, seconds in timings.items():
+        feed.timings[name] = round(feed.timings.get(name, 0.0) + seconds, 3)
     shown = [s for group in feed.examples.values() for s in group]
     shards = run.read_sample_shards("dropped") if run.has_stage("dropped") else ()
     by_reason = examples_by_reason(s for shard in shards for s in shard)
     shown_dropped = [s for group in by_reason.values() for s in group]
-    return {**feed.report(), "excluded": feed.excluded}, shown, shown_dropped
-
-
-def _report_in_memory(
-    loaded: LoadedRun,
-    embedder: Embedder | None,
-    settings: IndicatorSettings,
-    session: LlmSession | None,
-    use_taggpt: bool,
-    complexity_samples: int,
-    on_step: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    """The indicators with an LLM (TagGPT labels, LLM complexity): all in memory."""
-    tagger = complexity = None
-    if session is not None:
-        complexity = LlmComplexityScorer(
-            session=session, max_samples=complexity_samples, seed=settings.seed
-        )
-        if use_taggpt:
-            if embedder is None:
-                raise ConfigError("TagGPT merges tags by embedding", fix="give an embedder")
-            tagger = TagGptTagger(session=session, embedder=embedder, seed=settings.seed)
-    return compute_indicators(
-        loaded.samples,
-        embedder=embedder,
-        cache_dir=loaded.root / "embeddings",
-        records=loaded.records,
-        tagger=tagger,
-        complexity_scorer=complexity,
-        settings=settings,
-        on_step=on_step,
-    )
+    return {**feed.report(more), "excluded": feed.excluded}, shown, shown_dropped
 
 
 def write_html(views: Sequence[DatasetView], path: Path) -> None:

@@ -70,8 +70,8 @@ class Runner(Protocol):
     ``on_batch(n)`` is told about each batch of n samples done (where the runner can tell).
 
     What the report asks of it: every shard of stage ``stage`` into ``feed``, a feed that has
-    seen nothing yet (`IndicatorFeed.update_shard` per shard, or partial feeds merged in shard
-    order: the same report either way)."""
+    seen nothing yet (`IndicatorFeed.update_shard` per shard with the shard's position in the
+    stage, or partial feeds merged in shard order: the same report either way)."""
 
     settings: RunnerSettings
 

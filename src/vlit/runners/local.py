@@ -33,8 +33,8 @@ class LocalRunner:
 
     def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None:
         """Read the stage shard by shard into ``feed``."""
-        for shard in run.read_sample_shards(stage):
-            feed.update_shard(shard)
+        for index, shard in enumerate(run.read_sample_shards(stage)):
+            feed.update_shard(shard, index)
 
     def describe(self) -> dict[str, Any] | None:
         """Nothing to say: the local runner is the default."""

@@ -392,8 +392,8 @@ class RayRunner:
         root = str(run.root.absolute())
         waiting: deque[Any] = deque()
         most = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        for shard in work:
-            waiting.append(fold.remote(unfed, root, stage, shard))
+        for index, shard in enumerate(work):
+            waiting.append(fold.remote(unfed, root, stage, shard, index))
             if len(waiting) >= most:
                 feed.merge(ray.get(waiting.popleft()))
         while waiting:
@@ -420,11 +420,11 @@ def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any
 
 
 def _fold_shard(
-    feed: IndicatorFeed, root: str, stage: str, shard: str | list[Sample]
+    feed: IndicatorFeed, root: str, stage: str, shard: str | list[Sample], index: int
 ) -> IndicatorFeed:
-    """``feed`` (this task's own copy) updated with ``shard``: the samples, or the name of the
-    stage's shard file in the run at ``root``, read here."""
+    """``feed`` (this task's own copy) updated with ``shard``, the stage's shard ``index``: the
+    samples, or the name of the stage's shard file in the run at ``root``, read here."""
     if isinstance(shard, str):
         shard = RunDir(root).read_sample_shard(stage, shard)
-    feed.update_shard(shard)
+    feed.update_shard(shard, index)
     return feed

@@ -365,15 +365,24 @@ class LlmComplexityScorer:
             output=self.output,
         )
 
-    def score(self, samples: list[Sample]) -> dict[str, Any]:
+    def choose(self, count: int) -> list[int]:
+        """The positions, in order, of the samples scored out of ``count``: ``max_samples``
+        at most, drawn with the seed."""
         rng = np.random.default_rng(self.seed)
-        size = min(self.max_samples, len(samples))
-        chosen = sorted(rng.choice(len(samples), size=size, replace=False).tolist())
-        outcomes = self.session.run([self.request_for(samples[i]) for i in chosen])
+        size = min(self.max_samples, count)
+        return sorted(rng.choice(count, size=size, replace=False).tolist())
+
+    def score(self, samples: list[Sample]) -> dict[str, Any]:
+        """Score the chosen samples of ``samples`` (see `choose`)."""
+        return self.score_chosen([samples[i] for i in self.choose(len(samples))])
+
+    def score_chosen(self, chosen: list[Sample]) -> dict[str, Any]:
+        """Score every sample of ``chosen`` (the samples `choose` picked)."""
+        outcomes = self.session.run([self.request_for(sample) for sample in chosen])
         values: list[float] = []
         sources: dict[str, int] = {}
         failed = 0
-        for index, outcome in zip(chosen, outcomes, strict=True):
+        for sample, outcome in zip(chosen, outcomes, strict=True):
             if not outcome.ok or not outcome.choices:
                 failed += 1
                 sources["request failed"] = sources.get("request failed", 0) + 1
@@ -381,14 +390,14 @@ class LlmComplexityScorer:
             value, source = expected_score(outcome.choices[0])
             sources[source] = sources.get(source, 0) + 1
             if value is not None:
-                samples[index].scores["complexity_llm"] = value
+                sample.scores["complexity_llm"] = value
                 values.append(value)
         summary = _summary(values)
         return {
             "mean": summary["mean"],
             "summary": summary,
             "scored": len(values),
-            "asked": size,
+            "asked": len(chosen),
             "failed_requests": failed,
             "score_sources": sources,
             "histogram_values": values,

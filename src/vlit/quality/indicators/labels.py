@@ -17,6 +17,8 @@ similarity is at least ``merge_threshold`` (the more frequent tag names the grou
 sample is assigned the kept groups of its own tags, most frequent first, at most
 ``max_labels_per_sample``. Samples whose tags were all dropped are counted as ``untagged``.
 All requests go through the LLM session, so they are journalled and resumable.
+``ShardTagging`` does the same over a dataset read shard by shard, holding only each sample's
+tags, and gives the labels per shard (``AssignedLabels``) for a later pass to set.
 
 Example:
     >>> RuleTaskLabeller().label_text("How many dogs are on the beach?")
@@ -28,7 +30,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -174,6 +176,10 @@ class TagVocabulary:
     def group_of(self, tag: str) -> str | None:
         return self.merged_into.get(tag)
 
+    def groups_of(self, tags: Iterable[str]) -> set[str]:
+        """The kept groups of ``tags`` (one sample's)."""
+        return {g for g in (self.group_of(tag) for tag in tags) if g is not None}
+
 
 @dataclass
 class TaggingResult:
@@ -183,6 +189,27 @@ class TaggingResult:
     failed_requests: int = 0
     untagged_samples: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        """What ``indicators.json`` says of the labelling (``task_labels``)."""
+        return taggpt_details(
+            self.settings, self.vocabulary, self.failed_requests, self.untagged_samples
+        )
+
+
+def taggpt_details(
+    settings: dict[str, Any], vocabulary: TagVocabulary, failed_requests: int, untagged: int
+) -> dict[str, Any]:
+    """The ``task_labels`` entry of ``indicators.json`` for TagGPT labels."""
+    return {
+        "labeller": "taggpt",
+        "settings": settings,
+        "kept_tags": vocabulary.kept,
+        "merged_into": {k: v for k, v in vocabulary.merged_into.items() if k != v},
+        "dropped_rare_tags": len(vocabulary.dropped_rare),
+        "failed_requests": failed_requests,
+        "untagged_samples": untagged,
+    }
 
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
@@ -256,6 +283,7 @@ class TagGptTagger:
         self.max_conversation_chars = max_conversation_chars
         self.seed = seed
         self._lemmatise = lemmatise
+        self._normalised: dict[str, str] = {}  # raw tag -> normalised
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -301,7 +329,12 @@ class TagGptTagger:
     def build_vocabulary(self, tags_per_sample: list[set[str]]) -> TagVocabulary:
         """Count (once per sample), drop rare tags, merge near-duplicates by embedding."""
         counts = Counter(tag for tags in tags_per_sample for tag in tags)
-        threshold = max(self.min_count, int(np.ceil(self.min_share * len(tags_per_sample))))
+        return self.vocabulary_of(counts, len(tags_per_sample))
+
+    def vocabulary_of(self, counts: Counter[str], samples: int) -> TagVocabulary:
+        """Drop rare tags (``counts``: how many of the ``samples`` have each tag), merge
+        near-duplicates by embedding."""
+        threshold = max(self.min_count, int(np.ceil(self.min_share * samples)))
         frequent = sorted(
             (tag for tag, count in counts.items() if count >= threshold),
             key=lambda tag: (-counts[tag], tag),
@@ -326,34 +359,38 @@ class TagGptTagger:
             counts=dict(counts), kept=kept, merged_into=merged_into, dropped_rare=dropped
         )
 
+    def normalised(self, raw: list[list[list[str]]]) -> list[set[str]]:
+        """Each sample's distinct normalised tags over its generations."""
+        if self._lemmatise is None:
+            self._lemmatise = default_lemmatiser()
+        tags_per_sample = []
+        for sample_tags in raw:
+            tags: set[str] = set()
+            for generation in sample_tags:
+                for tag in generation:
+                    if tag not in self._normalised:
+                        self._normalised[tag] = normalise_tag(tag, self._lemmatise)
+                    tags.add(self._normalised[tag])
+            tags_per_sample.append(tags - {""})
+        return tags_per_sample
+
+    def labels_of(
+        self, tags: Iterable[str], vocabulary: TagVocabulary, group_counts: Counter[str]
+    ) -> list[str]:
+        """One sample's labels: the kept groups of its tags, most frequent group first (over
+        the dataset: ``group_counts``), at most ``max_labels_per_sample``."""
+        ranked = sorted(vocabulary.groups_of(tags), key=lambda g: (-group_counts[g], g))
+        return ranked[: self.max_labels_per_sample]
+
     def label(self, samples: list[Sample]) -> TaggingResult:
         """Propose, normalise, count, filter, merge and assign; sets ``sample.labels``."""
         raw, failed = self.propose(samples)
-        lemmatise = self._lemmatise or default_lemmatiser()
-        cache: dict[str, str] = {}
-
-        def normalised(tag: str) -> str:
-            if tag not in cache:
-                cache[tag] = normalise_tag(tag, lemmatise)
-            return cache[tag]
-
-        tags_per_sample = [
-            {normalised(tag) for generation in sample_tags for tag in generation} - {""}
-            for sample_tags in raw
-        ]
+        tags_per_sample = self.normalised(raw)
         vocabulary = self.build_vocabulary(tags_per_sample)
-        group_counts = Counter(
-            group
-            for tags in tags_per_sample
-            for group in {vocabulary.group_of(tag) for tag in tags}
-            if group is not None
-        )
-        labels: list[list[str]] = []
-        for sample, tags in zip(samples, tags_per_sample, strict=True):
-            groups = {g for g in (vocabulary.group_of(tag) for tag in tags) if g is not None}
-            ranked = sorted(groups, key=lambda g: (-group_counts[g], g))
-            sample.labels = ranked[: self.max_labels_per_sample]
-            labels.append(sample.labels)
+        group_counts = Counter(g for tags in tags_per_sample for g in vocabulary.groups_of(tags))
+        labels = [self.labels_of(tags, vocabulary, group_counts) for tags in tags_per_sample]
+        for sample, sample_labels in zip(samples, labels, strict=True):
+            sample.labels = sample_labels
         return TaggingResult(
             labels=labels,
             vocabulary=vocabulary,
@@ -362,3 +399,71 @@ class TagGptTagger:
             untagged_samples=sum(1 for sample_labels in labels if not sample_labels),
             settings=self.settings(),
         )
+
+
+class ShardTagging:
+    """TagGPT over a dataset shard by shard, holding only each sample's tags.
+
+    `add` asks the LLM for the tags of one shard's samples (one batch of requests) and keeps
+    their normalised tags (as ids); `labels` then builds the vocabulary and assigns every
+    sample its labels, as `TagGptTagger.label` does on all the samples at once.
+    """
+
+    def __init__(self, tagger: TagGptTagger) -> None:
+        self.tagger = tagger
+        self.tag_ids: dict[str, int] = {}
+        self.shards: list[list[tuple[int, ...]]] = []
+        self.counts: Counter[int] = Counter()  # samples per tag id
+        self.failed_requests = 0
+
+    def add(self, samples: list[Sample]) -> None:
+        """Tag the samples of the next shard."""
+        raw, failed = self.tagger.propose(samples)
+        self.failed_requests += failed
+        shard = []
+        for tags in self.tagger.normalised(raw):
+            ids = tuple(sorted(self.tag_ids.setdefault(tag, len(self.tag_ids)) for tag in tags))
+            self.counts.update(ids)
+            shard.append(ids)
+        self.shards.append(shard)
+
+    def labels(self) -> AssignedLabels:
+        """Every shard's labels and what ``indicators.json`` says of them."""
+        names = list(self.tag_ids)
+        samples = sum(len(shard) for shard in self.shards)
+        counts = Counter({names[i]: count for i, count in self.counts.items()})
+        vocabulary = self.tagger.vocabulary_of(counts, samples)
+
+        def tags_of(ids: tuple[int, ...]) -> list[str]:
+            return [names[i] for i in ids]
+
+        group_counts = Counter(
+            g for shard in self.shards for ids in shard for g in vocabulary.groups_of(tags_of(ids))
+        )
+        shards = [
+            [tuple(self.tagger.labels_of(tags_of(ids), vocabulary, group_counts)) for ids in shard]
+            for shard in self.shards
+        ]
+        untagged = sum(1 for shard in shards for labels in shard if not labels)
+        details = taggpt_details(self.tagger.settings(), vocabulary, self.failed_requests, untagged)
+        return AssignedLabels(shards=shards, details=details)
+
+
+@dataclass
+class AssignedLabels:
+    """Labels an earlier pass gave a stage's samples: per shard, in the order of the shard's
+    usable samples; ``details`` is what ``indicators.json`` says of the labelling."""
+
+    shards: list[list[tuple[str, ...]]]
+    details: dict[str, Any]
+
+    def apply(self, index: int, samples: list[Sample]) -> None:
+        """Set ``labels`` of the usable ``samples`` of shard ``index``."""
+        given = self.shards[index] if index < len(self.shards) else []
+        if len(given) != len(samples):
+            raise ValueError(
+                f"shard {index} has {len(samples)} usable samples, but {len(given)} were "
+                "labelled: the stage changed since it was tagged"
+            )
+        for sample, labels in zip(samples, given, strict=True):
+            sample.labels = list(labels)

@@ -30,7 +30,12 @@ from vlit.quality.indicators.complexity import (
 )
 from vlit.quality.indicators.embeddings import Embedder
 from vlit.quality.indicators.instruction_diversity import InstructionDiversityIndicator
-from vlit.quality.indicators.labels import RuleTaskLabeller, TagGptTagger
+from vlit.quality.indicators.labels import (
+    AssignedLabels,
+    RuleTaskLabeller,
+    ShardTagging,
+    TagGptTagger,
+)
 from vlit.quality.indicators.response_diversity import (
     EPS_RULE,
     ResponseDiversityIndicator,
@@ -146,6 +151,29 @@ def usable(shard: list[Sample], excluded: dict[str, int]) -> list[Sample]:
     return kept
 
 
+def tag_stage(tagger: TagGptTagger, run: RunDir, stage: str) -> AssignedLabels:
+    """TagGPT labels of the stage's usable samples, the LLM asked shard by shard (only each
+    sample's tags are held)."""
+    tagging = ShardTagging(tagger)
+    for batch in usable_batches(run, stage):
+        tagging.add(batch)
+    return tagging.labels()
+
+
+def samples_at(batches: Iterable[list[Sample]], positions: list[int]) -> list[Sample]:
+    """The samples at ``positions`` (increasing) of the samples of ``batches``, in order."""
+    chosen: list[Sample] = []
+    start = 0
+    for batch in batches:
+        end = start + len(batch)
+        while len(chosen) < len(positions) and positions[len(chosen)] < end:
+            chosen.append(batch[positions[len(chosen)] - start])
+        start = end
+    if len(chosen) < len(positions):
+        raise ValueError(f"position {positions[len(chosen)]} is past the {start} samples")
+    return chosen
+
+
 def add_task_examples(
     by_task: dict[str, list[Sample]], samples: Iterable[Sample], per_task: int
 ) -> None:
@@ -160,8 +188,9 @@ def add_task_examples(
 
 
 class IndicatorFeed:
-    """The mergeable indicators of one dataset fed batch by batch, with rule task labels (what
-    each keeps per sample is in the README); `report` has `compute_indicators`' shape.
+    """The mergeable indicators of one dataset fed batch by batch, with rule task labels or
+    the ``labels`` an earlier pass assigned (TagGPT's, `tag_stage`); what each indicator keeps
+    per sample is in the README. `report` has `compute_indicators`' shape.
 
     Feeds updated on separate parts of a dataset and merged in the parts' order report what
     one feed updated on the whole would (timings are summed). ``examples_per_task``: how many
@@ -177,8 +206,10 @@ class IndicatorFeed:
         records: dict[str, ImageRecord] | None = None,
         settings: IndicatorSettings = IndicatorSettings(),
         examples_per_task: int = 0,
+        labels: AssignedLabels | None = None,
     ) -> None:
         self.labeller = RuleTaskLabeller()
+        self.assigned = labels
         self.indicators = _streaming_indicators(embedder, cache_dir, records, settings)
         self.settings = settings
         self.samples = 0
@@ -187,15 +218,23 @@ class IndicatorFeed:
         self.examples_per_task = examples_per_task
         self.examples: dict[str, list[Sample]] = {}
 
-    def update_shard(self, shard: list[Sample]) -> None:
-        """Update with the usable samples of ``shard``; count the failed and dropped ones."""
-        self.update(usable(shard, self.excluded))
+    def update_shard(self, shard: list[Sample], index: int = 0) -> None:
+        """Update with the usable samples of ``shard``, the stage's shard ``index`` (where
+        the assigned labels are looked up); count the failed and dropped ones."""
+        batch = usable(shard, self.excluded)
+        if self.assigned is not None:
+            with timed(self.timings, "task_labels"):
+                self.assigned.apply(index, batch)
+        self.update(batch)
 
     def update(self, batch: list[Sample]) -> None:
-        with _timed(self.timings, "task_labels"):
-            self.labeller(batch)
+        """Update with ``batch`` (rule-labelled here, unless the feed has assigned labels: then
+        labelled already)."""
+        if self.assigned is None:
+            with timed(self.timings, "task_labels"):
+                self.labeller(batch)
         for indicator in self.indicators:
-            with _timed(self.timings, indicator.name):
+            with timed(self.timings, indicator.name):
                 indicator.update(batch)
         self.samples += len(batch)
         add_task_examples(self.examples, batch, self.examples_per_task)
@@ -213,12 +252,18 @@ class IndicatorFeed:
         examples = (sample for group in other.examples.values() for sample in group)
         add_task_examples(self.examples, examples, self.examples_per_task)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, more: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The report; ``more``: details computed beside the feed (the LLM complexity)."""
         details: dict[str, Any] = {
-            "task_labels": {"labeller": "rules", "rules": self.labeller.label_names}
+            "task_labels": (
+                self.assigned.details
+                if self.assigned is not None
+                else {"labeller": "rules", "rules": self.labeller.label_names}
+            ),
+            **(more or {}),
         }
         for indicator in self.indicators:
-            with _timed(self.timings, indicator.name):
+            with timed(self.timings, indicator.name):
                 details[indicator.name] = indicator.result()
         return _report(details, self.settings, self.timings, self.samples)
 
@@ -274,7 +319,7 @@ def _report(
 
 
 @contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
@@ -308,18 +353,9 @@ def compute_indicators(
     details: dict[str, Any] = {}
 
     step("task labels")
-    with _timed(timings, "task_labels"):
+    with timed(timings, "task_labels"):
         if tagger is not None:
-            tagging = tagger.label(samples)
-            details["task_labels"] = {
-                "labeller": "taggpt",
-                "settings": tagging.settings,
-                "kept_tags": tagging.vocabulary.kept,
-                "merged_into": {k: v for k, v in tagging.vocabulary.merged_into.items() if k != v},
-                "dropped_rare_tags": len(tagging.vocabulary.dropped_rare),
-                "failed_requests": tagging.failed_requests,
-                "untagged_samples": tagging.untagged_samples,
-            }
+            details["task_labels"] = tagger.label(samples).details()
         else:
             labeller = RuleTaskLabeller()
             labeller(samples)
@@ -328,12 +364,12 @@ def compute_indicators(
     streaming = _streaming_indicators(embedder, cache_dir, records, settings)
     for indicator in streaming:
         step(indicator.name)
-        with _timed(timings, indicator.name):
+        with timed(timings, indicator.name):
             _feed(indicator, samples)
             details[indicator.name] = indicator.result()
     if complexity_scorer is not None:
         step("instruction complexity (LLM)")
-        with _timed(timings, "instruction_complexity_llm"):
+        with timed(timings, "instruction_complexity_llm"):
             details["instruction_complexity_llm"] = complexity_scorer.score(samples)
 
     return _report(details, settings, timings, len(samples))
