@@ -22,10 +22,11 @@ from vlit.collect import CocoCollector
 from vlit.generate.generator import FAILURE_LLM
 from vlit.llm.config import LlmConfig
 from vlit.quality.judge import clue_for, judge_messages, render_conversation
+from vlit.reasons import Reason
 from vlit.rundir import RunDir
 from vlit.runners import ray_runner
 from vlit.runners.base import RunnerSettings, build_runner
-from vlit.schema import Turn
+from vlit.schema import Sample, Turn
 from vlit.stages import filter as filter_stage
 from vlit.stages import generate as generate_stage
 from vlit.stages import score as score_stage
@@ -120,8 +121,9 @@ def test_the_report_on_ray_equals_the_local_report(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Eight shards, a failed and a dropped sample: the Ray workers read the shards themselves
-    (this process reads none), or for a run on S3 are handed them by this process, and the
-    merged report is the local one."""
+    (this process reads none, of ``kept`` or of ``dropped``), or for a run on S3 are handed
+    them by this process, and the merged report is the local one. The HTML's dropped examples
+    are the first three of each drop reason code."""
     from vlit.quality.indicators.embeddings import load_embedder
     from vlit.report.build import report_run
 
@@ -135,6 +137,17 @@ def test_the_report_on_ray_equals_the_local_report(
 
     written: dict[str, dict[str, Any]] = {}
     shown: dict[str, list[str]] = {}
+    shown_dropped: dict[str, list[str]] = {}
+    dropped = [
+        Sample(
+            sample_id=f"low{i}",
+            turns=[Turn("user", "Q?")],
+            drop_reason=Reason("md_below_min", f"{i}.5"),
+        )
+        for i in range(5)
+    ] + [
+        Sample(sample_id="refusal", turns=[Turn("user", "Q?")], drop_reason=Reason("lint_refusal"))
+    ]
     for kind in ("local", "ray", "ray, run on s3"):
         folder = tmp_path / kind.replace(", ", "-").replace(" ", "_")
         root = folder / "run"
@@ -146,19 +159,23 @@ def test_the_report_on_ray_equals_the_local_report(
         samples[5].drop_reason = "lint: refusal"
         run.write_samples("kept", samples, shard_size=-(-len(samples) // 8))
         assert len(run.check_current("kept").shards) == 8
+        run.write_samples("dropped", dropped, shard_size=2)
         runner = build_runner(RunnerSettings(kind=kind.split(",")[0]))  # type: ignore[arg-type]
         read.clear()
         with monkeypatch.context() as patched:
             patched.setattr(RunDir, "read_sample_shards", recorded)
             view = report_run(run, embedder=embedder, runner=runner, name="run")
-        assert ("kept" in read) == (kind != "ray"), read
+        assert ("kept" in read) == ("dropped" in read) == (kind != "ray"), read
         shown[kind] = [sample.sample_id for sample in view.samples]
+        shown_dropped[kind] = [sample.sample_id for sample in view.dropped]
         written[kind] = json.loads((root / "indicators.json").read_text())
         assert written[kind].pop("run") == str(root)
         written[kind].pop("timings")
     assert written["ray"] == written["local"] == written["ray, run on s3"]
     assert shown["ray"] == shown["local"] == shown["ray, run on s3"]
     assert len(shown["local"]) >= 6
+    assert shown_dropped["ray"] == shown_dropped["local"] == shown_dropped["ray, run on s3"]
+    assert shown_dropped["local"] == ["low0", "low1", "low2", "refusal"]
     assert written["local"]["excluded"] == {"failed": 1, "dropped": 1}
     assert written["local"]["samples"] == len(samples) - 2
     assert written["local"]["table"]["response_diversity"] is not None

@@ -31,7 +31,7 @@ from vlit.quality.indicators.suite import (
     usable_batches,
     without_histograms,
 )
-from vlit.report.html import EXAMPLES_PER_GROUP, DatasetView, examples_by_reason, render_html
+from vlit.report.html import EXAMPLES_PER_GROUP, DatasetView, DroppedExamples, render_html
 from vlit.rundir import RunDir
 from vlit.runners.base import Runner
 from vlit.runners.local import LocalRunner
@@ -125,7 +125,7 @@ def _streamed_report(
         examples_per_task=EXAMPLES_PER_GROUP,
         labels=labels,
     )
-    runner.fold_indicators(feed, run, stage)
+    runner.fold(feed, run, stage)
     more = {}
     if complexity is not None:
         step("instruction complexity (LLM)")
@@ -135,10 +135,10 @@ def _streamed_report(
     for name, seconds in timings.items():
         feed.timings[name] = round(feed.timings.get(name, 0.0) + seconds, 3)
     shown = [s for group in feed.examples.values() for s in group]
-    shards = run.read_sample_shards("dropped") if run.has_stage("dropped") else ()
-    by_reason = examples_by_reason(s for shard in shards for s in shard)
-    shown_dropped = [s for group in by_reason.values() for s in group]
-    return {**feed.report(more), "excluded": feed.excluded}, shown, shown_dropped
+    dropped = DroppedExamples()
+    if run.has_stage("dropped"):
+        runner.fold(dropped, run, "dropped")
+    return {**feed.report(more), "excluded": feed.excluded}, shown, dropped.samples()
 
 
 def write_html(views: Sequence[DatasetView], path: Path) -> None:

@@ -171,14 +171,38 @@ def examples_by_task(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
 
 
 def examples_by_reason(dropped: Iterable[Sample]) -> dict[str, list[Sample]]:
-    """The first few dropped samples of each drop reason."""
+    """The first few dropped samples of each drop reason code (each shows its whole reason)."""
     by_reason: dict[str, list[Sample]] = {}
+    add_reason_examples(by_reason, dropped)
+    return by_reason
+
+
+def add_reason_examples(by_reason: dict[str, list[Sample]], dropped: Iterable[Sample]) -> None:
+    """Add to ``by_reason`` the samples of ``dropped`` its groups still have room for."""
     for sample in dropped:
-        reason = str(sample.drop_reason) if sample.drop_reason is not None else "unknown"
-        group = by_reason.setdefault(reason, [])
+        code = sample.drop_reason.code if sample.drop_reason is not None else "unknown"
+        group = by_reason.setdefault(code, [])
         if len(group) < EXAMPLES_PER_GROUP:
             group.append(sample)
-    return by_reason
+
+
+class DroppedExamples:
+    """The dropped samples the report shows, folded over the ``dropped`` stage on a runner
+    (a `vlit.runners.base.Feed`): the first few of each drop reason code."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, list[Sample]] = {}
+
+    def update_shard(self, shard: list[Sample], index: int = 0) -> None:
+        add_reason_examples(self.by_reason, shard)
+
+    def merge(self, other: DroppedExamples) -> None:
+        add_reason_examples(
+            self.by_reason, (s for group in other.by_reason.values() for s in group)
+        )
+
+    def samples(self) -> list[Sample]:
+        return [sample for group in self.by_reason.values() for sample in group]
 
 
 def _examples(view: DatasetView) -> str:

@@ -21,14 +21,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from vlit.rundir import RunDir, StageWriter
 from vlit.schema import Sample
 from vlit.stages.base import Settings
-
-if TYPE_CHECKING:
-    from vlit.quality.indicators.suite import IndicatorFeed
 
 
 @dataclass(frozen=True)
@@ -63,15 +60,24 @@ class RunnerSettings(Settings):
     address: str | None = None
 
 
+class Feed(Protocol):
+    """What a runner folds a stage into, shard by shard: the report's indicators
+    (`IndicatorFeed`), its examples of dropped samples (`DroppedExamples`)."""
+
+    def update_shard(self, shard: list[Sample], index: int) -> None: ...
+
+    def merge(self, other: Self) -> None: ...
+
+
 @runtime_checkable
 class Runner(Protocol):
     """What a stage asks of a runner: every sample of stage ``source`` through ``steps``, in
     order, into ``writer``; afterwards each step's ``counts`` holds what every worker counted.
     ``on_batch(n)`` is told about each batch of n samples done (where the runner can tell).
 
-    What the report asks of it: every shard of stage ``stage`` into ``feed``, a feed that has
-    seen nothing yet (`IndicatorFeed.update_shard` per shard with the shard's position in the
-    stage, or partial feeds merged in shard order: the same report either way)."""
+    What the report asks of it: every shard of stage ``stage`` folded into ``feed``, a `Feed`
+    that has seen nothing yet (``update_shard`` per shard with the shard's position in the
+    stage, or copies updated apart and merged in shard order: the same result either way)."""
 
     settings: RunnerSettings
 
@@ -85,7 +91,7 @@ class Runner(Protocol):
         on_batch: Callable[[int], None] | None = None,
     ) -> None: ...
 
-    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None: ...
+    def fold(self, feed: Feed, run: RunDir, stage: str) -> None: ...
 
     def describe(self) -> dict[str, Any] | None: ...
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vlit.rundir import RunDir, StageWriter
-from vlit.runners.base import RunnerSettings, Step
+from vlit.runners.base import Feed, RunnerSettings, Step
 from vlit.schema import Sample
-
-if TYPE_CHECKING:
-    from vlit.quality.indicators.suite import IndicatorFeed
 
 
 class LocalRunner:
@@ -31,7 +28,7 @@ class LocalRunner:
         for sample in run_stages(steps, run.read_samples(source), on_batch=on_batch):
             writer.add_rows([sample.to_row()])
 
-    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None:
+    def fold(self, feed: Feed, run: RunDir, stage: str) -> None:
         """Read the stage shard by shard into ``feed``."""
         for index, shard in enumerate(run.read_sample_shards(stage)):
             feed.update_shard(shard, index)

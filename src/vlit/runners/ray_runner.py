@@ -5,8 +5,9 @@ run as callable classes, so each actor calls ``setup()`` once and keeps its mode
 knows only the ``Step`` contract. Order is preserved, so on the same input the output equals
 the local runner's. A stage's ``counts`` (a ``Counter``, when it keeps one) are summed over the
 workers by a small actor and added to the driver's stage object, so summaries read the same on
-both runners. For the report, each worker reads one shard of the stage, updates a copy of the
-report's `IndicatorFeed` with it and returns the copy; the driver merges them in shard order.
+both runners. For the report, each worker reads one shard of the stage, updates a copy of a
+`Feed` (the report's indicators, its dropped examples) with it and returns the copy; the driver
+merges them in shard order.
 
 Example:
     >>> samples = run_stages_ray([LintStage()], samples, address=None)  # doctest: +SKIP
@@ -19,7 +20,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,11 +28,10 @@ import pyarrow.parquet as pq
 from vlit.errors import ConfigError
 from vlit.images import is_url
 from vlit.rundir import DEFAULT_SHARD_SIZE, RunDir, StageWriter
-from vlit.runners.base import Resources, RunnerSettings, Step
+from vlit.runners.base import Feed, Resources, RunnerSettings, Step
 from vlit.schema import SAMPLE_SCHEMA, Sample
 
-if TYPE_CHECKING:
-    from vlit.quality.indicators.suite import IndicatorFeed
+FeedT = TypeVar("FeedT", bound=Feed)
 
 
 def _import_ray() -> Any:
@@ -374,16 +374,14 @@ class RayRunner:
             if used is not step:  # the workers' counts were summed into the copy they used
                 step.counts.update(used.counts)
 
-    def fold_indicators(self, feed: IndicatorFeed, run: RunDir, stage: str) -> None:
+    def fold(self, feed: FeedT, run: RunDir, stage: str) -> None:
         """One task per shard: the worker reads the shard itself (the run on a file system the
         workers share) or is given it by this process (a run on object storage), updates a
         copy of the unfed ``feed`` and returns it; the copies are merged into ``feed`` in shard
         order, with at most two per CPU of the cluster waiting."""
-        if feed.samples or any(feed.excluded.values()):
-            raise ValueError("fold_indicators needs a feed that has seen nothing yet")
         ray = init_ray(self.settings.address)
         fold = ray.remote(num_cpus=1)(_fold_shard)
-        unfed = ray.put(feed)  # pickled without the embedder: workers only update
+        unfed = ray.put(feed)  # an IndicatorFeed is pickled without its embedder
         work: Iterable[str | list[Sample]]  # shard file names, or the shards themselves
         if is_url(run.location):
             work = run.read_sample_shards(stage)
@@ -419,9 +417,7 @@ def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any
     return copy_for_workers(share_journal)
 
 
-def _fold_shard(
-    feed: IndicatorFeed, root: str, stage: str, shard: str | list[Sample], index: int
-) -> IndicatorFeed:
+def _fold_shard(feed: FeedT, root: str, stage: str, shard: str | list[Sample], index: int) -> FeedT:
     """``feed`` (this task's own copy) updated with ``shard``, the stage's shard ``index``: the
     samples, or the name of the stage's shard file in the run at ``root``, read here."""
     if isinstance(shard, str):
