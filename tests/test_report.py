@@ -19,8 +19,23 @@ from llm_servers import ScriptedServer, indicator_model
 from vlit.cli import app
 from vlit.errors import InputFileError
 from vlit.generate.generator import FAILURE_LLM
+from vlit.reasons import Reason
 from vlit.rundir import RunDir
 from vlit.schema import Sample, Turn
+
+
+def _run_with_a_failed_and_a_dropped_sample(
+    llava_slice: Path, tmp_path: Path, *, shard_size: int
+) -> Path:
+    """200 scored samples of the LLaVA slice in ``kept`` shards of ``shard_size``, the fourth
+    failed and the fifth dropped."""
+    root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
+    run = RunDir(root)
+    samples = list(run.read_samples("kept"))
+    samples[3].failure_reason = FAILURE_LLM
+    samples[4].drop_reason = Reason("lint_refusal")
+    run.write_samples("kept", samples, shard_size=shard_size)
+    return root
 
 
 def _run_from_slice(llava_slice: Path, root: Path, count: int, scored: bool) -> Path:
@@ -174,12 +189,7 @@ def test_report_reads_the_run_shard_by_shard(
     from vlit.quality.indicators.embeddings import load_embedder
     from vlit.report.html import DatasetView, render_html
 
-    root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
-    run = RunDir(root)
-    samples = list(run.read_samples("kept"))
-    samples[3].failure_reason = FAILURE_LLM
-    samples[4].drop_reason = "lint: refusal"
-    run.write_samples("kept", samples, shard_size=25)
+    root = _run_with_a_failed_and_a_dropped_sample(llava_slice, tmp_path, shard_size=25)
     loaded = suite.load_run(root)
     assert loaded.excluded == {"failed": 1, "dropped": 1}
     settings = suite.IndicatorSettings()
@@ -231,12 +241,8 @@ def test_the_llm_report_reads_the_run_shard_by_shard(
     from vlit.report.html import DatasetView, examples_by_task, render_html
 
     scripted_server.add_rule(indicator_model)
-    root = _run_from_slice(llava_slice, tmp_path / "run", 200, scored=True)
+    root = _run_with_a_failed_and_a_dropped_sample(llava_slice, tmp_path, shard_size=20)
     run = RunDir(root)
-    samples = list(run.read_samples("kept"))
-    samples[3].failure_reason = FAILURE_LLM
-    samples[4].drop_reason = "lint: refusal"
-    run.write_samples("kept", samples, shard_size=20)
     loaded = suite.load_run(root)
     embedder = load_embedder("wordllama")
     session = LlmSession(

@@ -156,7 +156,7 @@ def test_the_report_on_ray_equals_the_local_report(
         run = StagedRunDir(f"s3://report/{folder.name}", staging=folder) if on_s3 else RunDir(root)
         samples = list(run.read_samples("samples"))
         samples[2].failure_reason = FAILURE_LLM
-        samples[5].drop_reason = "lint: refusal"
+        samples[5].drop_reason = Reason("lint_refusal")
         run.write_samples("kept", samples, shard_size=-(-len(samples) // 8))
         assert len(run.check_current("kept").shards) == 8
         run.write_samples("dropped", dropped, shard_size=2)
