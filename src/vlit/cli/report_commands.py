@@ -206,7 +206,7 @@ def report_command(
             staged.enter_context(open_run_dir(given, writer="vlit report", must_exist=True)).root
             for given in runs
         ]
-        loaded_runs = [load_run(path, with_samples=False) for path in paths]
+        loaded_runs = [load_run(path) for path in paths]
         if len(loaded_runs) > 1 and embedding_model is not None:
             # one ruler: a data-chosen eps is chosen once over all the runs
             settings = shared_settings(

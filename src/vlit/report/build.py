@@ -70,7 +70,7 @@ def report_run(
             if embedder is None:
                 raise ConfigError("TagGPT merges tags by embedding", fix="give an embedder")
             tagger = TagGptTagger(session=session, embedder=embedder, seed=settings.seed)
-    loaded = loaded or load_run(path, with_samples=False)
+    loaded = loaded or load_run(path)
     report, shown, dropped = _streamed_report(
         loaded,
         embedder,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from vlit.quality.indicators.suite import TABLE_ROWS, add_task_examples
+from vlit.quality.indicators.suite import TABLE_ROWS, add_group_examples, add_task_examples
 from vlit.report.table import NOT_COMPUTED, format_value, indicator_rows, measured_with
 from vlit.schema import Sample
 
@@ -173,17 +173,12 @@ def examples_by_task(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
 def examples_by_reason(dropped: Iterable[Sample]) -> dict[str, list[Sample]]:
     """The first few dropped samples of each drop reason code (each shows its whole reason)."""
     by_reason: dict[str, list[Sample]] = {}
-    add_reason_examples(by_reason, dropped)
+    add_group_examples(by_reason, dropped, _reason_code, EXAMPLES_PER_GROUP)
     return by_reason
 
 
-def add_reason_examples(by_reason: dict[str, list[Sample]], dropped: Iterable[Sample]) -> None:
-    """Add to ``by_reason`` the samples of ``dropped`` its groups still have room for."""
-    for sample in dropped:
-        code = sample.drop_reason.code if sample.drop_reason is not None else "unknown"
-        group = by_reason.setdefault(code, [])
-        if len(group) < EXAMPLES_PER_GROUP:
-            group.append(sample)
+def _reason_code(sample: Sample) -> str:
+    return sample.drop_reason.code if sample.drop_reason is not None else "unknown"
 
 
 class DroppedExamples:
@@ -194,12 +189,10 @@ class DroppedExamples:
         self.by_reason: dict[str, list[Sample]] = {}
 
     def update_shard(self, shard: list[Sample], index: int = 0) -> None:
-        add_reason_examples(self.by_reason, shard)
+        add_group_examples(self.by_reason, shard, _reason_code, EXAMPLES_PER_GROUP)
 
     def merge(self, other: DroppedExamples) -> None:
-        add_reason_examples(
-            self.by_reason, (s for group in other.by_reason.values() for s in group)
-        )
+        add_group_examples(self.by_reason, other.samples(), _reason_code, EXAMPLES_PER_GROUP)
 
     def samples(self) -> list[Sample]:
         return [sample for group in self.by_reason.values() for sample in group]

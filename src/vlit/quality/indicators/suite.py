@@ -6,8 +6,9 @@ batch by batch, runs the LLM complexity scorer when given, and returns one JSON-
 (every detail), ``settings`` and ``timings`` (seconds per indicator).
 
 Example:
-    >>> loaded = load_run("runs/demo")                                    # doctest: +SKIP
-    >>> report = compute_indicators(loaded.samples, embedder=load_embedder("wordllama"))
+    >>> samples = [s for batch in usable_batches(RunDir("runs/demo"), "kept") for s in batch]
+    ...                                                                   # doctest: +SKIP
+    >>> report = compute_indicators(samples, embedder=load_embedder("wordllama"))
     ...                                                                   # doctest: +SKIP
 """
 
@@ -17,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,43 +77,27 @@ class IndicatorSettings:
 
 @dataclass
 class LoadedRun:
-    """The samples of a run directory the report looks at, and what it needs beside them."""
+    """The run directory the report looks at, its stage and its records (the samples stay on
+    disk: read them with `usable_batches`)."""
 
     root: Path
     run: RunDir  # the run directory the samples come from (a staged one for a URL)
     name: str
     stage: str
-    samples: list[Sample]
     records: dict[str, ImageRecord]
-    dropped: list[Sample] = field(default_factory=list)
-    excluded: dict[str, int] = field(default_factory=dict)
 
 
-def load_run(path: str | os.PathLike[str] | RunDir, *, with_samples: bool = True) -> LoadedRun:
-    """Samples of ``RUN/kept`` if present, else of the latest sample stage; failed samples and
-    samples marked dropped are left out (and counted). ``with_samples=False`` leaves the
-    samples on disk (``samples`` and ``dropped`` empty; read them with `usable_batches`)."""
+def load_run(path: str | os.PathLike[str] | RunDir) -> LoadedRun:
+    """The run of ``path`` and its report stage: ``RUN/kept`` if present, else the latest sample
+    stage, checked current."""
     run, stage = report_stage(path)
     run.check_current(stage)  # a stale stage stops the command before its work
-    excluded = {"failed": 0, "dropped": 0}
-    batches = usable_batches(run, stage, excluded) if with_samples else ()
-    samples = [s for batch in batches for s in batch]
     records = (
         {record.image_id: record for record in run.read_records()}
         if run.has_stage("records")
         else {}
     )
-    dropped = list(run.read_samples("dropped")) if with_samples and run.has_stage("dropped") else []
-    return LoadedRun(
-        root=run.root,
-        run=run,
-        name=run.root.name,
-        stage=stage,
-        samples=samples,
-        records=records,
-        dropped=dropped,
-        excluded=excluded,
-    )
+    return LoadedRun(root=run.root, run=run, name=run.root.name, stage=stage, records=records)
 
 
 def report_stage(path: str | os.PathLike[str] | RunDir) -> tuple[RunDir, str]:
@@ -178,12 +163,24 @@ def add_task_examples(
     by_task: dict[str, list[Sample]], samples: Iterable[Sample], per_task: int
 ) -> None:
     """Add to ``by_task`` the first samples of each task (first label), ``per_task`` at most."""
-    if per_task <= 0:
+    add_group_examples(by_task, samples, lambda s: s.labels[0] if s.labels else None, per_task)
+
+
+def add_group_examples(
+    groups: dict[str, list[Sample]],
+    samples: Iterable[Sample],
+    group_of: Callable[[Sample], str | None],
+    per_group: int,
+) -> None:
+    """Add to ``groups`` the first samples of each group (``group_of``; ``None``: in none),
+    ``per_group`` at most."""
+    if per_group <= 0:
         return
     for sample in samples:
-        for label in sample.labels[:1]:
-            group = by_task.setdefault(label, [])
-            if len(group) < per_task:
+        name = group_of(sample)
+        if name is not None:
+            group = groups.setdefault(name, [])
+            if len(group) < per_group:
                 group.append(sample)
 
 
