@@ -37,7 +37,9 @@ from vlit.storage import StagedRunDir
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Any:
+def ray_cluster(s3: Any) -> Any:
+    """A local Ray whose workers have the S3 server's endpoint and credentials (a cluster's
+    nodes have their object store's), so they read and write a run on S3 themselves."""
     from vlit.runners.ray_runner import init_ray
 
     init_ray(num_cpus=2)
@@ -113,6 +115,79 @@ def test_score_and_filter_are_identical_on_both_runners(
     assert local["counters"]["grounding"]["with_hallucination"] >= 10
 
 
+@pytest.mark.model
+def test_score_on_ray_with_the_run_on_s3_decodes_no_sample_here(
+    adapted_run: Path,
+    tmp_path: Path,
+    ray_cluster: Any,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run on S3: the workers read the samples' shards from the bucket and write the
+    scores' shards there; this process decodes no sample (each reader of samples fails here),
+    fetches the shards into its staged copy as files without uploading them back, and the
+    scores are the local runner's. A machine with an empty staging folder pulls the same."""
+    local = tmp_path / "local"
+    shutil.copytree(adapted_run, local)
+    score_stage.run(RunDir(local), ScoreSettings(), build_runner())
+    expected = [sample.to_row() for sample in RunDir(local).read_samples("scores")]
+
+    s3.mkdir("scored")
+    here = StagedRunDir("s3://scored/run", staging=tmp_path / "here")
+    shutil.copytree(adapted_run, here.root)
+    here.push()
+
+    def refused(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the driver decoded samples")
+
+    with monkeypatch.context() as patched:
+        for reader in ("read_sample_shard", "read_sample_shards", "read_sample_tables"):
+            patched.setattr(RunDir, reader, refused)
+        summary = score_stage.run(here, ScoreSettings(), build_runner(RunnerSettings(kind="ray")))
+    assert summary.to_json()["grounding"]["with_hallucination"] >= 10
+    shards = [shard["file"] for shard in here.check_current("scores").shards]
+    assert shards and all(re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", n) for n in shards)
+    assert all((here.root / "scores" / name).is_file() for name in shards)  # fetched here
+    uploaded: list[str] = []
+    put_file = here._storage.put_file
+
+    def recorded_put(local_path: str, remote_path: str) -> None:
+        uploaded.append(remote_path)
+        put_file(local_path, remote_path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(here._storage, "put_file", recorded_put)
+        here.push()
+    assert uploaded and not [name for name in uploaded if name.endswith(".parquet")], uploaded
+    assert [sample.to_row() for sample in here.read_samples("scores")] == expected
+
+    there = StagedRunDir("s3://scored/run", staging=tmp_path / "there")
+    there.pull()
+    assert [sample.to_row() for sample in there.read_samples("scores")] == expected
+
+
+def test_a_model_step_may_hold_every_cpu_of_the_cluster(tmp_path: Path, ray_cluster: Any) -> None:
+    """The tasks that read and write the shards ask for no CPU, so a model step holding both
+    CPUs of the test cluster does not leave them waiting: the run ends, through the files."""
+    from vlit.quality.lint import SampleLinter
+    from vlit.runners.base import Resources
+
+    step = SampleLinter()
+    step.resources = Resources(cpus=2.0, batch_size=4, uses_model=True)
+    run = RunDir(tmp_path / "run")
+    samples = [Sample(sample_id=f"s{i}", turns=[Turn("user", f"Q{i}?")]) for i in range(23)]
+    run.write_samples("samples", samples, shard_size=5)
+    with run.writer("scores", inputs=("samples",), settings={}, command="test") as writer:
+        build_runner(RunnerSettings(kind="ray")).map_stage([step], run, "samples", writer)
+    scored = list(run.read_samples("scores"))
+    assert [sample.sample_id for sample in scored] == [f"s{i}" for i in range(23)]
+    assert all("lint_flags" in sample.scores for sample in scored)
+    assert all(
+        re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", shard["file"])
+        for shard in run.check_current("scores").shards
+    )
+
+
 def test_the_report_on_ray_equals_the_local_report(
     adapted_run: Path,
     tmp_path: Path,
@@ -121,9 +196,9 @@ def test_the_report_on_ray_equals_the_local_report(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Eight shards, a failed and a dropped sample: the Ray workers read the shards themselves
-    (this process reads none, of ``kept`` or of ``dropped``), or for a run on S3 are handed
-    them by this process, and the merged report is the local one. The HTML's dropped examples
-    are the first three of each drop reason code."""
+    (this process reads none, of ``kept`` or of ``dropped``), from the run's folder or, for a
+    run on S3, from the bucket, and the merged report is the local one. The HTML's dropped
+    examples are the first three of each drop reason code."""
     from vlit.quality.indicators.embeddings import load_embedder
     from vlit.report.build import report_run
 
@@ -148,6 +223,7 @@ def test_the_report_on_ray_equals_the_local_report(
     ] + [
         Sample(sample_id="refusal", turns=[Turn("user", "Q?")], drop_reason=Reason("lint_refusal"))
     ]
+    s3.mkdir("report")
     for kind in ("local", "ray", "ray, run on s3"):
         folder = tmp_path / kind.replace(", ", "-").replace(" ", "_")
         root = folder / "run"
@@ -165,7 +241,7 @@ def test_the_report_on_ray_equals_the_local_report(
         with monkeypatch.context() as patched:
             patched.setattr(RunDir, "read_sample_shards", recorded)
             view = report_run(run, embedder=embedder, runner=runner, name="run")
-        assert ("kept" in read) == ("dropped" in read) == (kind != "ray"), read
+        assert ("kept" in read) == ("dropped" in read) == (kind == "local"), read
         shown[kind] = [sample.sample_id for sample in view.samples]
         shown_dropped[kind] = [sample.sample_id for sample in view.dropped]
         written[kind] = json.loads((root / "indicators.json").read_text())

@@ -56,11 +56,13 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, handle)
 
 
-def read_parquet_shard(shard: Path, *, fix: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one Parquet shard (or only ``columns`` of it); a damaged file raises InputFileError
-    naming it and ``fix``."""
+def read_parquet_shard(
+    shard: str | Path, *, fix: str, columns: list[str] | None = None, filesystem: Any = None
+) -> pa.Table:
+    """Read one Parquet shard (or only ``columns`` of it; on the `pyarrow.fs` ``filesystem``,
+    local by default); a damaged file raises InputFileError naming it and ``fix``."""
     try:
-        return pq.read_table(shard, columns=columns)
+        return pq.read_table(shard, columns=columns, filesystem=filesystem)
     except (OSError, pa.ArrowInvalid) as error:
         raise InputFileError(
             f"cannot read Parquet shard ({error})", file=str(shard), fix=fix

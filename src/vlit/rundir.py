@@ -140,6 +140,9 @@ class RunDir:
         """Nothing to do: a local run directory is its own home (see `vlit.storage`)."""
         return 0
 
+    def fetch(self, names: Sequence[str]) -> None:
+        """Nothing to do: files another process wrote into a local run are already here."""
+
     def lock(self, command: str) -> RunLock:
         """The writer's lock of this run (see `vlit.runlock`); use it as a context manager.
 
@@ -342,8 +345,7 @@ class RunDir:
         """The samples of ``file``, a shard the stage's manifest lists (not checked current
         here: a Ray worker reads its shard this way after the driver checked the stage)."""
         path, table = self._checked_table(stage, file, _SAMPLE_COLUMNS)
-        with _collector_paused():
-            return [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
+        return _decoded_samples(table, path)
 
     def read_sample_tables(
         self, stage: str, columns: Sequence[str]
@@ -374,14 +376,7 @@ class RunDir:
     ) -> tuple[Path, pa.Table]:
         path = self.stage_dir(stage) / file
         table = self._shard_table(stage, file, None)
-        missing = [name for name in required if name not in table.column_names]
-        if missing:
-            raise InputFileError(
-                f"the shard lacks the column(s) {', '.join(missing)}: it is not a vlit "
-                f"{stage} shard",
-                file=str(path),
-                fix=f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`",
-            )
+        _require_columns(table, required, str(path), stage)
         return path, table
 
     def read_columns(self, stage: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
@@ -400,12 +395,11 @@ class RunDir:
 
     def _shard_table(self, stage: str, file: str, columns: list[str] | None) -> pa.Table:
         path = self.stage_dir(stage) / file
-        fix = f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`"
         if not path.exists():
             raise InputFileError(
-                "a shard the stage's manifest lists is missing", file=str(path), fix=fix
+                "a shard the stage's manifest lists is missing", file=str(path), fix=_rerun(stage)
             )
-        return read_parquet_shard(path, fix=fix, columns=columns)
+        return read_parquet_shard(path, fix=_rerun(stage), columns=columns)
 
     # -- metadata ----------------------------------------------------------------------------
     def load_meta(self) -> dict[str, Any]:
@@ -582,6 +576,35 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def read_sample_file(path: str, stage: str, *, filesystem: Any = None) -> list[Sample]:
+    """The samples of ``path``, one shard file of ``stage`` on the `pyarrow.fs` ``filesystem``
+    (local by default): a Ray worker reads its shard this way, after the driver checked the
+    stage current. A row that cannot be decoded is a failed sample saying why."""
+    table = read_parquet_shard(path, fix=_rerun(stage), filesystem=filesystem)
+    _require_columns(table, _SAMPLE_COLUMNS, path, stage)
+    return _decoded_samples(table, Path(path))
+
+
+def _rerun(stage: str) -> str:
+    return f"rerun `{REFRESH_COMMAND.get(stage, 'the stage that wrote it')}`"
+
+
+def _require_columns(table: pa.Table, required: tuple[str, ...], path: str, stage: str) -> None:
+    """`InputFileError` naming ``path`` unless ``table`` has every ``required`` column."""
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise InputFileError(
+            f"the shard lacks the column(s) {', '.join(missing)}: it is not a vlit {stage} shard",
+            file=path,
+            fix=_rerun(stage),
+        )
+
+
+def _decoded_samples(table: pa.Table, path: Path) -> list[Sample]:
+    with _collector_paused():
+        return [_sample_from_row(row, path, i) for i, row in enumerate(table.to_pylist())]
 
 
 def _sample_from_row(row: dict[str, Any], path: Path, index: int) -> Sample:

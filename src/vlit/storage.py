@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,19 @@ def filesystem(url: str) -> tuple[Any, str]:
             fix="use a local path or an fsspec URL such as s3://bucket/folder",
         ) from error
     return storage, path
+
+
+def arrow_filesystem(location: str) -> tuple[Any, str]:
+    """The `pyarrow.fs` file system of ``location`` and the path inside it: an fsspec URL's
+    file system wrapped for pyarrow (so Ray's Parquet writer and pyarrow's reader use the same
+    backend and credentials as the staged run's sync), or the local one with an absolute path.
+    """
+    from pyarrow import fs
+
+    if not is_url(location):
+        return fs.LocalFileSystem(), str(Path(location).absolute())
+    storage, path = filesystem(location)
+    return fs.PyFileSystem(fs.FSSpecHandler(storage)), path
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -139,6 +152,13 @@ def find_objects(url: str, *, what: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def file_names(location: str) -> list[str]:
+    """The names of the files in the folder ``location`` (a path, or a URL listed afresh)."""
+    if not is_url(location):
+        return [path.name for path in Path(location).iterdir() if path.is_file()]
+    return [name for name in find_objects(location, what="the folder") if "/" not in name]
+
+
 def _transfer(call: Any, *args: str, url: str, action: str) -> None:
     """One fsspec call whose every failure becomes an `InputFileError` naming ``url``."""
     try:
@@ -190,21 +210,9 @@ class StagedRunDir(RunDir):
         fetched = 0
         for relative, version in remote.items():
             known = manifest.get(relative)
-            local = self.root / relative
-            if known is not None and known["remote"] == version and local.exists():
+            if known is not None and known["remote"] == version and (self.root / relative).exists():
                 continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            partial = local.with_name(local.name + ".part")
-            source = f"{self._remote_root}/{relative}"
-            _transfer(
-                self._storage.get_file,
-                source,
-                str(partial),
-                url=f"{self.url}/{relative}",
-                action="pull the run directory",
-            )
-            partial.replace(local)
-            manifest[relative] = {"local": _local_state(local), "remote": version}
+            self._download(relative, version, manifest)
             fetched += 1
         for relative in [name for name in manifest if name not in remote]:
             local = self.root / relative
@@ -213,6 +221,40 @@ class StagedRunDir(RunDir):
             del manifest[relative]
         self._save_manifest(manifest)
         return fetched
+
+    def fetch(self, names: Sequence[str]) -> None:
+        """Download the files ``names`` (relative to the run) that another host wrote to the URL
+        (Ray workers write a stage's shards there) into the staged copy, as synced: the next
+        `push` does not upload them again."""
+        if not names:
+            return
+        manifest = self._load_manifest()
+        remote = self._list_remote()
+        for relative in names:
+            if relative not in remote:
+                raise InputFileError(
+                    "a file a Ray worker wrote is not in the run directory's bucket",
+                    file=f"{self.url}/{relative}",
+                    fix="check that the workers and this machine use the same endpoint and "
+                    "bucket, then rerun the command",
+                )
+            self._download(relative, remote[relative], manifest)
+        self._save_manifest(manifest)
+
+    def _download(self, relative: str, version: str, manifest: dict[str, dict[str, Any]]) -> None:
+        """Fetch the remote ``relative`` into the staged copy and record it in ``manifest``."""
+        local = self.root / relative
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(local.name + ".part")
+        _transfer(
+            self._storage.get_file,
+            f"{self._remote_root}/{relative}",
+            str(partial),
+            url=f"{self.url}/{relative}",
+            action="pull the run directory",
+        )
+        partial.replace(local)
+        manifest[relative] = {"local": _local_state(local), "remote": version}
 
     def push(self) -> int:
         """Upload the files that changed locally since the last sync and delete, remotely, the

@@ -14,10 +14,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -83,38 +85,39 @@ class DuplicateFinder:
         A sample's original is the first earlier sample with the same normalised text (exact),
         else the first earlier sample, not itself an exact duplicate, that shares a band and
         whose estimated Jaccard similarity is at least ``threshold`` (near)."""
+        stream = iter(samples)
+        with self.index() as index:
+            while chunk := list(itertools.islice(stream, _READ_CHUNK)):
+                index.add(self.fingerprints(chunk))
+            return index.flags()
+
+    def fingerprints(self, samples: Sequence[Sample]) -> Fingerprints:
+        """What the finder keeps of ``samples``, to be added to a `DuplicateIndex` in order (a
+        Ray worker computes its shard's)."""
         from datasketch import MinHash
 
         permutations = MinHash(num_perm=self.num_perm, seed=self.seed).permutations  # shared
-        digests = array("Q")
-        identities = array("Q")
-        with _SignatureStore(self.num_perm, self.bands, self.rows) as store:
-            for sample in samples:
-                text = normalised_conversation(sample)
-                digests.append(_hash64(text))
-                identity = image_identity(sample)
-                identities.append(0 if identity is None else _hash64(identity))
-                signature = MinHash(
-                    num_perm=self.num_perm,
-                    seed=self.seed,
-                    permutations=permutations,
-                    scheme="affine32",
-                )
-                signature.update_batch(list(shingles(text)))
-                store.append(signature.hashvalues)
-            digest_values = np.frombuffer(digests, dtype=np.uint64)
-            _, first, inverse = np.unique(digest_values, return_index=True, return_inverse=True)
-            original = first[inverse]  # the first sample with the same text
-            flags: dict[int, list[str]] = {}
-            same_image = np.frombuffer(identities, dtype=np.uint64)
-            for index in np.flatnonzero(original != np.arange(len(original))).tolist():
-                flags[index] = ["duplicate_exact", *_same_image(same_image, index, original[index])]
-            distinct = np.flatnonzero(original == np.arange(len(original)))
-            nearest = self._nearest_earlier(store, distinct)
-            for position in np.flatnonzero(nearest < len(distinct)).tolist():
-                index, near = int(distinct[position]), int(distinct[nearest[position]])
-                flags[index] = ["duplicate_near", *_same_image(same_image, index, near)]
-        return flags
+        digests = np.zeros(len(samples), np.uint64)
+        identities = np.zeros(len(samples), np.uint64)
+        hashvalues = np.zeros((len(samples), self.num_perm), np.uint32)
+        for row, sample in enumerate(samples):
+            text = normalised_conversation(sample)
+            digests[row] = _hash64(text)
+            identity = image_identity(sample)
+            identities[row] = 0 if identity is None else _hash64(identity)
+            signature = MinHash(
+                num_perm=self.num_perm,
+                seed=self.seed,
+                permutations=permutations,
+                scheme="affine32",
+            )
+            signature.update_batch(list(shingles(text)))
+            hashvalues[row] = signature.hashvalues
+        return Fingerprints(digests, identities, hashvalues)
+
+    def index(self) -> DuplicateIndex:
+        """An empty index of this finder's fingerprints; use it as a context manager."""
+        return DuplicateIndex(self)
 
     def _nearest_earlier(self, store: _SignatureStore, rows: np.ndarray) -> np.ndarray:
         """For each of ``rows`` (ascending sample positions), the position in ``rows`` of the
@@ -135,6 +138,53 @@ class DuplicateFinder:
             close = agree / self.num_perm >= self.threshold  # as `MinHash.jaccard` estimates it
             np.minimum.at(nearest, later[part][close], earlier[part][close])
         return nearest
+
+
+@dataclass
+class Fingerprints:
+    """`DuplicateFinder.fingerprints` of a run of samples, one row each."""
+
+    digests: NDArray[np.uint64]  # of the normalised text
+    identities: NDArray[np.uint64]  # of the image; 0: none
+    hashvalues: NDArray[np.uint32]  # MinHash values (n, num_perm)
+
+
+class DuplicateIndex:
+    """The fingerprints of a stream of samples, added in order: digests and image identities in
+    memory, MinHash rows in a temporary file; `flags` finds the duplicates among them all."""
+
+    def __init__(self, finder: DuplicateFinder) -> None:
+        self.finder = finder
+        self.digests = array("Q")
+        self.identities = array("Q")
+        self.store = _SignatureStore(finder.num_perm, finder.bands, finder.rows)
+
+    def __enter__(self) -> DuplicateIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+    def add(self, prints: Fingerprints) -> None:
+        self.digests.frombytes(prints.digests.tobytes())
+        self.identities.frombytes(prints.identities.tobytes())
+        self.store.extend(prints.hashvalues)
+
+    def flags(self) -> dict[int, list[str]]:
+        """Flags per sample position (see `DuplicateFinder.find`)."""
+        digest_values = np.frombuffer(self.digests, dtype=np.uint64)
+        _, first, inverse = np.unique(digest_values, return_index=True, return_inverse=True)
+        original = first[inverse]  # the first sample with the same text
+        flags: dict[int, list[str]] = {}
+        same_image = np.frombuffer(self.identities, dtype=np.uint64)
+        for index in np.flatnonzero(original != np.arange(len(original))).tolist():
+            flags[index] = ["duplicate_exact", *_same_image(same_image, index, original[index])]
+        distinct = np.flatnonzero(original == np.arange(len(original)))
+        nearest = self.finder._nearest_earlier(self.store, distinct)
+        for position in np.flatnonzero(nearest < len(distinct)).tolist():
+            index, near = int(distinct[position]), int(distinct[nearest[position]])
+            flags[index] = ["duplicate_near", *_same_image(same_image, index, near)]
+        return flags
 
 
 _PAIR_CHUNK = 8192  # candidate pairs compared at once
@@ -218,17 +268,19 @@ class _SignatureStore:
         self.keys: list[np.ndarray] = []
         self.file = tempfile.TemporaryFile(prefix="vlit-minhash-")
 
-    def __enter__(self) -> _SignatureStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.file.close()
 
-    def append(self, hashvalues: np.ndarray) -> None:
-        self.block[self.filled] = hashvalues
-        self.filled += 1
-        if self.filled == len(self.block):
-            self._flush()
+    def extend(self, rows: np.ndarray) -> None:
+        """Append the MinHash ``rows`` (n, num_perm)."""
+        start = 0
+        while start < len(rows):
+            take = min(len(self.block) - self.filled, len(rows) - start)
+            self.block[self.filled : self.filled + take] = rows[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == len(self.block):
+                self._flush()
 
     def band_column(self, band: int) -> np.ndarray:
         """The keys of ``band`` of all rows appended."""

@@ -29,16 +29,20 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
+from numpy.typing import NDArray
 
 from vlit.formats.image_token import IMAGE_TOKEN, IMAGE_TOKEN_KEY
-from vlit.quality.dedup import DuplicateFinder
+from vlit.quality.dedup import DuplicateFinder, DuplicateIndex, Fingerprints
 from vlit.runners.base import Resources
 from vlit.schema import Sample
 
@@ -260,25 +264,36 @@ class DatasetLinter:
     def find(self, samples: Iterable[Sample]) -> dict[int, Counter[str]]:
         """The flags of each sample index, reading ``samples`` once (a stream of any size: per
         sample, its answer length and what `DuplicateFinder` keeps)."""
-        lengths = array("d")  # 8 bytes per sample
+        stream = iter(samples)
+        with DatasetLintFeed(self) as feed:
+            while chunk := list(itertools.islice(stream, 1024)):
+                feed.add(self.measure(chunk))
+            return feed.flags()
 
-        def measured() -> Iterator[Sample]:
-            for sample in samples:
-                lengths.append(math.log1p(sum(len(t.split()) for t in sample.assistant_turns())))
-                yield sample
-
-        duplicates = self.finder.find(measured())
-        found: dict[int, Counter[str]] = {}
-        for index, flag in self._length_outliers(np.frombuffer(lengths, dtype=np.float64)):
-            found.setdefault(index, Counter())[flag] += 1
-        for index, duplicate_flags in duplicates.items():
-            found.setdefault(index, Counter()).update(duplicate_flags)
-        return found
+    def measure(self, samples: Sequence[Sample]) -> LintMeasures:
+        """What the flags need of ``samples``: log answer lengths and duplicate fingerprints."""
+        lengths = np.array(
+            [math.log1p(sum(len(t.split()) for t in s.assistant_turns())) for s in samples],
+            dtype=np.float64,
+        )
+        return LintMeasures(lengths, self.finder.fingerprints(samples))
 
     def flag(self, sample: Sample, flags: Counter[str]) -> None:
         """Record ``flags`` (from `find`) on ``sample`` and count them."""
         record_flags(sample, flags)
         self.counts.update({f: 1 for f in flags})
+
+    def flags_of(
+        self, lengths: np.ndarray, duplicates: dict[int, list[str]]
+    ) -> dict[int, Counter[str]]:
+        """The flags per sample index, from every sample's log answer length and the
+        duplicates found among them."""
+        found: dict[int, Counter[str]] = {}
+        for index, flag in self._length_outliers(lengths):
+            found.setdefault(index, Counter())[flag] += 1
+        for index, duplicate_flags in duplicates.items():
+            found.setdefault(index, Counter()).update(duplicate_flags)
+        return found
 
     def _length_outliers(self, lengths: np.ndarray) -> Iterator[tuple[int, str]]:
         if len(lengths) < 5:
@@ -298,3 +313,58 @@ class DatasetLinter:
                 yield index, "length_outlier_long"
             elif z < -self.z_limit:
                 yield index, "length_outlier_short"
+
+
+@dataclass
+class LintMeasures:
+    """`DatasetLinter.measure` of a run of samples."""
+
+    lengths: NDArray[np.float64]
+    fingerprints: Fingerprints
+
+
+class DatasetLintFeed:
+    """The dataset lint's measures of a stage's generated samples, in order: a `Feed` that a
+    runner folds the stage into (on Ray each worker measures its shard, the MinHash work
+    included, and this process adds the measures in shard order). What it keeps per sample is
+    8 bytes of length and what a `DuplicateIndex` keeps; `flags` gives the flags per index of
+    the generated samples. Use it as a context manager (the index has a temporary file)."""
+
+    def __init__(self, linter: DatasetLinter) -> None:
+        self.linter = linter
+        self.lengths = array("d")
+        self.index: DuplicateIndex | None = linter.finder.index()
+        self.shard: LintMeasures | None = None  # a worker's copy: its shard's measures
+
+    def __enter__(self) -> DatasetLintFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.index is not None:
+            self.index.store.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A worker's copy: no index (it measures one shard and is merged here)."""
+        return {**self.__dict__, "index": None, "lengths": array("d")}
+
+    def update_shard(self, shard: list[Sample], index: int) -> None:
+        measures = self.linter.measure([sample for sample in shard if sample.ok])
+        if self.index is None:
+            self.shard = measures
+        else:
+            self.add(measures)
+
+    def merge(self, other: Self) -> None:
+        if other.shard is not None:
+            self.add(other.shard)
+
+    def add(self, measures: LintMeasures) -> None:
+        """Measures of the samples that follow those added so far."""
+        assert self.index is not None, "a worker's copy is merged, not added to"
+        self.lengths.frombytes(measures.lengths.tobytes())
+        self.index.add(measures.fingerprints)
+
+    def flags(self) -> dict[int, Counter[str]]:
+        assert self.index is not None, "a worker's copy has no flags"
+        lengths = np.frombuffer(self.lengths, dtype=np.float64)
+        return self.linter.flags_of(lengths, self.index.flags())

@@ -15,21 +15,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlit.errors import ConfigError
+from vlit.errors import ConfigError, InputFileError, VlitError
 from vlit.images import is_url
-from vlit.rundir import DEFAULT_SHARD_SIZE, RunDir, StageWriter
+from vlit.rundir import DEFAULT_SHARD_SIZE, RunDir, StageWriter, read_sample_file
 from vlit.runners.base import Feed, Resources, RunnerSettings, Step
 from vlit.schema import SAMPLE_SCHEMA, Sample
+from vlit.storage import arrow_filesystem, file_names
 
 FeedT = TypeVar("FeedT", bound=Feed)
 
@@ -174,8 +176,10 @@ def run_stages_ray_on_files(
     order.
 
     The workers read the input files and write the output files themselves: no sample passes
-    through the driver, which holds the stages' counters only. Every node must see ``inputs``
-    and ``output_dir`` at the same paths (a shared file system).
+    through the driver, which holds the stages' counters only. Paths and ``output_dir`` are
+    local paths every node sees (a shared file system) or fsspec URLs (object storage). The
+    reading and writing tasks ask for no CPU, so model stages may hold every CPU of the
+    cluster; at most one reading task per CPU runs at a time.
     """
     ray = init_ray(address, num_cpus=num_cpus)
     if not inputs:
@@ -186,40 +190,57 @@ def run_stages_ray_on_files(
     files = ray.data.from_items(
         [{"file": path} for path in inputs], override_num_blocks=len(inputs)
     )
-    dataset = files.map_batches(_read_sample_files, batch_size=1, batch_format="pyarrow")
-    # one CPU stays free for the tasks that read and write the files: a model stage holding
-    # every CPU of a small cluster would leave them waiting forever
-    dataset = _through_stages(ray, dataset, stages, sink, spare_cpus=1.0)
-    # files of at most a shard's rows, as this process's writer makes: Ray would otherwise
-    # write a whole stage as one file, which every later reader must hold at once
-    dataset.write_parquet(
-        output_dir, filename_provider=_shard_names(prefix), max_rows_per_file=DEFAULT_SHARD_SIZE
+    dataset = files.map_batches(
+        _read_sample_files,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0,
+        concurrency=max(1, int(ray.cluster_resources().get("CPU", 1))),
     )
+    dataset = _through_stages(ray, dataset, stages, sink)
+    filesystem, folder = arrow_filesystem(output_dir)
+    with _storage_errors(output_dir):
+        # files of at most a shard's rows, as this process's writer makes: Ray would otherwise
+        # write a whole stage as one file, which every later reader must hold at once
+        dataset.write_parquet(
+            folder,
+            filesystem=filesystem,
+            filename_provider=_shard_names(prefix),
+            max_rows_per_file=DEFAULT_SHARD_SIZE,
+            ray_remote_args={"num_cpus": 0},
+        )
+        listed = file_names(output_dir)
     _add_counts(ray, sink, stages)
-    written = [path.name for path in Path(output_dir).glob(f"{prefix}-*.parquet")]
+    written = [name for name in listed if name.startswith(f"{prefix}-")]
     return sorted(written, key=lambda name: _task_and_part(name, prefix))
 
 
 def _read_sample_files(batch: pa.Table) -> pa.Table:
-    """The samples of the Parquet files named in ``batch``'s ``file`` column, in order."""
-    tables = [
-        pq.read_table(path, schema=SAMPLE_SCHEMA) for path in batch.column("file").to_pylist()
-    ]
+    """The samples of the Parquet files (paths or URLs) named in ``batch``'s ``file`` column,
+    in order."""
+    tables = []
+    for location in batch.column("file").to_pylist():
+        filesystem, path = arrow_filesystem(location)
+        with _storage_errors(location):
+            tables.append(pq.read_table(path, schema=SAMPLE_SCHEMA, filesystem=filesystem))
     return pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
 
 
-def files_fit_cluster(stages: Sequence[Step], address: str | None = None) -> bool:
-    """Whether the cluster holds every model stage's actors and still has a CPU for the tasks
-    that read and write files (`run_stages_ray_on_files`); on a smaller one those tasks would
-    wait forever for a CPU, so the samples must pass through the driver (`run_stages_ray`)."""
-    ray = init_ray(address)
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    held = sum(
-        _fit_to_cluster(ray, stage, spare_cpus=1.0).cpus * stage.resources.concurrency
-        for stage in stages
-        if stage.resources.uses_model
-    )
-    return held + 1.0 <= cpus
+@contextlib.contextmanager
+def _storage_errors(location: str) -> Iterator[None]:
+    """Any failure to read or write ``location`` on a worker (credentials, endpoint, a damaged
+    file) as an `InputFileError` naming it; vlit's own errors pass as they are."""
+    try:
+        yield
+    except VlitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any file system backend's errors
+        raise InputFileError(
+            f"a Ray worker cannot use the run's file ({type(error).__name__}: {error})",
+            file=location,
+            fix="give every node of the cluster the run directory: a shared file system, or "
+            "the object store's endpoint and credentials (for S3: the AWS_* variables)",
+        ) from error
 
 
 def _shard_names(prefix: str) -> Any:
@@ -247,13 +268,11 @@ def _add_counts(ray: Any, sink: Any, stages: Sequence[Step]) -> None:
     ray.kill(sink)
 
 
-def _through_stages(
-    ray: Any, dataset: Any, stages: Sequence[Step], sink: Any, *, spare_cpus: float = 0.0
-) -> Any:
+def _through_stages(ray: Any, dataset: Any, stages: Sequence[Step], sink: Any) -> Any:
     """``dataset`` mapped through each stage: CPU stages as functions, model stages as actors
-    (asking for at most the cluster's CPUs less ``spare_cpus``)."""
+    (asking for at most the cluster's CPUs)."""
     for position, stage in enumerate(stages):
-        resources = _fit_to_cluster(ray, stage, spare_cpus=spare_cpus)
+        resources = _fit_to_cluster(ray, stage)
         if resources.uses_model:
             dataset = dataset.map_batches(
                 _StageTask,
@@ -262,7 +281,7 @@ def _through_stages(
                 batch_size=resources.batch_size,
                 num_cpus=resources.cpus,
                 num_gpus=resources.gpus or None,
-                compute=_actor_pool(ray, resources, spare_cpus=spare_cpus),
+                compute=_actor_pool(ray, resources),
             )
         else:
             dataset = dataset.map_batches(
@@ -275,11 +294,10 @@ def _through_stages(
     return dataset
 
 
-def _fit_to_cluster(ray: Any, stage: Step, *, spare_cpus: float = 0.0) -> Resources:
-    """``stage.resources`` with its CPU request capped at the largest node's CPUs less
-    ``spare_cpus`` (at most half of them): a request no node can meet would wait forever (a
-    2-CPU machine and a scorer asking for 1 + 2 decode workers). A GPU request no node can meet
-    is an error."""
+def _fit_to_cluster(ray: Any, stage: Step) -> Resources:
+    """``stage.resources`` with its CPU request capped at the largest node's CPUs: a request no
+    node can meet would wait forever (a 2-CPU machine and a scorer asking for 1 + 2 decode
+    workers). A GPU request no node can meet is an error."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
@@ -290,13 +308,12 @@ def _fit_to_cluster(ray: Any, stage: Step, *, spare_cpus: float = 0.0) -> Resour
             f"cluster has {'that many' if most_gpus else 'a GPU'}",
             fix="add GPU nodes to the cluster, or run the stage on CPU (e.g. --clip-device cpu)",
         )
-    usable = max(most_cpus - spare_cpus, most_cpus / 2)
-    if 0 < usable < wanted.cpus:
-        return dataclasses.replace(wanted, cpus=usable)
+    if 0 < most_cpus < wanted.cpus:
+        return dataclasses.replace(wanted, cpus=most_cpus)
     return wanted
 
 
-def _actor_pool(ray: Any, resources: Resources, *, spare_cpus: float = 0.0) -> Any:
+def _actor_pool(ray: Any, resources: Resources) -> Any:
     """``concurrency`` actors, or for a CPU-only model stage as many as the cluster's CPUs hold.
 
     A GPU stage's ``concurrency`` is exact (one model per GPU share); a CPU model stage such
@@ -304,7 +321,7 @@ def _actor_pool(ray: Any, resources: Resources, *, spare_cpus: float = 0.0) -> A
     """
     if resources.gpus:
         return ray.data.ActorPoolStrategy(size=resources.concurrency)
-    usable = ray.cluster_resources().get("CPU", 1) - spare_cpus
+    usable = ray.cluster_resources().get("CPU", 1)
     cpus = int(usable // max(resources.cpus, 0.01))
     return ray.data.ActorPoolStrategy(
         min_size=resources.concurrency, max_size=max(resources.concurrency, cpus)
@@ -326,12 +343,12 @@ def _dataset(ray: Any, samples: Iterable[Sample], parallelism: int | None) -> An
 class RayRunner:
     """The `Runner` on a Ray cluster.
 
-    When the run directory is on a file system the workers share and the cluster has room for
-    the read and write tasks (`files_fit_cluster`), the workers read the input shards and write
-    the output shards themselves and the writer adopts them; otherwise (a run on object
-    storage, a cluster too small) the samples pass through this process. Workers run each
-    step's ``worker_copy(share_journal)`` when it has one (a model not loaded yet, a journal
-    served from this node to every worker), and their counts are added to the steps given.
+    The workers read the input shards and write the output shards themselves, on a file system
+    they share or on the run's object storage (a staged run is pushed first, and the shards the
+    workers wrote are then fetched into its staged copy as files); the driver holds manifests
+    and counters. Workers run each step's ``worker_copy(share_journal)`` when it has one (a
+    model not loaded yet, a journal served from this node to every worker), and their counts
+    are added to the steps given.
     """
 
     def __init__(self, settings: RunnerSettings) -> None:
@@ -347,51 +364,37 @@ class RayRunner:
         *,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        address = self.settings.address
         servers: list[Any] = []
-        remote = [_worker_copy(step, run, address, servers) for step in steps]
+        remote = [_worker_copy(step, run, self.settings.address, servers) for step in steps]
         try:
-            if not is_url(run.location) and files_fit_cluster(steps, address):
-                manifest = run.check_current(source)
-                folder = run.stage_dir(source).absolute()
-                written = run_stages_ray_on_files(
-                    remote,
-                    [str(folder / shard["file"]) for shard in manifest.shards],
-                    output_dir=str(writer.directory.absolute()),
-                    prefix=f"shard-{writer.token}",
-                    address=address,
-                )
-                for name in written:
-                    writer.adopt(name)
-            else:
-                samples = list(run.read_samples(source))
-                for sample in run_stages_ray(remote, samples, address=address):
-                    writer.add_rows([sample.to_row()])
+            written = run_stages_ray_on_files(
+                remote,
+                _shard_locations(run, source),
+                output_dir=_shared_location(run, writer.stage),
+                prefix=f"shard-{writer.token}",
+                address=self.settings.address,
+            )
         finally:
             for server in servers:
                 server.stop_server()
+        run.fetch([f"{writer.stage}/{name}" for name in written])
+        for name in written:
+            writer.adopt(name)
         for step, used in zip(steps, remote, strict=True):
             if used is not step:  # the workers' counts were summed into the copy they used
                 step.counts.update(used.counts)
 
     def fold(self, feed: FeedT, run: RunDir, stage: str) -> None:
-        """One task per shard: the worker reads the shard itself (the run on a file system the
-        workers share) or is given it by this process (a run on object storage), updates a
-        copy of the unfed ``feed`` and returns it; the copies are merged into ``feed`` in shard
-        order, with at most two per CPU of the cluster waiting."""
+        """One task per shard: the worker reads the shard itself, updates a copy of the unfed
+        ``feed`` and returns it; the copies are merged into ``feed`` in shard order, with at
+        most two per CPU of the cluster waiting."""
         ray = init_ray(self.settings.address)
         fold = ray.remote(num_cpus=1)(_fold_shard)
         unfed = ray.put(feed)  # an IndicatorFeed is pickled without its embedder
-        work: Iterable[str | list[Sample]]  # shard file names, or the shards themselves
-        if is_url(run.location):
-            work = run.read_sample_shards(stage)
-        else:
-            work = [shard["file"] for shard in run.check_current(stage).shards]
-        root = str(run.root.absolute())
         waiting: deque[Any] = deque()
         most = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        for index, shard in enumerate(work):
-            waiting.append(fold.remote(unfed, root, stage, shard, index))
+        for index, location in enumerate(_shard_locations(run, stage)):
+            waiting.append(fold.remote(unfed, location, stage, index))
             if len(waiting) >= most:
                 feed.merge(ray.get(waiting.popleft()))
         while waiting:
@@ -399,6 +402,21 @@ class RayRunner:
 
     def describe(self) -> dict[str, Any] | None:
         return {"kind": "ray", "address": self.settings.address or "local"}
+
+
+def _shard_locations(run: RunDir, stage: str) -> list[str]:
+    """Where the workers read the shards of ``stage`` (checked current): a staged run is pushed
+    first, so its URL holds them."""
+    shards = run.check_current(stage).shards
+    run.push()
+    return [_shared_location(run, f"{stage}/{shard['file']}") for shard in shards]
+
+
+def _shared_location(run: RunDir, name: str) -> str:
+    """The run's file ``name`` as every worker reaches it: its URL, or its absolute path."""
+    if is_url(run.location):
+        return run.location_of(name)
+    return str((run.root / name).absolute())
 
 
 def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any]) -> Step:
@@ -417,10 +435,11 @@ def _worker_copy(step: Step, run: RunDir, address: str | None, servers: list[Any
     return copy_for_workers(share_journal)
 
 
-def _fold_shard(feed: FeedT, root: str, stage: str, shard: str | list[Sample], index: int) -> FeedT:
-    """``feed`` (this task's own copy) updated with ``shard``, the stage's shard ``index``: the
-    samples, or the name of the stage's shard file in the run at ``root``, read here."""
-    if isinstance(shard, str):
-        shard = RunDir(root).read_sample_shard(stage, shard)
+def _fold_shard(feed: FeedT, location: str, stage: str, index: int) -> FeedT:
+    """``feed`` (this task's own copy) updated with shard ``index`` of ``stage``, the shard file
+    at ``location`` (a path or a URL), read here."""
+    filesystem, path = arrow_filesystem(location)
+    with _storage_errors(location):
+        shard = read_sample_file(path, stage, filesystem=filesystem)
     feed.update_shard(shard, index)
     return feed

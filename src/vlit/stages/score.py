@@ -26,7 +26,7 @@ from vlit.llm.base import StructuredSetting
 from vlit.llm.config import LlmConfig, build_backend
 from vlit.quality.grounding import SPACY_MODEL, AnnotationGrounding
 from vlit.quality.judge import CorrectnessJudge
-from vlit.quality.lint import DatasetLinter, DatasetLintFlags, SampleLinter
+from vlit.quality.lint import DatasetLinter, DatasetLintFeed, DatasetLintFlags, SampleLinter
 from vlit.quality.matching import ClipMatchingScorer
 from vlit.rundir import RunDir
 from vlit.runners.base import Resources, Runner, Step, build_runner
@@ -168,7 +168,7 @@ def run(
         steps.insert(0, _MdNotComputed(settings=settings, reason=md_unavailable))
     lint_flags = None
     if settings.lint:
-        lint_flags = DatasetLintFlags(flags=_dataset_lint(run, source))
+        lint_flags = DatasetLintFlags(flags=_dataset_lint(run, source, runner))
         steps.append(lint_flags)
     inputs_used = ("samples", "records") if records else ("samples",)
     recorded = settings.recorded(judge_llm if judge is not None else None, seed)
@@ -204,11 +204,13 @@ def run(
     return summary.save(run, "score")
 
 
-def _dataset_lint(run: RunDir, source: str) -> dict[str, Counter[str]]:
-    """The dataset lint's flags of the generated samples of ``source``, by sample id: found in
-    one pass over the samples, tied to their ids in a second pass over two columns."""
-    linter = DatasetLinter()
-    by_index = linter.find(sample for sample in run.read_samples(source) if sample.ok)
+def _dataset_lint(run: RunDir, source: str, runner: Runner) -> dict[str, Counter[str]]:
+    """The dataset lint's flags of the generated samples of ``source``, by sample id: found
+    from the measures of each shard (taken by ``runner``), tied to their ids in a pass over
+    two columns."""
+    with DatasetLintFeed(DatasetLinter()) as feed:
+        runner.fold(feed, run, source)
+        by_index = feed.flags()
     by_id: dict[str, Counter[str]] = {}
     index = 0
     for columns in run.read_columns(source, ["sample_id", "failure_reason"]):
