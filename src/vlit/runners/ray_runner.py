@@ -239,7 +239,8 @@ def _storage_errors(location: str) -> Iterator[None]:
             f"a Ray worker cannot use the run's file ({type(error).__name__}: {error})",
             file=location,
             fix="give every node of the cluster the run directory: a shared file system, or "
-            "the object store's endpoint and credentials (for S3: the AWS_* variables)",
+            "the object store's endpoint and credentials (for S3: the AWS_* variables); a "
+            "damaged shard: rerun the command that wrote its stage",
         ) from error
 
 
