@@ -141,3 +141,31 @@ def test_real_llava_slice(llava_slice: Path, tmp_path: Path) -> None:
     assert linter.counts["leak"] == 2
     assert dataset_counts["length_outlier_short"] >= 1
     assert all("lint_flags" in s.scores for s in samples)
+
+
+@pytest.mark.parametrize("shard_size", [1, 97, 700, 5000])
+def test_the_lint_feed_folded_as_ray_folds_it_finds_what_one_pass_finds(
+    llava_slice: Path, tmp_path: Path, shard_size: int
+) -> None:
+    """Shards measured on pickled copies (as Ray's workers get the feed) and merged in order
+    give the flags of one pass over the generated samples; failed samples are skipped."""
+    import pickle
+
+    from vlit.generate.generator import FAILURE_LLM
+    from vlit.quality.lint import DatasetLintFeed
+
+    importer = DatasetImporter(reader=LlavaReader(), images=None, workdir=tmp_path)
+    samples = list(importer.samples(llava_slice))
+    samples += [Sample.from_row(s.to_row()) for s in samples[:300:7]]  # far from their originals
+    for sample in samples[5::50]:
+        sample.failure_reason = FAILURE_LLM
+    generated = [s for s in samples if s.ok]
+    expected = DatasetLinter().find(generated)
+    assert sum("duplicate_exact" in f for f in expected.values()) >= 40
+    with DatasetLintFeed(DatasetLinter()) as feed:
+        unfed = pickle.dumps(feed)
+        for index, start in enumerate(range(0, len(samples), shard_size)):
+            copy = pickle.loads(unfed)
+            copy.update_shard(samples[start : start + shard_size], index)
+            feed.merge(pickle.loads(pickle.dumps(copy)))
+        assert feed.flags() == expected

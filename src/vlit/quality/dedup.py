@@ -163,6 +163,10 @@ class DuplicateIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the temporary file of MinHash rows."""
         self.store.close()
 
     def add(self, prints: Fingerprints) -> None:

@@ -341,7 +341,7 @@ class DatasetLintFeed:
 
     def __exit__(self, *exc: object) -> None:
         if self.index is not None:
-            self.index.store.close()
+            self.index.close()
 
     def __getstate__(self) -> dict[str, Any]:
         """A worker's copy: no index (it measures one shard and is merged here)."""
