@@ -35,6 +35,9 @@ from vlit.stages.generate import GenerateSettings
 from vlit.stages.score import JudgeSettings, ScoreSettings
 from vlit.storage import StagedRunDir
 
+#: A shard a Ray worker wrote: ``shard-<token>-<write task>-<write id>-<part>.parquet``.
+RAY_SHARD = re.compile(r"shard-\w+-\d{6}-[\w-]+\.parquet")
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3: Any) -> Any:
@@ -102,7 +105,7 @@ def test_score_and_filter_are_identical_on_both_runners(
     local_names = [name for name, _ in local.pop("score_shards")]
     ray_names, ray_rows = zip(*on_ray.pop("score_shards"), strict=True)
     assert all(re.fullmatch(r"shard-\w+-\d{5}\.parquet", name) for name in local_names)
-    assert ray_names and all(re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", n) for n in ray_names)
+    assert ray_names and all(RAY_SHARD.fullmatch(n) for n in ray_names)
     assert max(ray_rows) <= 30 and len(ray_rows) >= len(local["scores"]) / 30
     assert local == on_ray
     # The comparison is not vacuous: grounding and lint scored every sample and dropped some.
@@ -146,7 +149,7 @@ def test_score_on_ray_with_the_run_on_s3_decodes_no_sample_here(
         summary = score_stage.run(here, ScoreSettings(), build_runner(RunnerSettings(kind="ray")))
     assert summary.to_json()["grounding"]["with_hallucination"] >= 10
     shards = [shard["file"] for shard in here.check_current("scores").shards]
-    assert shards and all(re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", n) for n in shards)
+    assert shards and all(RAY_SHARD.fullmatch(n) for n in shards)
     assert all((here.root / "scores" / name).is_file() for name in shards)  # fetched here
     uploaded: list[str] = []
     put_file = here._storage.put_file
@@ -182,10 +185,7 @@ def test_a_model_step_may_hold_every_cpu_of_the_cluster(tmp_path: Path, ray_clus
     scored = list(run.read_samples("scores"))
     assert [sample.sample_id for sample in scored] == [f"s{i}" for i in range(23)]
     assert all("lint_flags" in sample.scores for sample in scored)
-    assert all(
-        re.fullmatch(r"shard-\w+-\d{6}-[\w-]+\.parquet", shard["file"])
-        for shard in run.check_current("scores").shards
-    )
+    assert all(RAY_SHARD.fullmatch(shard["file"]) for shard in run.check_current("scores").shards)
 
 
 def test_the_report_on_ray_equals_the_local_report(

@@ -62,7 +62,8 @@ class RunnerSettings(Settings):
 
 class Feed(Protocol):
     """What a runner folds a stage into, shard by shard: the report's indicators
-    (`IndicatorFeed`), its examples of dropped samples (`DroppedExamples`)."""
+    (`IndicatorFeed`), its examples of dropped samples (`DroppedExamples`), the dataset
+    lint's measures (`DatasetLintFeed`)."""
 
     def update_shard(self, shard: list[Sample], index: int) -> None: ...
 
